@@ -1,0 +1,125 @@
+"""The `mlxsft` command line: a thin client of the core API.
+
+Every `MlxsftError` becomes one message on stderr and a non-zero exit, never a
+traceback. Recipe flags (`--train.learning_rate 2e-4`) are generated from the config
+dataclasses, the same source the YAML validation and the TUI forms use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .blas import maybe_reexec_with_openblas
+from .config import iter_fields
+from .errors import MlxsftError
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe keys (each overrides the recipe, like --set KEY=VALUE)")
+    for name, _tp, default, help_text, choices in iter_fields():
+        extra = f" One of: {', '.join(choices)}." if choices else ""
+        group.add_argument(
+            f"--{name}", dest=f"flag:{name}", metavar="VALUE", default=None,
+            help=f"{help_text}{extra} (default: {default})",
+        )
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    flags = [f"{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("flag:") and v is not None]
+    return list(args.set or []) + flags
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxsft", description="On-device LLM fine-tuning with MLX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="Fine-tune from a YAML recipe (or resume a run).")
+    train.add_argument("recipe", nargs="?", help="Recipe YAML file.")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override a recipe key (dotted).")
+    train.add_argument("--resume", metavar="RUN_DIR", help="Resume the run in this folder from its last checkpoint.")
+    train.add_argument("--quiet", action="store_true", help="Print only the final line.")
+    _add_recipe_flags(train)
+
+    demo = sub.add_parser("demo", help="Build a tiny local model and fine-tune it on bundled data (offline).")
+    demo.add_argument("--output", default=None, help="Run directory (default: runs/demo-<time>).")
+
+    check = sub.add_parser("recipe", help="Validate a recipe and print it resolved.")
+    check.add_argument("recipe")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE")
+
+    sub.add_parser("doctor", help="Show the MLX backend, BLAS and versions.")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .config import load_recipe
+    from .train.events import StdoutSink
+    from .train.loop import run_training
+
+    sinks = [] if args.quiet else [StdoutSink()]
+    if args.resume:
+        from .rundir import RunDir
+
+        if args.recipe:
+            raise MlxsftError("give either a recipe or --resume RUN_DIR, not both.")
+        run = RunDir(args.resume)
+        recipe = run.load_recipe()
+        if _overrides(args):
+            raise MlxsftError("a resumed run keeps its recipe; start a new run to change settings.")
+        result = run_training(recipe, run.path, sinks=sinks, resume=True)
+    else:
+        if not args.recipe and not _overrides(args):
+            raise MlxsftError("give a recipe file, e.g. `mlxsft train recipes/quickstart.yaml`.")
+        recipe = load_recipe(args.recipe, _overrides(args))
+        result = run_training(recipe, recipe.output, sinks=sinks)
+    print(f"Run {result.status}: {result.run_dir}")
+    return 0 if result.status == "finished" else 130
+
+
+def cmd_recipe(args) -> int:
+    from .config import dump_recipe, load_recipe
+
+    print(dump_recipe(load_recipe(args.recipe, args.set or [])), end="")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output)
+    return 0
+
+
+def cmd_doctor(_args) -> int:
+    from .blas import describe_backend
+
+    for key, value in describe_backend().items():
+        print(f"{key:>14}: {value}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "recipe": cmd_recipe, "demo": cmd_demo, "doctor": cmd_doctor}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    maybe_reexec_with_openblas(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MlxsftError as exc:
+        print(f"mlxsft: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mlxsft: interrupted", file=sys.stderr)
+        return 130
+    except FileNotFoundError as exc:
+        print(f"mlxsft: error: {exc.filename}: file not found.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

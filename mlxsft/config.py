@@ -1,0 +1,355 @@
+"""Recipe configuration: the one set of typed dataclasses behind YAML recipes, CLI flags and UI forms.
+
+Every knob lives here once, with its default, its help text and (where it has one)
+its set of allowed values. `load_recipe` reads YAML (with `1e-5` read as a float),
+applies dotted `--set` overrides and validates types and values; any unknown key or
+wrong type is a `RecipeError` naming the key, the file and the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import RecipeError
+
+METHODS = ("lora", "dora", "full")
+MASK_MODES = ("assistant", "last", "none")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _field(default, help: str, choices: tuple | None = None, **kw):
+    """A dataclass field carrying its help text and allowed values (for CLI/TUI)."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataConfig:
+    train: str | None = _field(None, "Training JSONL file, or a directory with train.jsonl/valid.jsonl.")
+    valid: str | None = _field(None, "Validation JSONL file (defaults to valid.jsonl beside train).")
+    test: str | None = _field(None, "Optional test JSONL file.")
+    mask: str = _field(
+        "assistant",
+        "Which tokens are trained: every assistant turn, the last assistant turn, or all tokens.",
+        MASK_MODES,
+    )
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _field(16, "LoRA rank r.")
+    alpha: float = _field(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = _field(0.0, "Dropout on the LoRA input.")
+    layers: int | str = _field("all", "How many of the last transformer blocks get adapters, or 'all'.")
+    targets: list = _field(
+        list(DEFAULT_TARGETS),
+        "Module names (suffixes) that get adapters, e.g. q_proj, v_proj, down_proj.",
+    )
+
+
+@dataclass
+class QuantizeConfig:
+    bits: int | None = _field(None, "Quantize the base model to this many bits at load (QLoRA): 2, 3, 4, 6 or 8.")
+    group_size: int = _field(64, "Quantization group size: 32, 64 or 128.")
+
+
+@dataclass
+class TrainConfig:
+    iters: int | None = _field(None, "Optimizer steps to run (give iters or epochs).")
+    epochs: float | None = _field(None, "Passes over the training data (used when iters is not set).")
+    batch_size: int = _field(4, "Rows (sequences) per micro-batch.")
+    batch_tokens: int | None = _field(None, "Cap on padded tokens per micro-batch (rows x length).")
+    pack: bool = _field(False, "Pack short rows into one sequence (attention never crosses rows).")
+    learning_rate: float = _field(1e-4, "Peak learning rate.")
+    lr_schedule: str = _field("cosine", "Learning-rate decay after warmup.", LR_SCHEDULES)
+    warmup_steps: int = _field(0, "Linear warmup steps from 0 to the peak learning rate.")
+    min_lr_ratio: float = _field(0.1, "Final learning rate as a share of the peak (linear/cosine).")
+    optimizer: str = _field("adamw", "Optimizer.", OPTIMIZERS)
+    weight_decay: float = _field(0.0, "Decoupled weight decay (adamw).")
+    max_grad_norm: float | None = _field(1.0, "Clip the global gradient norm to this value (null: off).")
+    grad_accumulation: int = _field(1, "Micro-batches per optimizer step.")
+    grad_checkpoint: bool = _field(False, "Recompute every block's activations in the backward pass.")
+    max_seq_length: int = _field(2048, "Longest sequence in tokens; longer rows are truncated.")
+    seed: int = _field(0, "Seed for adapter init, data order and dropout.")
+    dtype: str = _field("auto", "Compute dtype: auto (float32 on CPU, the model's own elsewhere).", DTYPES)
+    steps_per_report: int = _field(10, "Steps between training-metric reports.")
+    steps_per_eval: int = _field(100, "Steps between validation passes (0: only at the end).")
+    steps_per_save: int = _field(100, "Steps between checkpoints (the final step is always saved).")
+    val_batches: int = _field(-1, "Validation batches per evaluation (-1: the whole validation set).")
+
+
+@dataclass
+class Recipe:
+    model: str = _field("", "Local model folder or Hugging Face hub id.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data files and masking."})
+    method: str = _field("lora", "Fine-tuning method.", METHODS)
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter shape."})
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig, metadata={"help": "QLoRA base quantization."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization and schedule."})
+    output: str | None = _field(None, "Run directory (default: runs/<model>-<method>-<time>).")
+    trust_remote_code: bool = _field(False, "Allow a model's own Python code (only if you trust it).")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- YAML reading
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-5 (no dot) as a float, as YAML 1.2 does."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one scalar or flow value the way recipes are parsed (for --set)."""
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+def _key_lines(node, prefix: str = "") -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML source."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    return lines
+
+
+def read_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
+    """Read a YAML recipe into a plain dict, with the line of each key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError("recipe file not found; check the path.", path=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_RecipeLoader)
+        raw = yaml.load(text, Loader=_RecipeLoader)
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"not UTF-8 text ({exc.reason}); save it as UTF-8.", path=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"invalid YAML: {problem}.", path=str(path), line=line) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError("a recipe must be a mapping of keys (model:, data:, train:, ...).", path=str(path))
+    return raw, _key_lines(node) if node is not None else {}
+
+
+# ---------------------------------------------------------------- validation
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value: Any, tp) -> Any:
+    """Return `value` as type `tp`, or raise TypeError with what was expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError(" or ".join(_type_name(o) for o in options))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError("a string")
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise TypeError("a list of strings")
+    raise TypeError(_type_name(tp))
+
+
+def _build(cls, raw: dict, where: str, lines: dict[str, int], source: str):
+    """Build dataclass `cls` from `raw`, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        dotted = f"{where}{key}"
+        if key not in names:
+            known = ", ".join(names)
+            raise RecipeError(
+                f"unknown key '{dotted}'. Known keys here: {known}.",
+                path=source, line=lines.get(dotted),
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise RecipeError(
+                    f"'{dotted}' must be a mapping of keys ({', '.join(f.name for f in dataclasses.fields(tp))}).",
+                    path=source, line=lines.get(dotted),
+                )
+            values[key] = _build(tp, value, dotted + ".", lines, source)
+            continue
+        try:
+            values[key] = _coerce(value, tp)
+        except TypeError as exc:
+            raise RecipeError(
+                f"'{dotted}' must be {exc}, got {value!r}.", path=source, line=lines.get(dotted)
+            ) from None
+        choices = names[key].metadata.get("choices")
+        if choices and values[key] not in choices:
+            raise RecipeError(
+                f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.",
+                path=source, line=lines.get(dotted),
+            )
+    return cls(**values)
+
+
+def _normalize_data(raw: dict) -> dict:
+    """Accept `data: DIR` as shorthand for `data: {train: DIR}`."""
+    if isinstance(raw.get("data"), str):
+        raw = dict(raw)
+        raw["data"] = {"train": raw["data"]}
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `key=value` overrides (values parsed as YAML) to a raw recipe dict."""
+    raw = _normalize_data(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set '{item}' must look like section.key=value, e.g. train.learning_rate=2e-4.")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = parse_yaml_value(text)
+    return raw
+
+
+def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int] | None = None) -> None:
+    """Value checks that types alone do not catch."""
+    lines = lines or {}
+
+    def fail(key: str, message: str):
+        raise RecipeError(f"'{key}' {message}", path=source, line=lines.get(key))
+
+    t = recipe.train
+    if not recipe.model:
+        fail("model", "is required: a local model folder or a hub id such as Qwen/Qwen2.5-0.5B-Instruct.")
+    if not recipe.data.train:
+        fail("data.train", "is required: a JSONL file or a folder holding train.jsonl and valid.jsonl.")
+    if t.iters is not None and t.iters <= 0:
+        fail("train.iters", f"must be at least 1, got {t.iters}.")
+    if t.epochs is not None and t.epochs <= 0:
+        fail("train.epochs", f"must be greater than 0, got {t.epochs}.")
+    for key in ("batch_size", "grad_accumulation", "max_seq_length", "steps_per_report", "steps_per_save"):
+        if getattr(t, key) < 1:
+            fail(f"train.{key}", f"must be at least 1, got {getattr(t, key)}.")
+    if t.steps_per_eval < 0:
+        fail("train.steps_per_eval", "must be 0 (only at the end) or more.")
+    if t.batch_tokens is not None and t.batch_tokens < t.max_seq_length:
+        fail("train.batch_tokens", f"({t.batch_tokens}) must be at least train.max_seq_length ({t.max_seq_length}).")
+    if not t.learning_rate > 0:
+        fail("train.learning_rate", f"must be greater than 0, got {t.learning_rate}.")
+    if recipe.lora.rank < 1:
+        fail("lora.rank", f"must be at least 1, got {recipe.lora.rank}.")
+    if not 0 <= recipe.lora.dropout < 1:
+        fail("lora.dropout", f"must be in [0, 1), got {recipe.lora.dropout}.")
+    layers = recipe.lora.layers
+    if isinstance(layers, str) and layers != "all" or isinstance(layers, int) and layers < 1:
+        fail("lora.layers", f"must be 'all' or a number of blocks >= 1, got {layers!r}.")
+    if not recipe.lora.targets:
+        fail("lora.targets", "must name at least one module, e.g. [q_proj, v_proj].")
+    q = recipe.quantize
+    if q.bits is not None and q.bits not in (2, 3, 4, 5, 6, 8):
+        fail("quantize.bits", f"must be 2, 3, 4, 5, 6 or 8, got {q.bits}.")
+    if q.group_size not in (32, 64, 128):
+        fail("quantize.group_size", f"must be 32, 64 or 128, got {q.group_size}.")
+    if q.bits is not None and recipe.method == "full":
+        fail("quantize.bits", "cannot be used with method: full (a quantized base cannot be trained); use lora or dora.")
+
+
+def recipe_from_dict(raw: dict, source: str = "<recipe>", lines: dict[str, int] | None = None) -> Recipe:
+    """Validate a raw dict (from YAML or a UI form) into a Recipe."""
+    lines = lines or {}
+    recipe = _build(Recipe, _normalize_data(raw), "", lines, source)
+    check_recipe(recipe, source, lines)
+    return recipe
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; `path=None` starts from defaults."""
+    raw, lines, source = {}, {}, "<command line>"
+    if path is not None:
+        raw, lines = read_recipe_file(path)
+        source = str(path)
+    raw = apply_overrides(raw, overrides or [])
+    return recipe_from_dict(raw, source, lines)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every key explicit (what a run dir stores)."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def iter_fields(cls=Recipe, prefix: str = ""):
+    """Yield (dotted name, type, default, help, choices) for every leaf field: CLI flags and forms."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        yield f"{prefix}{f.name}", tp, default, f.metadata.get("help", ""), f.metadata.get("choices")

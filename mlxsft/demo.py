@@ -1,0 +1,54 @@
+"""The offline demo: build a tiny local model into models/ and fine-tune it on bundled data.
+
+No hub download is possible on many machines (CI, planes), so the demo makes its
+own base model (random weights, tokenizer trained on the demo data) and runs the
+quickstart recipe with it. It prints where the run went.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import load_recipe
+from .devmodel import TinyModelSpec, build_tiny_model
+from .errors import MlxsftError
+from .train.events import StdoutSink
+from .train.loop import run_training
+
+DEMO_MODEL = Path("models/tiny-chat")
+QUICKSTART = Path("recipes/quickstart.yaml")
+
+
+def corpus_from_jsonl(path: Path) -> list[str]:
+    """Message texts of a chat JSONL file (to train the demo tokenizer on)."""
+    texts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            texts.extend(m["content"] for m in json.loads(line)["messages"])
+    return texts
+
+
+def ensure_demo_model(recipe_path: Path = QUICKSTART, model_dir: Path = DEMO_MODEL) -> Path:
+    """Build the tiny demo model once (a 4-layer, 128-wide Llama with a ChatML template)."""
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    raw = recipe_path.parent / "data" / "quickstart" / "train.jsonl"
+    spec = TinyModelSpec(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                         intermediate_size=256, vocab_size=768)
+    build_tiny_model(model_dir, spec, corpus=corpus_from_jsonl(raw))
+    return model_dir
+
+
+def run_demo(output: str | None = None):
+    if not QUICKSTART.is_file():
+        raise MlxsftError("run `mlxsft demo` from the repository root (it uses recipes/quickstart.yaml).",
+                          path=str(QUICKSTART))
+    model = ensure_demo_model()
+    print(f"Demo model: {model} (random weights, tokenizer trained on the demo data)")
+    out = output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    recipe = load_recipe(QUICKSTART, [f"output={out}", f"model={model}"])
+    result = run_training(recipe, recipe.output, sinks=[StdoutSink()])
+    print(f"Demo run {result.status}: {result.run_dir}")
+    return result

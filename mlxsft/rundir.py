@@ -1,0 +1,133 @@
+"""The run directory: one folder that describes a run, so resume, eval and export need nothing else.
+
+Layout:
+    RUN/recipe.yaml              the resolved recipe (every key explicit)
+    RUN/run.json                 status, resolved model path, adapter config, best step
+    RUN/adapter_config.json      mlx-lm adapter config (so `mlx_lm.generate --adapter-path RUN` works)
+    RUN/adapters.safetensors     the latest checkpoint's trainable weights
+    RUN/events.jsonl             the event stream
+    RUN/checkpoints/step-NNNNNNN/{adapters.safetensors, optimizer.safetensors, trainer_state.json}
+
+Every write is atomic: a temp file (or folder) beside the target, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .config import Recipe, dump_recipe, load_recipe
+from .errors import MlxsftError
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunDir:
+    """Paths and small metadata files of one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    recipe_file = property(lambda self: self.path / "recipe.yaml")
+    meta_file = property(lambda self: self.path / "run.json")
+    events_file = property(lambda self: self.path / "events.jsonl")
+    adapter_config_file = property(lambda self: self.path / "adapter_config.json")
+    adapters_file = property(lambda self: self.path / "adapters.safetensors")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+
+    def exists(self) -> bool:
+        return self.recipe_file.is_file()
+
+    def create(self, recipe: Recipe) -> None:
+        if self.exists():
+            raise MlxsftError(
+                "this run directory already holds a run. Resume it with `mlxsft train --resume "
+                f"{self.path}`, or choose another output (--set output=...).",
+                path=str(self.path),
+            )
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.recipe_file, dump_recipe(recipe))
+
+    def load_recipe(self) -> Recipe:
+        if not self.exists():
+            raise MlxsftError("not a run directory (no recipe.yaml); give the folder a run wrote.", path=str(self.path))
+        return load_recipe(self.recipe_file)
+
+    def read_meta(self) -> dict:
+        if not self.meta_file.is_file():
+            return {}
+        return json.loads(self.meta_file.read_text(encoding="utf-8"))
+
+    def update_meta(self, **fields) -> dict:
+        meta = self.read_meta() | fields
+        atomic_write_text(self.meta_file, json.dumps(meta, indent=2))
+        return meta
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of complete checkpoints (temp folders of an interrupted save are ignored)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        steps = []
+        for child in self.checkpoints_dir.iterdir():
+            name = child.name
+            if name.startswith(CHECKPOINT_PREFIX) and (child / "trainer_state.json").is_file():
+                steps.append(int(name[len(CHECKPOINT_PREFIX):]))
+        return sorted(steps)
+
+    def latest_checkpoint(self) -> Path | None:
+        steps = self.checkpoint_steps()
+        return self.checkpoint_dir(steps[-1]) if steps else None
+
+    def new_checkpoint_staging(self) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.checkpoints_dir, prefix=".staging-"))
+
+    def commit_checkpoint(self, staging: Path, step: int) -> Path:
+        """Rename a fully written staging folder into place as step N's checkpoint."""
+        for f in staging.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        target = self.checkpoint_dir(step)
+        if target.exists():
+            # A resumed run re-saving a step: move the old one aside first, so the
+            # rename below never sees a non-empty target.
+            old = target.with_name(f".old-{target.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+        fsync_dir(self.checkpoints_dir)
+        return target
+
+    def clean_staging(self) -> None:
+        for child in self.checkpoints_dir.glob(".staging-*"):
+            shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Training: events, schedules, the compiled step, checkpoints and the loop."""

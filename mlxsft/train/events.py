@@ -1,0 +1,231 @@
+"""The typed event stream a run emits, and the sinks that consume it.
+
+Events are frozen dataclasses holding plain Python numbers and strings, so a sink
+can serialize them without touching MLX. The JSONL sink writes `events.jsonl` in
+the run directory; `read_events` replays it (the TUI and `mlxsft` reports use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: str
+    model: str
+    method: str
+    total_steps: int
+    start_step: int
+    num_train_rows: int
+    num_valid_rows: int
+    total_parameters: int
+    trainable_parameters: int
+    resumed: bool
+    time: float
+
+
+@dataclass(frozen=True)
+class DataPrepared:
+    split: str
+    num_rows: int
+    num_skipped: int
+    num_truncated: int
+    num_batches: int
+    padding_waste: float
+    trained_tokens: int
+    skipped: tuple[str, ...]  # "path:line: reason" for each skipped row
+
+
+@dataclass(frozen=True)
+class StepReported:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    trained_tokens_per_second: float
+    tokens_seen: int
+    peak_memory_gb: float
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class EvalFinished:
+    step: int
+    split: str
+    loss: float
+    perplexity: float
+    token_accuracy: float
+    num_tokens: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: str
+    val_loss: float | None
+    is_best: bool
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    step: int
+    final_loss: float | None
+    best_step: int | None
+    best_val_loss: float | None
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class RunStopped:
+    step: int
+    reason: str
+    last_checkpoint: str | None
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    step: int
+    reason: str
+    last_checkpoint: str | None
+
+
+Event = (
+    RunStarted | DataPrepared | StepReported | EvalFinished | CheckpointSaved | RunFinished | RunStopped | RunFailed
+)
+EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
+
+
+def event_to_dict(event) -> dict:
+    return {"event": type(event).__name__, **dataclasses.asdict(event)}
+
+
+def event_from_dict(record: dict):
+    """Rebuild an event from its JSON record (unknown fields are ignored, for forward compatibility)."""
+    cls = EVENT_TYPES[record["event"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k in names}
+    return cls(**values)
+
+
+def read_events(path: str | Path) -> list:
+    """Replay `events.jsonl`; a torn last line (a killed run) is skipped."""
+    events = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("event") in EVENT_TYPES:
+                events.append(event_from_dict(record))
+    return events
+
+
+class Sink(Protocol):
+    def __call__(self, event) -> None: ...
+
+
+class JsonlSink:
+    """Appends each event as one JSON line and flushes, so a killed run loses nothing written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def __call__(self, event) -> None:
+        self._file.write(json.dumps(event_to_dict(event)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class StdoutSink:
+    """Plain-text progress lines with an ETA (no terminal control codes)."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def __call__(self, event) -> None:
+        line = self.format(event)
+        if line:
+            print(line, file=self.stream, flush=True)
+
+    @staticmethod
+    def format(event) -> str | None:
+        match event:
+            case RunStarted():
+                verb = f"Resuming at step {event.start_step}" if event.resumed else "Starting"
+                share = 100 * event.trainable_parameters / max(event.total_parameters, 1)
+                return (
+                    f"{verb}: {event.method} on {event.model}, {event.total_steps} steps, "
+                    f"{event.num_train_rows} train / {event.num_valid_rows} valid rows, "
+                    f"trainable {event.trainable_parameters:,} of {event.total_parameters:,} "
+                    f"parameters ({share:.2f}%).\nRun directory: {event.run_dir}"
+                )
+            case DataPrepared():
+                text = (
+                    f"Data [{event.split}]: {event.num_rows} rows in {event.num_batches} batches, "
+                    f"{event.trained_tokens:,} trained tokens, padding waste {100 * event.padding_waste:.1f}%"
+                )
+                if event.num_truncated:
+                    text += f", {event.num_truncated} truncated"
+                if event.num_skipped:
+                    text += f", {event.num_skipped} skipped:\n  " + "\n  ".join(event.skipped[:10])
+                    if event.num_skipped > 10:
+                        text += f"\n  ... and {event.num_skipped - 10} more"
+                return text
+            case StepReported():
+                return (
+                    f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
+                    f"lr {event.learning_rate:.2e}  {event.tokens_per_second:,.0f} tok/s  "
+                    f"peak {event.peak_memory_gb:.2f} GB  eta {_duration(event.eta_s)}"
+                )
+            case EvalFinished():
+                return (
+                    f"step {event.step}  {event.split} loss {event.loss:.4f}  ppl {event.perplexity:.2f}  "
+                    f"token acc {100 * event.token_accuracy:.1f}%"
+                )
+            case CheckpointSaved():
+                best = " (best so far)" if event.is_best else ""
+                return f"step {event.step}  saved {event.path}{best}"
+            case RunFinished():
+                best = ""
+                if event.best_step is not None:
+                    best = f"; best validation loss {event.best_val_loss:.4f} at step {event.best_step}"
+                return f"Finished at step {event.step} in {_duration(event.elapsed_s)}{best}."
+            case RunStopped():
+                return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
+            case RunFailed():
+                return f"Failed at step {event.step}: {event.reason} Last good checkpoint: {event.last_checkpoint}"
+        return None
+
+
+class Emitter:
+    """Fans one event out to every sink; the loop holds one of these."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = list(sinks)
+        self.started = time.time()
+
+    def __call__(self, event) -> None:
+        for sink in self.sinks:
+            sink(event)

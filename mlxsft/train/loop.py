@@ -1,0 +1,355 @@
+"""The training loop: prepare, (resume,) step, report, evaluate, checkpoint, emit events.
+
+`run_training` is the one entry point the CLI and the TUI call. It evaluates the
+graph once per step (`mx.eval`) and reads numbers back (`.item()`) only when it
+reports, evaluates or saves.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from .. import __version__
+from ..config import Recipe
+from ..errors import DataError, MlxsftError, TrainingError
+from ..model import attach_adapters, count_parameters, load_base
+from ..rundir import RunDir
+from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from .events import (
+    CheckpointSaved,
+    DataPrepared,
+    Emitter,
+    EvalFinished,
+    JsonlSink,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStopped,
+    StepReported,
+)
+from .prepare import BatchSource, load_split, pad_token_id, resolve_data_files
+from .schedule import build_optimizer
+from .step import build_steps, enable_grad_checkpoint
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # finished | stopped | failed
+    state: TrainerState
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (or a UI) to end the run after the current step, with a checkpoint."""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+    def set(self, reason: str = "stop requested") -> None:
+        self.reason = reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+
+def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+    t = recipe.train
+    if t.iters is not None:
+        return t.iters
+    epochs = t.epochs if t.epochs is not None else 1.0
+    return max(1, math.ceil(epochs * batches_per_epoch / t.grad_accumulation))
+
+
+def default_output(recipe: Recipe) -> Path:
+    name = Path(recipe.model.rstrip("/")).name or "model"
+    return Path("runs") / f"{name}-{recipe.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Trainer:
+    """One run's state machine; `run_training` builds and drives it."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, emit: Emitter, stop: StopFlag):
+        self.recipe, self.run, self.emit, self.stop = recipe, run, emit, stop
+        self.t = recipe.train
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------ setup
+    def prepare(self, resume: bool) -> None:
+        mx.random.seed(self.t.seed)
+        self.model, self.tokenizer, self.model_path, _ = load_base(self.recipe)
+        files = resolve_data_files(self.recipe.data)
+        pad = pad_token_id(self.tokenizer)
+        train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
+        self.train_src = BatchSource(train_ds, self.t, pad, shuffle=True)
+        self.valid_src = None
+        if files["valid"] is not None:
+            valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t)
+            if valid_ds.examples:
+                self.valid_src = BatchSource(valid_ds, self.t, pad, shuffle=False)
+        self._check_data(files["train"])
+        self.adapter_config = attach_adapters(self.model, self.recipe) | {"model": str(self.model_path)}
+        if self.t.grad_checkpoint:
+            enable_grad_checkpoint(self.model)
+        self.total_steps = total_steps(self.recipe, self.train_src.batches_per_epoch())
+        self.optimizer = build_optimizer(self.t, self.total_steps)
+        self.state = TrainerState()
+        if resume:
+            self.last_checkpoint = self.run.latest_checkpoint()
+            if self.last_checkpoint is not None:
+                self.state = load_checkpoint(self.last_checkpoint, self.model, self.optimizer)
+        self.start_step = self.state.step
+        self.steps = build_steps(self.model, self.optimizer, self.t.max_grad_norm, packed=self.t.pack)
+
+    def _check_data(self, train_file: Path) -> None:
+        rows = len(self.train_src.dataset.examples)
+        if rows == 0:
+            raise DataError(
+                "no trainable rows: every row was skipped (see the reasons above); "
+                "check data.mask and train.max_seq_length.",
+                path=str(train_file),
+            )
+        if not self.t.pack and self.t.batch_size > rows:
+            raise DataError(
+                f"train.batch_size={self.t.batch_size} is larger than the {rows} trainable rows; "
+                "lower train.batch_size or add data.",
+                path=str(train_file),
+            )
+
+    def announce(self, resumed: bool) -> None:
+        counts = count_parameters(self.model)
+        valid_rows = len(self.valid_src.dataset.examples) if self.valid_src else 0
+        self.emit(RunStarted(
+            run_dir=str(self.run.path), model=self.recipe.model, method=self.recipe.method,
+            total_steps=self.total_steps, start_step=self.state.step,
+            num_train_rows=len(self.train_src.dataset.examples), num_valid_rows=valid_rows,
+            total_parameters=counts.total, trainable_parameters=counts.trainable,
+            resumed=resumed, time=time.time(),
+        ))
+        for split, src in (("train", self.train_src), ("valid", self.valid_src)):
+            if src is None:
+                continue
+            ds = src.dataset
+            self.emit(DataPrepared(
+                split=split, num_rows=len(ds.examples), num_skipped=len(ds.skipped),
+                num_truncated=ds.num_truncated, num_batches=src.batches_per_epoch(),
+                padding_waste=src.padding_waste(), trained_tokens=src.trained_tokens(),
+                skipped=tuple(f"{s.path}:{s.line}: {s.reason}" for s in ds.skipped),
+            ))
+        self.run.update_meta(
+            mlxsft_version=__version__, status="running", model=self.recipe.model,
+            model_path=str(self.model_path), method=self.recipe.method, total_steps=self.total_steps,
+            trainable_parameters=counts.trainable, total_parameters=counts.total,
+            created=self.run.read_meta().get("created", time.time()), updated=time.time(),
+        )
+
+    # ------------------------------------------------------------ stepping
+    def _next_batch(self):
+        s = self.state
+        if s.cursor >= self.train_src.batches_per_epoch():
+            s.epoch, s.cursor = s.epoch + 1, 0
+        batch = self.train_src.batch(s.epoch, s.cursor)
+        s.cursor += 1
+        return batch
+
+    def _arrays(self, batch):
+        arrays = [mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.weights)]
+        if self.t.pack:
+            arrays.append(mx.array(batch.segments))
+        return arrays
+
+    def one_step(self):
+        """One optimizer step over `grad_accumulation` micro-batches; returns lazy (loss_sum, ntok)."""
+        tokens = trained = 0
+        if self.t.grad_accumulation == 1:
+            batch = self._next_batch()
+            loss_sum, ntok = self.steps.train_step(*self._arrays(batch))
+            tokens, trained = batch.num_tokens, batch.num_trained
+        else:
+            grads = loss_sum = ntok = None
+            for _ in range(self.t.grad_accumulation):
+                batch = self._next_batch()
+                ls, nt, g = self.steps.grad_step(*self._arrays(batch))
+                grads = g if grads is None else _tree_add(grads, g)
+                loss_sum = ls if loss_sum is None else loss_sum + ls
+                ntok = nt if ntok is None else ntok + nt
+                tokens, trained = tokens + batch.num_tokens, trained + batch.num_trained
+                mx.eval(grads, loss_sum, ntok)  # bound memory: one micro-batch graph at a time
+            self.steps.apply_grads(grads, ntok)
+        mx.eval(loss_sum, ntok, self.model.state, self.optimizer.state)
+        self.state.tokens_seen += tokens
+        self.state.trained_tokens_seen += trained
+        return loss_sum, ntok
+
+    def evaluate(self) -> EvalFinished | None:
+        if self.valid_src is None:
+            return None
+        start = time.time()
+        n = self.valid_src.batches_per_epoch()
+        if self.t.val_batches > 0:
+            n = min(n, self.t.val_batches)
+        loss = tokens = correct = 0.0
+        for i in range(n):
+            ls, nt, c = self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i)))
+            mx.eval(ls, nt, c)
+            loss, tokens, correct = loss + ls.item(), tokens + nt.item(), correct + c.item()
+        mean = loss / max(tokens, 1)
+        return EvalFinished(
+            step=self.state.step, split="valid", loss=mean, perplexity=math.exp(min(mean, 50)),
+            token_accuracy=correct / max(tokens, 1), num_tokens=int(tokens), elapsed_s=time.time() - start,
+        )
+
+    def save(self, val_loss: float | None, is_best: bool) -> None:
+        path = save_checkpoint(self.run, self.model, self.optimizer, self.state, self.adapter_config)
+        self.last_checkpoint = path
+        self.run.update_meta(
+            updated=time.time(), last_step=self.state.step,
+            best_step=self.state.best_step, best_val_loss=self.state.best_val_loss,
+        )
+        self.emit(CheckpointSaved(step=self.state.step, path=str(path), val_loss=val_loss, is_best=is_best))
+
+    # ------------------------------------------------------------ the loop
+    def loop(self) -> str:
+        t, s = self.t, self.state
+        window_loss = mx.array(0.0)
+        window_tok = mx.array(0.0)
+        window_tokens, window_start = 0, time.time()
+        run_start = time.time() - s.elapsed_s
+        self.session_start = time.time()
+        while s.step < self.total_steps:
+            tokens_before = s.tokens_seen
+            loss_sum, ntok = self.one_step()
+            s.step += 1
+            window_loss, window_tok = window_loss + loss_sum, window_tok + ntok
+            window_tokens += s.tokens_seen - tokens_before
+            last = s.step == self.total_steps
+            must_save = last or s.step % t.steps_per_save == 0 or bool(self.stop)
+            if s.step % t.steps_per_report == 0 or must_save:
+                s.last_loss = self._finite_loss(window_loss, window_tok)
+                now = time.time()
+                s.elapsed_s = now - run_start
+                self._report(window_tokens, now - window_start)
+                window_loss, window_tok = mx.array(0.0), mx.array(0.0)
+                window_tokens, window_start = 0, now
+            evaluation = None
+            if (t.steps_per_eval and s.step % t.steps_per_eval == 0) or last:
+                evaluation = self.evaluate()
+            is_best = False
+            if evaluation is not None:
+                self.emit(evaluation)
+                if s.best_val_loss is None or evaluation.loss < s.best_val_loss:
+                    s.best_val_loss, s.best_step, is_best = evaluation.loss, s.step, True
+            if must_save or is_best:
+                s.elapsed_s = time.time() - run_start
+                self.save(evaluation.loss if evaluation else None, is_best)
+            if self.stop and not last:
+                return "stopped"
+        return "finished"
+
+    def _finite_loss(self, window_loss: mx.array, window_tok: mx.array) -> float:
+        loss = (window_loss / mx.maximum(window_tok, 1)).item()
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss} by step {self.state.step}. Lower train.learning_rate, "
+                "set train.max_grad_norm, or check the data; the last good checkpoint is kept."
+            )
+        return loss
+
+    def _report(self, tokens: int, seconds: float) -> None:
+        s = self.state
+        rate = tokens / max(seconds, 1e-9)
+        trained_share = s.trained_tokens_seen / max(s.tokens_seen, 1)
+        per_step = (time.time() - self.session_start) / max(s.step - self.start_step, 1)
+        self.emit(StepReported(
+            step=s.step, total_steps=self.total_steps,
+            epoch=s.epoch + s.cursor / max(self.train_src.batches_per_epoch(), 1),
+            loss=s.last_loss, learning_rate=float(self.optimizer.learning_rate.item()),
+            tokens_per_second=rate, trained_tokens_per_second=rate * trained_share,
+            tokens_seen=s.tokens_seen, peak_memory_gb=mx.get_peak_memory() / 1e9,
+            elapsed_s=s.elapsed_s, eta_s=per_step * (self.total_steps - s.step),
+        ))
+
+
+def _tree_add(a, b):
+    from mlx.utils import tree_map
+
+    return tree_map(lambda x, y: x + y, a, b)
+
+
+def run_training(
+    recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None
+) -> RunResult:
+    """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event."""
+    run = RunDir(run_dir or recipe.output or default_output(recipe))
+    stop = stop or StopFlag()
+    if resume:
+        if run.read_meta().get("status") == "finished":
+            raise MlxsftError(
+                "this run already finished; start a new run (or raise train.iters in a new recipe).",
+                path=str(run.path),
+            )
+    else:
+        run.create(recipe)
+    run.clean_staging()
+    jsonl = JsonlSink(run.events_file)
+    emit = Emitter([jsonl, *sinks])
+    trainer = Trainer(recipe, run, emit, stop)
+    try:
+        with _stop_on_signals(stop):
+            trainer.prepare(resume)
+            trainer.announce(resumed=resume)
+            status = trainer.loop()
+        state = trainer.state
+        if status == "stopped":
+            emit(RunStopped(step=state.step, reason=stop.reason or "stopped",
+                            last_checkpoint=str(trainer.last_checkpoint)))
+        else:
+            emit(RunFinished(step=state.step, final_loss=state.last_loss, best_step=state.best_step,
+                             best_val_loss=state.best_val_loss, elapsed_s=state.elapsed_s))
+    except MlxsftError as exc:
+        _record_failure(run, emit, trainer, str(exc))
+        raise
+    finally:
+        jsonl.close()
+    run.update_meta(status=status, updated=time.time())
+    return RunResult(run.path, status, trainer.state)
+
+
+def _record_failure(run: RunDir, emit: Emitter, trainer: Trainer, reason: str) -> None:
+    state = getattr(trainer, "state", None)
+    step = state.step if state else 0
+    last = str(trainer.last_checkpoint) if trainer.last_checkpoint else None
+    emit(RunFailed(step=step, reason=reason, last_checkpoint=last))
+    run.update_meta(status="failed", updated=time.time(), error=reason)
+
+
+class _stop_on_signals:
+    """Turn SIGINT/SIGTERM into a graceful stop (checkpoint, then exit) while training."""
+
+    def __init__(self, stop: StopFlag):
+        self.stop = stop
+        self.previous = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.stop:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop.set(f"received {signal.Signals(signum).name}")
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -1,0 +1,93 @@
+"""Turn a recipe's data section into tokenized splits and per-epoch batch plans.
+
+The plan for epoch e is a pure function of (lengths, batching knobs, seed + e), so a
+resumed run rebuilds the exact batch order from its saved (epoch, cursor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig, TrainConfig
+from ..data.batching import Batch, collate, padding_waste, plan_batches
+from ..data.formats import load_jsonl
+from ..data.masking import TokenizedDataset, tokenize_dataset
+from ..errors import DataError
+
+
+def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
+    """Paths of the train/valid/test files; `train` may be a folder holding train.jsonl etc."""
+    train = Path(data.train)
+    if train.is_dir():
+        folder = train
+        files = {name: folder / f"{name}.jsonl" for name in ("train", "valid", "test")}
+        if not files["train"].is_file():
+            raise DataError("this data folder has no train.jsonl.", path=str(folder))
+        files = {k: (v if v.is_file() else None) for k, v in files.items()}
+    else:
+        files = {"train": train, "valid": None, "test": None}
+    for name in ("valid", "test"):
+        given = getattr(data, name)
+        if given:
+            files[name] = Path(given)
+    for name, path in files.items():
+        if path is not None and not path.is_file():
+            raise DataError(f"{name} data file not found; check data.{name} in the recipe.", path=str(path))
+    return files
+
+
+def load_split(path: Path, tokenizer, data: DataConfig, train: TrainConfig) -> TokenizedDataset:
+    examples = load_jsonl(path)
+    return tokenize_dataset(examples, tokenizer, mask=data.mask, max_seq_length=train.max_seq_length)
+
+
+@dataclass
+class BatchSource:
+    """Batches of one split in a deterministic per-epoch order."""
+
+    dataset: TokenizedDataset
+    train: TrainConfig
+    pad_id: int
+    shuffle: bool
+
+    def __post_init__(self):
+        self.lengths = [len(ex.ids) for ex in self.dataset.examples]
+        self._plan = lru_cache(maxsize=2)(self._make_plan)
+
+    def _make_plan(self, epoch: int):
+        return plan_batches(
+            self.lengths,
+            batch_size=self.train.batch_size,
+            batch_tokens=self.train.batch_tokens,
+            max_seq_length=self.train.max_seq_length,
+            pack=self.train.pack,
+            shuffle=self.shuffle,
+            seed=self.train.seed + epoch,
+        )
+
+    def plan(self, epoch: int = 0):
+        return self._plan(epoch)
+
+    def batches_per_epoch(self) -> int:
+        return len(self.plan(0))
+
+    def batch(self, epoch: int, index: int) -> Batch:
+        return collate(self.dataset.examples, self.plan(epoch)[index], self.pad_id)
+
+    def padding_waste(self) -> float:
+        return padding_waste([self.batch(0, i) for i in range(self.batches_per_epoch())])
+
+    def trained_tokens(self) -> int:
+        return int(sum(np.count_nonzero(ex.trained) for ex in self.dataset.examples))
+
+
+def pad_token_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0

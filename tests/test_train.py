@@ -1,0 +1,105 @@
+"""End-to-end training on tiny local models: every method learns, events and run dir are complete."""
+
+import json
+
+import mlx.core as mx
+import pytest
+
+from mlxsft.config import recipe_from_dict
+from mlxsft.errors import DataError, MlxsftError
+from mlxsft.rundir import RunDir
+from mlxsft.train.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
+from mlxsft.train.loop import run_training
+
+from .conftest import QUICKSTART_DATA, write_jsonl
+
+
+def make_recipe(model, out, **train):
+    settings = {"iters": 30, "batch_size": 8, "learning_rate": 3e-3, "max_seq_length": 128,
+                "steps_per_report": 5, "steps_per_eval": 15, "steps_per_save": 15, "warmup_steps": 3}
+    settings.update(train)
+    return recipe_from_dict({"model": str(model), "data": str(QUICKSTART_DATA), "output": str(out),
+                             "lora": {"rank": 8, "alpha": 16}, "train": settings})
+
+
+def val_losses(run_dir):
+    return [e.loss for e in read_events(RunDir(run_dir).events_file) if isinstance(e, EvalFinished)]
+
+
+@pytest.mark.parametrize("method,quant", [("lora", None), ("dora", None), ("full", None), ("lora", 4)])
+def test_methods_lower_validation_loss(tiny_llama, tmp_path, method, quant):
+    recipe = make_recipe(tiny_llama, tmp_path / "run", learning_rate=3e-3 if method != "full" else 1e-3)
+    recipe.method = method
+    if quant:
+        recipe.quantize.bits, recipe.quantize.group_size = quant, 32
+    result = run_training(recipe)
+    assert result.status == "finished"
+    losses = val_losses(tmp_path / "run")
+    assert len(losses) == 2
+    # the base model's loss on this vocabulary is ~ln(V) = 6.4; training must cut it hard
+    first_step_loss = [e.loss for e in read_events(RunDir(result.run_dir).events_file)
+                       if isinstance(e, StepReported)][0]
+    assert losses[-1] < 0.6 * first_step_loss
+
+
+def test_run_dir_describes_itself(tiny_llama, tmp_path):
+    result = run_training(make_recipe(tiny_llama, tmp_path / "run", iters=6, steps_per_save=3, steps_per_eval=3))
+    run = RunDir(result.run_dir)
+    assert run.load_recipe().train.iters == 6
+    meta = run.read_meta()
+    assert meta["status"] == "finished" and meta["model_path"] == str(tiny_llama)
+    assert run.checkpoint_steps() == [3, 6]
+    config = json.loads(run.adapter_config_file.read_text())
+    assert config["fine_tune_type"] == "lora" and config["lora_parameters"]["scale"] == 2.0
+    events = read_events(run.events_file)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
+    assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [3, 6]
+    assert isinstance(events[-1], RunFinished) and events[-1].best_step in (3, 6)
+    # the run root's adapters load in mlx-lm as they are
+    from mlx_lm.utils import load
+
+    model, _ = load(str(tiny_llama), adapter_path=str(run.path))
+    assert model(mx.array([[1, 2, 3]])).shape[-1] > 0
+
+
+def test_tiny_model_learns_toy_task_to_near_zero(tiny_llama, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"code {i}"},
+                          {"role": "assistant", "content": ["alpha", "bravo", "charlie", "delta"][i]}]}
+            for i in range(4)]
+    data = tmp_path / "toy"
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "valid.jsonl", rows)
+    recipe = recipe_from_dict({
+        "model": str(tiny_llama), "data": str(data), "output": str(tmp_path / "run"), "method": "full",
+        "train": {"iters": 80, "batch_size": 4, "learning_rate": 3e-3, "lr_schedule": "constant",
+                  "steps_per_eval": 80, "steps_per_save": 80, "max_grad_norm": None},
+    })
+    run_training(recipe)
+    assert val_losses(tmp_path / "run")[-1] < 0.05
+
+
+def test_existing_run_dir_is_not_overwritten(tiny_llama, tmp_path):
+    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=2, steps_per_eval=0)
+    run_training(recipe)
+    events_before = (tmp_path / "run" / "events.jsonl").read_text()
+    with pytest.raises(MlxsftError, match="already holds a run"):
+        run_training(recipe)
+    assert (tmp_path / "run" / "events.jsonl").read_text() == events_before
+
+
+def test_batch_larger_than_data(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "two.jsonl", [
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}] * 2)
+    recipe = make_recipe(tiny_llama, tmp_path / "run", batch_size=4)
+    recipe.data.train = str(data)
+    with pytest.raises(DataError, match="batch_size=4 is larger than the 2 trainable rows"):
+        run_training(recipe)
+
+
+def test_packing_and_accumulation_train(tiny_llama, tmp_path):
+    result = run_training(make_recipe(tiny_llama, tmp_path / "run", pack=True, grad_accumulation=2,
+                                      grad_checkpoint=True, batch_size=2))
+    assert result.status == "finished"
+    losses = val_losses(result.run_dir)
+    assert losses[-1] < losses[0] or losses[-1] < 3.0
