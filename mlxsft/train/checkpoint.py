@@ -1,9 +1,10 @@
 """Checkpoints: what exact resume needs, written atomically into the run directory.
 
 A checkpoint holds the trainable weights (mlx-lm's `adapters.safetensors` names),
-the optimizer state (its `step` drives the LR schedule, plus Adam moments), the
-MLX RNG key (dropout), and `trainer_state.json` with the data cursor (epoch and
-micro-batch index into that epoch's deterministic plan) and running totals.
+the optimizer state (its `step` drives the LR schedule, plus Adam moments), and
+`trainer_state.json` with the data cursor (epoch and micro-batch index into that
+epoch's deterministic plan) and running totals. Dropout needs no saved RNG: the loop
+reseeds MLX's RNG from (seed, micro-batch) before every micro-batch.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from mlx.utils import tree_flatten
 
 from ..errors import TrainingError
 from ..rundir import RunDir, atomic_write_text
-
-RNG_KEY = "__mlxsft_rng_key__"
 
 
 @dataclass
@@ -54,7 +53,6 @@ def save_checkpoint(
     """Write step `state.step`'s checkpoint (staged, then renamed) and refresh the run's latest adapters."""
     weights = dict(tree_flatten(model.trainable_parameters()))
     opt_arrays = dict(tree_flatten(optimizer.state))
-    opt_arrays[RNG_KEY] = mx.random.state[0]
     staging = run.new_checkpoint_staging()
     try:
         _save_arrays(weights, staging / "adapters.safetensors")
@@ -80,7 +78,7 @@ def _publish_latest(run: RunDir, checkpoint: Path, adapter_config: dict) -> None
 
 
 def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimizer) -> TrainerState:
-    """Restore weights, optimizer state and RNG from `checkpoint`; return its trainer state.
+    """Restore weights and optimizer state from `checkpoint`; return its trainer state.
 
     Call before compiling the step: the compiled step captures the optimizer's state dict.
     """
@@ -98,7 +96,6 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimiz
             path=str(checkpoint),
         )
     model.load_weights(list(weights.items()), strict=False)
-    mx.random.state[0] = opt_arrays.pop(RNG_KEY)
     optimizer.init(model.trainable_parameters())
     expected_opt = dict(tree_flatten(optimizer.state))
     if set(opt_arrays) != set(expected_opt):
@@ -106,7 +103,7 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimiz
                             path=str(checkpoint))
     for key, value in opt_arrays.items():
         _assign(optimizer.state, key, value)
-    mx.eval(model.parameters(), optimizer.state, mx.random.state)
+    mx.eval(model.parameters(), optimizer.state)
     return state
 
 

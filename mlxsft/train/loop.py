@@ -154,6 +154,9 @@ class Trainer:
         if s.cursor >= self.train_src.batches_per_epoch():
             s.epoch, s.cursor = s.epoch + 1, 0
         batch = self.train_src.batch(s.epoch, s.cursor)
+        # Dropout's randomness is a function of (seed, position in the data stream),
+        # so a resumed run draws exactly what the uninterrupted run drew.
+        mx.random.seed((self.t.seed * 1_000_003 + s.epoch * 65_537 + s.cursor) % 2**32)
         s.cursor += 1
         return batch
 
@@ -194,10 +197,14 @@ class Trainer:
         if self.t.val_batches > 0:
             n = min(n, self.t.val_batches)
         loss = tokens = correct = 0.0
-        for i in range(n):
-            ls, nt, c = self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i)))
-            mx.eval(ls, nt, c)
-            loss, tokens, correct = loss + ls.item(), tokens + nt.item(), correct + c.item()
+        self.model.eval()  # no dropout: evaluation must not draw from the training RNG
+        try:
+            for i in range(n):
+                ls, nt, c = self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i)))
+                mx.eval(ls, nt, c)
+                loss, tokens, correct = loss + ls.item(), tokens + nt.item(), correct + c.item()
+        finally:
+            self.model.train()
         mean = loss / max(tokens, 1)
         return EvalFinished(
             step=self.state.step, split="valid", loss=mean, perplexity=math.exp(min(mean, 50)),

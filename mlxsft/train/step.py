@@ -126,8 +126,9 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
     def apply_grads(grads, ntok):
         update(grads, ntok)
 
-    metrics = eval_metrics if packed else _unpacked(eval_metrics)
-    eval_step = mx.compile(partial(metrics, model), inputs=state)
+    # Not compiled: the caller switches the model to eval mode (no dropout, no RNG use)
+    # around it, and a compiled trace would freeze whichever mode it first saw.
+    eval_step = partial(eval_metrics if packed else _unpacked(eval_metrics), model)
     return StepFunctions(train_step, grad_step, apply_grads, eval_step)
 
 
