@@ -63,19 +63,25 @@ class RunDir:
     def exists(self) -> bool:
         return self.recipe_file.is_file()
 
-    def create(self, recipe: Recipe) -> None:
+    def require_new(self) -> None:
         if self.exists():
             raise MlxsftError(
                 "this run directory already holds a run. Resume it with `mlxsft train --resume "
                 f"{self.path}`, or choose another output (--set output=...).",
                 path=str(self.path),
             )
+
+    def require_existing(self) -> None:
+        if not self.exists():
+            raise MlxsftError("not a run directory (no recipe.yaml); give the folder a run wrote.", path=str(self.path))
+
+    def create(self, recipe: Recipe) -> None:
+        self.require_new()
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.recipe_file, dump_recipe(recipe))
 
     def load_recipe(self) -> Recipe:
-        if not self.exists():
-            raise MlxsftError("not a run directory (no recipe.yaml); give the folder a run wrote.", path=str(self.path))
+        self.require_existing()
         return load_recipe(self.recipe_file)
 
     def read_meta(self) -> dict:

@@ -103,3 +103,22 @@ def test_packing_and_accumulation_train(tiny_llama, tmp_path):
     assert result.status == "finished"
     losses = val_losses(result.run_dir)
     assert losses[-1] < losses[0] or losses[-1] < 3.0
+
+
+def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path):
+    from mlxsft.errors import TrainingError
+    from mlxsft.train.events import RunFailed
+
+    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=20, learning_rate=1e30, max_grad_norm=None,
+                         steps_per_report=1, steps_per_save=1, steps_per_eval=0, warmup_steps=0,
+                         lr_schedule="constant")
+    with pytest.raises(TrainingError, match="inf|nan"):
+        run_training(recipe)
+    run = RunDir(tmp_path / "run")
+    assert run.read_meta()["status"] == "failed"
+    failed = read_events(run.events_file)[-1]
+    assert isinstance(failed, RunFailed) and failed.step < 20
+    steps = run.checkpoint_steps()
+    assert steps and steps[-1] < failed.step
+    weights = mx.load(str(run.checkpoint_dir(steps[-1]) / "adapters.safetensors"))
+    assert all(mx.isfinite(w).all().item() for w in weights.values())

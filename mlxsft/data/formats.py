@@ -180,7 +180,7 @@ def _read_tags(row: dict, where: str, line_no: int) -> tuple[str, ...]:
 def _read_messages(messages, where: str, line_no: int) -> tuple[dict, ...]:
     if not isinstance(messages, list):
         raise DataError(
-            f'\'messages\' must be a list of {{"role", "content"}} objects, found a '
+            "'messages' must be a list of objects with 'role' and 'content', found a "
             f"{_json_type(messages)}.",
             path=where,
             line=line_no,

@@ -145,32 +145,46 @@ def tokenize_example(
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     hf = _hf_tokenizer(tokenizer)
     if example.kind == "chat":
-        text = _render(hf, example, example.messages, generation_prompt=False)
-        spans = [] if mask == "none" else _assistant_spans(hf, example, text)
-        if mask == "last":
-            spans = spans[-1:]
-        ids, offsets = _encode(hf, text, example, add_special_tokens=False)
-        eos_id = None
+        ids, trained = _tokenize_chat(hf, example, mask)
     else:
-        if example.kind == "completion":
-            text = example.prompt + example.completion
-            spans = [(len(example.prompt), len(text))]
-        else:
-            text = example.text
-            spans = [(0, len(text))]
-        ids, offsets = _encode(hf, text, example, add_special_tokens=True)
-        eos_id = getattr(hf, "eos_token_id", None)
-    trained = _overlaps(offsets, spans)
-    if isinstance(eos_id, int) and (len(ids) == 0 or ids[-1] != eos_id):
-        # Teach the model to stop: EOS after a completion or a text is a target.
-        ids = np.append(ids, np.int32(eos_id))
-        trained = np.append(trained, True)
+        ids, trained = _tokenize_plain(hf, example)
     if mask == "none":
         trained = np.ones(len(ids), dtype=bool)
     if len(trained):
         trained[0] = False  # nothing predicts the first token
     result = TokenizedExample(ids, trained, example.path, example.line, False, example.tags)
     return _truncate(result, max_seq_length)
+
+
+def _tokenize_chat(hf, example: Example, mask: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, trained) of the rendered chat; the template brings its own BOS/end tokens."""
+    text = _render(hf, example, example.messages, generation_prompt=False)
+    spans = [] if mask == "none" else _assistant_spans(hf, example, text)
+    if mask == "last":
+        spans = spans[-1:]
+    ids, offsets = _encode(hf, text, example, add_special_tokens=False)
+    return ids, _overlaps(offsets, spans)
+
+
+def _tokenize_plain(hf, example: Example) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, trained) of prompt + completion or of a text, with EOS appended and trained.
+
+    The tokenizer adds its own specials (e.g. BOS); EOS is appended as an id (unless the
+    tokenizer already ended with it) so the model learns to stop.
+    """
+    if example.kind == "completion":
+        text = example.prompt + example.completion
+        spans = [(len(example.prompt), len(text))]
+    else:
+        text = example.text
+        spans = [(0, len(text))]
+    ids, offsets = _encode(hf, text, example, add_special_tokens=True)
+    trained = _overlaps(offsets, spans)
+    eos_id = getattr(hf, "eos_token_id", None)
+    if isinstance(eos_id, int) and (len(ids) == 0 or ids[-1] != eos_id):
+        ids = np.append(ids, np.int32(eos_id))
+        trained = np.append(trained, True)
+    return ids, trained
 
 
 def _hf_tokenizer(tokenizer):

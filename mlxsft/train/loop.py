@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map
 
 from .. import __version__
 from ..config import Recipe
@@ -212,6 +213,7 @@ class Trainer:
         )
 
     def save(self, val_loss: float | None, is_best: bool) -> None:
+        self._check_finite_weights()
         path = save_checkpoint(self.run, self.model, self.optimizer, self.state, self.adapter_config)
         self.last_checkpoint = path
         self.run.update_meta(
@@ -267,6 +269,15 @@ class Trainer:
             )
         return loss
 
+    def _check_finite_weights(self) -> None:
+        """Never write a checkpoint with inf/NaN weights over the last good one."""
+        finite = [mx.isfinite(v).all() for _, v in tree_flatten(self.model.trainable_parameters())]
+        if not mx.stack(finite).all().item():
+            raise TrainingError(
+                f"the weights became inf/NaN by step {self.state.step}. Lower train.learning_rate or set "
+                "train.max_grad_norm; the last good checkpoint is kept."
+            )
+
     def _report(self, tokens: int, seconds: float) -> None:
         s = self.state
         rate = tokens / max(seconds, 1e-9)
@@ -283,8 +294,6 @@ class Trainer:
 
 
 def _tree_add(a, b):
-    from mlx.utils import tree_map
-
     return tree_map(lambda x, y: x + y, a, b)
 
 
@@ -294,37 +303,51 @@ def run_training(
     """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event."""
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop or StopFlag()
-    if resume:
-        if run.read_meta().get("status") == "finished":
-            raise MlxsftError(
-                "this run already finished; start a new run (or raise train.iters in a new recipe).",
-                path=str(run.path),
-            )
-    else:
-        run.create(recipe)
-    run.clean_staging()
-    jsonl = JsonlSink(run.events_file)
-    emit = Emitter([jsonl, *sinks])
+    _check_run_dir(run, resume)
+    emit = Emitter(list(sinks))
     trainer = Trainer(recipe, run, emit, stop)
-    try:
-        with _stop_on_signals(stop):
-            trainer.prepare(resume)
+    with _stop_on_signals(stop):
+        # Load model and data before touching the run directory: a typo in the recipe
+        # must not leave a half-made run behind that blocks the corrected command.
+        trainer.prepare(resume)
+        if not resume:
+            run.create(recipe)
+        run.clean_staging()
+        jsonl = JsonlSink(run.events_file)
+        emit.sinks.insert(0, jsonl)
+        try:
             trainer.announce(resumed=resume)
             status = trainer.loop()
-        state = trainer.state
-        if status == "stopped":
-            emit(RunStopped(step=state.step, reason=stop.reason or "stopped",
-                            last_checkpoint=str(trainer.last_checkpoint)))
-        else:
-            emit(RunFinished(step=state.step, final_loss=state.last_loss, best_step=state.best_step,
-                             best_val_loss=state.best_val_loss, elapsed_s=state.elapsed_s))
-    except MlxsftError as exc:
-        _record_failure(run, emit, trainer, str(exc))
-        raise
-    finally:
-        jsonl.close()
+            _emit_outcome(emit, trainer, status, stop)
+        except MlxsftError as exc:
+            _record_failure(run, emit, trainer, str(exc))
+            raise
+        finally:
+            jsonl.close()
     run.update_meta(status=status, updated=time.time())
     return RunResult(run.path, status, trainer.state)
+
+
+def _check_run_dir(run: RunDir, resume: bool) -> None:
+    if not resume:
+        run.require_new()
+        return
+    run.require_existing()
+    if run.read_meta().get("status") == "finished":
+        raise MlxsftError(
+            "this run already finished; start a new run (or raise train.iters in a new recipe).",
+            path=str(run.path),
+        )
+
+
+def _emit_outcome(emit: Emitter, trainer: Trainer, status: str, stop: StopFlag) -> None:
+    state = trainer.state
+    if status == "stopped":
+        emit(RunStopped(step=state.step, reason=stop.reason or "stopped",
+                        last_checkpoint=str(trainer.last_checkpoint)))
+    else:
+        emit(RunFinished(step=state.step, final_loss=state.last_loss, best_step=state.best_step,
+                         best_val_loss=state.best_val_loss, elapsed_s=state.elapsed_s))
 
 
 def _record_failure(run: RunDir, emit: Emitter, trainer: Trainer, reason: str) -> None:
