@@ -8,13 +8,17 @@ dataclasses, the same source the YAML validation and the TUI forms use.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
+
+import importlib
 
 from .blas import maybe_reexec_with_openblas
 from .config import iter_fields
 from .errors import MlxsftError
+
+# Modules that add their own subcommands: each has `add_commands(subparsers)`, which adds
+# subparsers whose defaults set `handler=<function(args) -> exit code>`.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--set", action="append", metavar="KEY=VALUE")
 
     sub.add_parser("doctor", help="Show the MLX backend, BLAS and versions.")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     maybe_reexec_with_openblas(argv)
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except MlxsftError as exc:
         print(f"mlxsft: error: {exc}", file=sys.stderr)
         return exc.exit_code
