@@ -79,6 +79,9 @@ class TinyModelSpec:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     seed: int = 0
+    # Embedding rows; None = the tokenizer's size. Real checkpoints often pad the
+    # vocabulary (e.g. to 32000 or 151936): benchmarks use this to get realistic heads.
+    model_vocab_size: int | None = None
 
 
 def train_tokenizer(corpus: list[str], template: str, vocab_size: int):
@@ -193,7 +196,7 @@ def build_tiny_model(
     tokenizer = train_tokenizer(texts, spec.template, spec.vocab_size)
     tokenizer.save(str(out / "tokenizer.json"))
     template = TEMPLATES[spec.template]
-    vocab = tokenizer.get_vocab_size()
+    vocab = max(tokenizer.get_vocab_size(), spec.model_vocab_size or 0)
     eos_id = tokenizer.token_to_id(template["eos"])
     bos_id = tokenizer.token_to_id(template["bos"]) if template["bos"] else None
     tok_config = _tokenizer_config(spec.template)

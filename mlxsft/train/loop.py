@@ -8,6 +8,7 @@ reports, evaluates or saves.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ class Trainer:
                 skipped=tuple(f"{s.path}:{s.line}: {s.reason}" for s in ds.skipped),
             ))
         self.run.update_meta(
-            mlxsft_version=__version__, status="running", model=self.recipe.model,
+            mlxsft_version=__version__, status="running", pid=os.getpid(), model=self.recipe.model,
             model_path=str(self.model_path), method=self.recipe.method, total_steps=self.total_steps,
             trainable_parameters=counts.trainable, total_parameters=counts.total,
             created=self.run.read_meta().get("created", time.time()), updated=time.time(),
