@@ -18,7 +18,9 @@ from .errors import MlxsftError
 
 # Modules that add their own subcommands: each has `add_commands(subparsers)`, which adds
 # subparsers whose defaults set `handler=<function(args) -> exit code>`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "mlxsft.bench.commands",
+)
 
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:

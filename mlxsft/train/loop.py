@@ -163,18 +163,17 @@ class Trainer:
         return batch
 
     def _arrays(self, batch):
-        arrays = [mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.weights)]
-        if self.t.pack:
-            arrays.append(mx.array(batch.segments))
-        return arrays
+        return self.steps.plan.arrays(batch)
 
     def one_step(self):
         """One optimizer step over `grad_accumulation` micro-batches; returns lazy (loss_sum, ntok)."""
         tokens = trained = 0
+        self.last_batch_positions = 0
         if self.t.grad_accumulation == 1:
             batch = self._next_batch()
             loss_sum, ntok = self.steps.train_step(*self._arrays(batch))
             tokens, trained = batch.num_tokens, batch.num_trained
+            self.last_batch_positions = batch.inputs.size
         else:
             grads = loss_sum = ntok = None
             for _ in range(self.t.grad_accumulation):
@@ -184,6 +183,7 @@ class Trainer:
                 loss_sum = ls if loss_sum is None else loss_sum + ls
                 ntok = nt if ntok is None else ntok + nt
                 tokens, trained = tokens + batch.num_tokens, trained + batch.num_trained
+                self.last_batch_positions += batch.inputs.size
                 mx.eval(grads, loss_sum, ntok)  # bound memory: one micro-batch graph at a time
             self.steps.apply_grads(grads, ntok)
         mx.eval(loss_sum, ntok, self.model.state, self.optimizer.state)

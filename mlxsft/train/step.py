@@ -10,12 +10,14 @@ the same as for the row alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 from mlx.utils import tree_map
 
 
@@ -50,22 +52,145 @@ def forward(model: nn.Module, inputs: mx.array, segments: mx.array | None) -> mx
     return model(inputs, cache=cache)
 
 
-def masked_loss(model, inputs, targets, weights, segments=None):
-    """Sum of token cross-entropies over trained positions, and their count.
+@dataclass(frozen=True)
+class HeadSplit:
+    """The model as body (tokens -> hidden states) and head (hidden -> logits).
 
-    inputs/targets (B, T) int32, weights (B, T) float32 in {0, 1}.
+    Splitting lets the loss run the LM head only on trained positions: on chat data
+    most positions are prompt, and the head plus its softmax over the vocabulary is
+    the largest cost of a small model's step.
     """
+
+    body: Callable  # (inputs (B, T), cache) -> hidden (B, T, D)
+    head_module: nn.Module  # the module whose weights the head uses
+    head: Callable  # hidden (..., D) -> logits (..., V)
+
+
+def split_head(model: nn.Module) -> HeadSplit | None:
+    """A verified body/head split of an mlx-lm model, or None to use full logits.
+
+    Models that post-process logits (soft-capping, scaling) fail the check and fall back.
+    """
+    inner = getattr(model, "model", None)
+    if inner is None or not callable(inner):
+        return None
+    if isinstance(getattr(model, "lm_head", None), nn.Module):
+        split = HeadSplit(lambda x, cache=None: inner(x, cache=cache), model.lm_head, lambda h: model.lm_head(h))
+    elif hasattr(getattr(inner, "embed_tokens", None), "as_linear"):
+        embed = inner.embed_tokens
+        split = HeadSplit(lambda x, cache=None: inner(x, cache=cache), embed, lambda h: embed.as_linear(h))
+    else:
+        return None
+    training = model.training
+    model.eval()  # no dropout while comparing
+    try:
+        probe = mx.arange(1, 9, dtype=mx.int32)[None] % 7 + 1  # (1, 8)
+        full = model(probe).astype(mx.float32)
+        parts = split.head(split.body(probe)).astype(mx.float32)
+        same = full.shape == parts.shape and mx.allclose(full, parts, rtol=1e-3, atol=1e-3).item()
+    except Exception:  # noqa: BLE001 - any failure means "do not split this model"
+        same = False
+    finally:
+        model.train(training)
+    return split if same else None
+
+
+def gather_trained(weights: np.ndarray, targets: np.ndarray, bucket_fraction: int = 8):
+    """Flat indices of trained positions, and their targets/weights, padded to a bucket.
+
+    weights/targets (B, T) -> positions, targets, weights (K,). K is rounded up to a
+    multiple of B*T/bucket_fraction so compiled steps see few distinct shapes; the
+    padding entries point at position 0 with weight 0.
+    """
+    flat = np.flatnonzero(weights.reshape(-1))
+    step = max(weights.size // bucket_fraction, 1)
+    K = min(max(-(-len(flat) // step) * step, step), weights.size)
+    positions = np.zeros(K, np.int32)
+    positions[: len(flat)] = flat
+    sel_weights = np.zeros(K, np.float32)
+    sel_weights[: len(flat)] = weights.reshape(-1)[flat]
+    sel_targets = np.zeros(K, np.int32)
+    sel_targets[: len(flat)] = targets.reshape(-1)[flat]
+    return positions, sel_targets, sel_weights
+
+
+def _chunk_ce(head_params, h, targets, *, head_module, head):
+    head_module.update(head_params)
+    targets = mx.stop_gradient(targets)  # integer ids: no VJP through the checkpoint
+    return nn.losses.cross_entropy(head(h).astype(mx.float32), targets, reduction="none")
+
+
+def head_cross_entropy(split: HeadSplit, h: mx.array, targets: mx.array, chunk_tokens: int) -> mx.array:
+    """Per-token cross-entropy (K,) of hidden states h (K, D) through the head.
+
+    Above `chunk_tokens` rows the head runs chunk by chunk under mx.checkpoint, so the
+    backward never holds more than one chunk's (chunk, V) logits.
+    """
+    K = h.shape[0]
+    if K <= chunk_tokens:
+        return nn.losses.cross_entropy(split.head(h).astype(mx.float32), targets, reduction="none")
+    fn = mx.checkpoint(partial(_chunk_ce, head_module=split.head_module, head=split.head))
+    params = split.head_module.trainable_parameters()
+    pieces = [fn(params, h[i : i + chunk_tokens], targets[i : i + chunk_tokens]) for i in range(0, K, chunk_tokens)]
+    return mx.concatenate(pieces)
+
+
+def chunk_tokens_for(vocab_size: int, budget_bytes: int = 256 * 2**20) -> int:
+    """Rows of fp32 logits that fit in `budget_bytes` (at least 64)."""
+    return max(64, budget_bytes // (4 * max(vocab_size, 1)))
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """How batches become step arguments: packed or not, gathered head or full logits."""
+
+    packed: bool
+    split: HeadSplit | None
+    chunk_tokens: int
+
+    def arrays(self, batch) -> list[mx.array]:
+        """Step arguments of a data-layer Batch, in the order `loss` unpacks them."""
+        if self.split is not None:
+            pos, tgt, w = gather_trained(batch.weights, batch.targets)
+            arrays = [mx.array(batch.inputs), mx.array(pos), mx.array(tgt), mx.array(w)]
+        else:
+            arrays = [mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.weights)]
+        if self.packed:
+            arrays.append(mx.array(batch.segments))
+        return arrays
+
+    def per_token(self, model, *arrays):
+        """(ce (N,), logits-argmax (N,), targets (N,), weights (N,)) for the step arguments."""
+        segments = arrays[-1] if self.packed else None
+        cache = None if segments is None else [SegmentCache(segment_mask(segments))] * len(model.layers)
+        if self.split is None:
+            inputs, targets, weights = arrays[:3]
+            logits = model(inputs, cache=cache).astype(mx.float32)  # (B, T, V)
+            ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+            return ce, logits, targets, weights
+        inputs, positions, targets, weights = arrays[:4]
+        hidden = self.split.body(inputs, cache)  # (B, T, D)
+        h = hidden.reshape(-1, hidden.shape[-1])[positions]  # (K, D)
+        return head_cross_entropy(self.split, h, targets, self.chunk_tokens), h, targets, weights
+
+    def loss(self, model, *arrays):
+        """(sum of trained-token cross-entropy, number of trained tokens)."""
+        ce, _, _, weights = self.per_token(model, *arrays)
+        return (ce * weights).sum(), weights.sum()
+
+    def metrics(self, model, *arrays):
+        """(loss sum, trained tokens, correctly predicted trained tokens)."""
+        ce, out, targets, weights = self.per_token(model, *arrays)
+        logits = out if self.split is None else self.split.head(out)
+        correct = (logits.argmax(axis=-1) == targets).astype(mx.float32)
+        return (ce * weights).sum(), weights.sum(), (correct * weights).sum()
+
+
+def masked_loss(model, inputs, targets, weights, segments=None):
+    """Reference loss on full logits: (sum of trained-token CE, trained tokens)."""
     logits = forward(model, inputs, segments).astype(mx.float32)  # (B, T, V)
     ce = nn.losses.cross_entropy(logits, targets, reduction="none")  # (B, T)
     return (ce * weights).sum(), weights.sum()
-
-
-def eval_metrics(model, inputs, targets, weights, segments=None):
-    """(loss sum, trained tokens, correctly predicted trained tokens) for one batch."""
-    logits = forward(model, inputs, segments).astype(mx.float32)
-    ce = nn.losses.cross_entropy(logits, targets, reduction="none")
-    correct = (logits.argmax(axis=-1) == targets).astype(mx.float32)
-    return (ce * weights).sum(), weights.sum(), (correct * weights).sum()
 
 
 def enable_grad_checkpoint(model: nn.Module) -> None:
@@ -93,15 +218,20 @@ def enable_grad_checkpoint(model: nn.Module) -> None:
 class StepFunctions:
     """Compiled functions the loop calls; each returns lazy arrays."""
 
-    train_step: object  # (inputs, targets, weights[, segments]) -> (loss_sum, ntok)
-    grad_step: object  # same inputs -> (loss_sum, ntok, grads); for accumulation
-    apply_grads: object  # (grads, ntok) -> None
-    eval_step: object  # (inputs, targets, weights[, segments]) -> (loss_sum, ntok, correct)
+    plan: LossPlan
+    train_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok)
+    grad_step: Callable  # same -> (loss_sum, ntok, grads); for accumulation
+    apply_grads: Callable  # (grads, ntok) -> None
+    eval_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok, correct)
 
 
-def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool):
+def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool,
+                gather_head: bool = True) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state."""
-    loss_and_grad = nn.value_and_grad(model, masked_loss if packed else _unpacked(masked_loss))
+    split = split_head(model) if gather_head else None
+    vocab = model.args.vocab_size if hasattr(getattr(model, "args", None), "vocab_size") else 32000
+    plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab))
+    loss_and_grad = nn.value_and_grad(model, plan.loss)
 
     def update(grads, ntok):
         grads = tree_map(lambda g: g / ntok, grads)  # token-mean over the whole accumulation
@@ -112,14 +242,14 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def train_step(*batch):
-        (loss_sum, ntok), grads = loss_and_grad(model, *batch)
+    def train_step(*arrays):
+        (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
         update(grads, ntok)
         return loss_sum, ntok
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(*batch):
-        (loss_sum, ntok), grads = loss_and_grad(model, *batch)
+    def grad_step(*arrays):
+        (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
         return loss_sum, ntok, grads
 
     @partial(mx.compile, inputs=state, outputs=state)
@@ -128,14 +258,5 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
 
     # Not compiled: the caller switches the model to eval mode (no dropout, no RNG use)
     # around it, and a compiled trace would freeze whichever mode it first saw.
-    eval_step = partial(eval_metrics if packed else _unpacked(eval_metrics), model)
-    return StepFunctions(train_step, grad_step, apply_grads, eval_step)
-
-
-def _unpacked(fn):
-    """Drop the segments argument: unpacked rows need only the causal mask."""
-
-    def call(model, inputs, targets, weights):
-        return fn(model, inputs, targets, weights, None)
-
-    return call
+    eval_step = partial(plan.metrics, model)
+    return StepFunctions(plan, train_step, grad_step, apply_grads, eval_step)

@@ -1,0 +1,46 @@
+"""CLI: `mlxsft bench`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..rundir import atomic_write_text
+from .spec import BenchSpec
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bench", help="Time training steps; with --against, side by side with mlx-lm or PEFT.")
+    p.add_argument("--model", required=True, help="Model folder (or hub id).")
+    p.add_argument("--data", required=True, help="JSONL file or folder with train.jsonl.")
+    p.add_argument("--method", default="lora", choices=("lora", "dora", "full"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-seq-length", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20, help="Timed steps (after the warm-up).")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--layers", default="all")
+    p.add_argument("--pack", action="store_true", help="Pack rows (ours only).")
+    p.add_argument("--batch-tokens", type=int, default=None, help="Token budget per batch (ours only).")
+    p.add_argument("--grad-checkpoint", action="store_true")
+    p.add_argument("--against", action="append", default=[], choices=("mlx-lm", "peft"),
+                   help="Also run this trainer on the same work (repeatable).")
+    p.add_argument("--repeats", type=int, default=1, help="Runs per side; the fastest counts.")
+    p.add_argument("--json", dest="json_out", default=None, help="Write the results here as JSON.")
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from .runner import format_table, run_benchmark, summary
+
+    layers = args.layers if args.layers == "all" else int(args.layers)
+    spec = BenchSpec(model=args.model, data=args.data, method=args.method, batch_size=args.batch_size,
+                     max_seq_length=args.max_seq_length, steps=args.steps, warmup=args.warmup, rank=args.rank,
+                     alpha=2.0 * args.rank, layers=layers, pack=args.pack, batch_tokens=args.batch_tokens,
+                     grad_checkpoint=args.grad_checkpoint)
+    results = run_benchmark(spec, args.against, repeats=args.repeats)
+    print(format_table(results))
+    if args.json_out:
+        atomic_write_text(Path(args.json_out), json.dumps(summary(spec, results), indent=2))
+        print(f"Results written to {args.json_out}")
+    return 0

@@ -1,0 +1,47 @@
+"""Time this project's trainer: the same `Trainer` code path `mlxsft train` runs."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import mlx.core as mx
+
+from ..config import recipe_from_dict
+from ..rundir import RunDir
+from ..train.events import Emitter
+from ..train.loop import StopFlag, Trainer
+from .spec import BenchResult, BenchSpec
+
+
+def spec_to_recipe(spec: BenchSpec, method: str | None = None):
+    return recipe_from_dict({
+        "model": spec.model, "data": spec.data, "method": method or spec.method,
+        "lora": {"rank": spec.rank, "alpha": spec.alpha, "layers": spec.layers, "targets": list(spec.targets)},
+        "train": {
+            "iters": spec.warmup + spec.steps, "batch_size": spec.batch_size, "max_seq_length": spec.max_seq_length,
+            "learning_rate": spec.learning_rate, "lr_schedule": "constant", "max_grad_norm": None,
+            "pack": spec.pack, "batch_tokens": spec.batch_tokens, "grad_checkpoint": spec.grad_checkpoint,
+            "seed": spec.seed, "steps_per_eval": 0,
+        },
+    })
+
+
+def run_ours(spec: BenchSpec) -> BenchResult:
+    recipe = spec_to_recipe(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(recipe, RunDir(tmp), Emitter([]), StopFlag())
+        trainer.prepare(resume=False)
+        for _ in range(spec.warmup):
+            trainer.one_step()
+        mx.reset_peak_memory()
+        tokens = trained = positions = 0
+        start = time.perf_counter()
+        for _ in range(spec.steps):
+            before = (trainer.state.tokens_seen, trainer.state.trained_tokens_seen)
+            trainer.one_step()
+            tokens += trainer.state.tokens_seen - before[0]
+            trained += trainer.state.trained_tokens_seen - before[1]
+            positions += trainer.last_batch_positions
+        seconds = time.perf_counter() - start
+    return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9)
