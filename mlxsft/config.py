@@ -71,7 +71,12 @@ class TrainConfig:
     iters: int | None = _field(None, "Optimizer steps to run (give iters or epochs).")
     epochs: float | None = _field(None, "Passes over the training data (used when iters is not set).")
     batch_size: int = _field(4, "Rows (sequences) per micro-batch.")
-    batch_tokens: int | None = _field(None, "Cap on padded tokens per micro-batch (rows x length).")
+    batch_tokens: int | str | None = _field(
+        None, "Cap on padded tokens per micro-batch (rows x length), or 'auto': the most that fits memory_limit_gb."
+    )
+    memory_limit_gb: float | None = _field(
+        None, "Memory for training (batch_tokens: auto); default: 90% of Metal's working set, 60% of RAM on CPU."
+    )
     pack: bool = _field(False, "Pack short rows into one sequence (attention never crosses rows).")
     learning_rate: float = _field(1e-4, "Peak learning rate.")
     lr_schedule: str = _field("cosine", "Learning-rate decay after warmup.", LR_SCHEDULES)
@@ -298,8 +303,12 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int]
             fail(f"train.{key}", f"must be at least 1, got {getattr(t, key)}.")
     if t.steps_per_eval < 0:
         fail("train.steps_per_eval", "must be 0 (only at the end) or more.")
-    if t.batch_tokens is not None and t.batch_tokens < t.max_seq_length:
+    if isinstance(t.batch_tokens, str) and t.batch_tokens != "auto":
+        fail("train.batch_tokens", f"must be a number of tokens or 'auto', got {t.batch_tokens!r}.")
+    if isinstance(t.batch_tokens, int) and t.batch_tokens < t.max_seq_length:
         fail("train.batch_tokens", f"({t.batch_tokens}) must be at least train.max_seq_length ({t.max_seq_length}).")
+    if t.memory_limit_gb is not None and t.memory_limit_gb <= 0:
+        fail("train.memory_limit_gb", f"must be greater than 0, got {t.memory_limit_gb}.")
     if not t.learning_rate > 0:
         fail("train.learning_rate", f"must be greater than 0, got {t.learning_rate}.")
     if recipe.lora.rank < 1:

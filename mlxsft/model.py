@@ -194,6 +194,14 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     return ParameterCounts(total=total, trainable=trainable)
 
 
+def vocab_size(model: nn.Module) -> int:
+    """Rows of the model's output layer (its embedding table)."""
+    args = getattr(model, "args", None)
+    if hasattr(args, "vocab_size"):
+        return int(args.vocab_size)
+    return int(model.model.embed_tokens.weight.shape[0])
+
+
 def describe_base(path: Path) -> dict:
     """Small facts about a model folder for run metadata."""
     config = json.loads((path / "config.json").read_text())

@@ -44,6 +44,16 @@ class DataPrepared:
 
 
 @dataclass(frozen=True)
+class BatchTokensChosen:
+    """`batch_tokens: auto` measured these budgets and chose the largest that fit."""
+
+    batch_tokens: int
+    memory_limit_gb: float
+    probed_tokens: tuple[int, ...]
+    probed_peak_gb: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class StepReported:
     step: int
     total_steps: int
@@ -101,7 +111,7 @@ class RunFailed:
 
 
 Event = (
-    RunStarted | DataPrepared | StepReported | EvalFinished | CheckpointSaved | RunFinished | RunStopped | RunFailed
+    RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved | RunFinished | RunStopped | RunFailed
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -193,6 +203,10 @@ class StdoutSink:
                     if event.num_skipped > 10:
                         text += f"\n  ... and {event.num_skipped - 10} more"
                 return text
+            case BatchTokensChosen():
+                probes = ", ".join(f"{t:,}: {gb:.2f} GB" for t, gb in zip(event.probed_tokens, event.probed_peak_gb))
+                return (f"batch_tokens auto: {event.batch_tokens:,} tokens per batch fit the "
+                        f"{event.memory_limit_gb:.1f} GB limit (measured {probes})")
             case StepReported():
                 return (
                     f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "

@@ -7,6 +7,7 @@ reports, evaluates or saves.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -18,12 +19,14 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
 from .. import __version__
-from ..config import Recipe
+from ..config import Recipe, TrainConfig
 from ..errors import DataError, MlxsftError, TrainingError
-from ..model import attach_adapters, count_parameters, load_base
+from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
+from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from .events import (
+    BatchTokensChosen,
     CheckpointSaved,
     DataPrepared,
     Emitter,
@@ -86,18 +89,17 @@ class Trainer:
         mx.random.seed(self.t.seed)
         self.model, self.tokenizer, self.model_path, _ = load_base(self.recipe)
         files = resolve_data_files(self.recipe.data)
-        pad = pad_token_id(self.tokenizer)
+        self.pad_id = pad_token_id(self.tokenizer)
         train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
-        self.train_src = BatchSource(train_ds, self.t, pad, shuffle=True)
-        self.valid_src = None
-        if files["valid"] is not None:
-            valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t)
-            if valid_ds.examples:
-                self.valid_src = BatchSource(valid_ds, self.t, pad, shuffle=False)
-        self._check_data(files["train"])
+        valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t) if files["valid"] else None
         self.adapter_config = attach_adapters(self.model, self.recipe) | {"model": str(self.model_path)}
         if self.t.grad_checkpoint:
             enable_grad_checkpoint(self.model)
+        if self.t.batch_tokens == "auto":
+            self.t = self._resolve_auto_budget(resume)
+        self.train_src = BatchSource(train_ds, self.t, self.pad_id, shuffle=True)
+        self.valid_src = BatchSource(valid_ds, self.t, self.pad_id, shuffle=False) if valid_ds and valid_ds.examples else None
+        self._check_data(files["train"])
         self.total_steps = total_steps(self.recipe, self.train_src.batches_per_epoch())
         self.optimizer = build_optimizer(self.t, self.total_steps)
         self.state = TrainerState()
@@ -108,6 +110,19 @@ class Trainer:
         self.start_step = self.state.step
         self.steps = build_steps(self.model, self.optimizer, self.t.max_grad_norm, packed=self.t.pack)
 
+    def _resolve_auto_budget(self, resume: bool) -> TrainConfig:
+        """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
+        chosen = self.run.read_meta().get("batch_tokens_chosen") if resume else None
+        self.budget_probes: list = []
+        if chosen is None:
+            probe_steps = build_steps(self.model, build_optimizer(self.t, 1), self.t.max_grad_norm, packed=self.t.pack)
+            limit = memory_limit_bytes(self.t.memory_limit_gb)
+            chosen, self.budget_probes = choose_batch_tokens(
+                self.model, probe_steps, self.t.max_seq_length, vocab_size(self.model), limit)
+            self.budget_limit_gb = limit / 1e9
+        # the budget alone sizes batches: no separate row cap
+        return dataclasses.replace(self.t, batch_tokens=int(chosen), batch_size=MAX_ROWS)
+
     def _check_data(self, train_file: Path) -> None:
         rows = len(self.train_src.dataset.examples)
         if rows == 0:
@@ -116,7 +131,7 @@ class Trainer:
                 "check data.mask and train.max_seq_length.",
                 path=str(train_file),
             )
-        if not self.t.pack and self.t.batch_size > rows:
+        if not self.t.pack and self.t.batch_tokens is None and self.t.batch_size > rows:
             raise DataError(
                 f"train.batch_size={self.t.batch_size} is larger than the {rows} trainable rows; "
                 "lower train.batch_size or add data.",
@@ -125,6 +140,13 @@ class Trainer:
 
     def announce(self, resumed: bool) -> None:
         counts = count_parameters(self.model)
+        if getattr(self, "budget_probes", None):
+            self.emit(BatchTokensChosen(
+                batch_tokens=self.t.batch_tokens, memory_limit_gb=self.budget_limit_gb,
+                probed_tokens=tuple(p.batch_tokens for p in self.budget_probes),
+                probed_peak_gb=tuple(p.peak_gb for p in self.budget_probes),
+            ))
+            self.run.update_meta(batch_tokens_chosen=self.t.batch_tokens)
         valid_rows = len(self.valid_src.dataset.examples) if self.valid_src else 0
         self.emit(RunStarted(
             run_dir=str(self.run.path), model=self.recipe.model, method=self.recipe.method,

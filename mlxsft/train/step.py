@@ -20,6 +20,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
+from ..model import vocab_size
+
 
 class SegmentCache:
     """A pass-through 'cache' that hands the model a fixed attention mask."""
@@ -229,8 +231,7 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
                 gather_head: bool = True) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state."""
     split = split_head(model) if gather_head else None
-    vocab = model.args.vocab_size if hasattr(getattr(model, "args", None), "vocab_size") else 32000
-    plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab))
+    plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
     loss_and_grad = nn.value_and_grad(model, plan.loss)
 
     def update(grads, ntok):
