@@ -19,6 +19,7 @@ from .errors import MlxsftError
 # Modules that add their own subcommands: each has `add_commands(subparsers)`, which adds
 # subparsers whose defaults set `handler=<function(args) -> exit code>`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "mlxsft.export.commands",
     "mlxsft.bench.commands",
 )
 

@@ -41,6 +41,7 @@ class DataConfig:
     train: str | None = _field(None, "Training JSONL file, or a directory with train.jsonl/valid.jsonl.")
     valid: str | None = _field(None, "Validation JSONL file (defaults to valid.jsonl beside train).")
     test: str | None = _field(None, "Optional test JSONL file.")
+    ood: str | None = _field(None, "Optional out-of-distribution / hard JSONL split, for `mlxsft eval`.")
     mask: str = _field(
         "assistant",
         "Which tokens are trained: every assistant turn, the last assistant turn, or all tokens.",
@@ -345,6 +346,24 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         source = str(path)
     raw = apply_overrides(raw, overrides or [])
     return recipe_from_dict(raw, source, lines)
+
+
+def with_absolute_paths(recipe: Recipe) -> Recipe:
+    """A copy whose local model and data paths are absolute, so a run dir works from any cwd.
+
+    Hub ids (paths that do not exist locally) are kept as written.
+    """
+    def absolute(value: str | None) -> str | None:
+        if value and Path(value).expanduser().exists():
+            return str(Path(value).expanduser().resolve())
+        return value
+
+    data = dataclasses.replace(
+        recipe.data, train=absolute(recipe.data.train), valid=absolute(recipe.data.valid),
+        test=absolute(recipe.data.test), ood=absolute(recipe.data.ood),
+    )
+    return dataclasses.replace(recipe, model=absolute(recipe.model), data=data,
+                               output=absolute(recipe.output) if recipe.output else recipe.output)
 
 
 def dump_recipe(recipe: Recipe) -> str:

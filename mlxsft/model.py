@@ -55,7 +55,7 @@ def resolve_model_path(model: str) -> Path:
         if not path.is_dir():
             raise ModelError("expected a model folder, found a file.", path=str(path))
         check_model_dir(path)
-        return path
+        return path.resolve()
     looks_local = model.startswith((".", "/", "~")) or model.startswith("models/") or not _HUB_ID.match(model)
     if looks_local:
         raise ModelError("model folder not found; check the path, or give a hub id such as Qwen/Qwen2.5-0.5B-Instruct.", path=model)

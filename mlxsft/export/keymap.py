@@ -39,7 +39,9 @@ def mlx_to_peft(name: str, tensor):
     """
     module, _, leaf = name.rpartition(".")
     if leaf not in _MLX_TO_PEFT or not module:
-        raise KeyError(f"{name} is not a LoRA/DoRA adapter tensor (expected ...lora_a, ...lora_b or ...m)")
+        raise KeyError(
+            f"{name} is not a LoRA/DoRA adapter tensor (expected ...lora_a, ...lora_b or ...m)"
+        )
     suffix, transpose = _MLX_TO_PEFT[leaf]
     return f"{PEFT_PREFIX}{module}.{suffix}", tensor.T if transpose else tensor
 
@@ -52,9 +54,11 @@ def peft_to_mlx(name: str, tensor):
     """
     if not name.startswith(PEFT_PREFIX):
         raise KeyError(f"{name} does not start with '{PEFT_PREFIX}'")
-    body = name[len(PEFT_PREFIX):].replace(".default.", ".").removesuffix(".default")
+    body = name[len(PEFT_PREFIX) :].replace(".default.", ".").removesuffix(".default")
     for suffix, (leaf, transpose) in _PEFT_TO_MLX.items():
         if body.endswith("." + suffix):
             module = body[: -len(suffix) - 1]
             return f"{module}.{leaf}", tensor.T if transpose else tensor
-    raise KeyError(f"{name} is not a LoRA/DoRA tensor (lora_A.weight, lora_B.weight or lora_magnitude_vector)")
+    raise KeyError(
+        f"{name} is not a LoRA/DoRA tensor (lora_A.weight, lora_B.weight or lora_magnitude_vector)"
+    )

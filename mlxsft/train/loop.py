@@ -19,7 +19,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
 from .. import __version__
-from ..config import Recipe, TrainConfig
+from ..config import Recipe, TrainConfig, with_absolute_paths
 from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
@@ -327,6 +327,7 @@ def run_training(
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop or StopFlag()
     _check_run_dir(run, resume)
+    recipe = with_absolute_paths(recipe)
     emit = Emitter(list(sinks))
     trainer = Trainer(recipe, run, emit, stop)
     with _stop_on_signals(stop):

@@ -1,0 +1,47 @@
+"""Export side of mlxsft: a trained run -> artifacts other tools load, each checked for parity.
+
+    fuse_run(run, out, dequantize=False)        merged MLX model (mlxsft fuse)
+    export_peft(run, out)                       PEFT adapter folder
+    export_hf(run, out, dtype="bfloat16")       merged Hugging Face model
+    export_gguf(run, out, dtype="float16")      GGUF file for llama.cpp / Ollama
+    export_mlx_adapter(run, out)                mlx-lm adapter folder
+    verify_export(export, against=run)          parity of any export vs the trained adapter
+    import_peft_adapter(peft_dir, out, base=)   a PEFT adapter as a run
+
+Every function takes `checkpoint=` (a step, "best", or None for the latest) where
+it reads a run, refuses an existing output unless `force=True` (and then replaces
+only an earlier export), writes into a temp path beside the output and renames it
+into place after the parity check passed. Problems raise `ExportError`.
+
+Modules: keymap (mlx-lm <-> PEFT tensor names), mlx_adapter (the run side, staging,
+mlx export), peft, merged (fuse, hf), gguf, verify (parity), import_adapter,
+commands (CLI handlers).
+"""
+
+# Names resolve on first use, so `mlxsft --help` (which imports .commands) stays light.
+_EXPORTS = {
+    "AdapterSource": "mlx_adapter",
+    "ExportError": "mlx_adapter",
+    "ParityReport": "verify",
+    "export_gguf": "gguf",
+    "export_hf": "merged",
+    "export_mlx_adapter": "mlx_adapter",
+    "export_peft": "peft",
+    "fuse_run": "merged",
+    "import_peft_adapter": "import_adapter",
+    "load_trained": "mlx_adapter",
+    "mlx_to_peft": "keymap",
+    "peft_to_mlx": "keymap",
+    "read_peft_adapter": "import_adapter",
+    "resolve_source": "mlx_adapter",
+    "verify_export": "verify",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mlxsft.export' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -1,0 +1,408 @@
+"""GGUF export (llama.cpp, Ollama) of a merged model, written with the maintained `gguf` package.
+
+What llama.cpp needs, following its own converter (convert_hf_to_gguf.py):
+- tensors renamed by `gguf.TensorNameMap`; Llama/Mistral q/k projections permuted
+  from Hugging Face's rotate-half rope layout to llama.cpp's interleaved one (Qwen2
+  uses NEOX rope in llama.cpp, so no permutation); 1-D tensors (norms, biases) in
+  float32, the rest float32 or float16;
+- hyper-parameters under `<arch>.*`, Llama-3 rope scaling as a `rope_freqs` tensor;
+- a byte-level BPE vocabulary as `tokenizer.ggml.model = "gpt2"` with token types,
+  merges, special ids, the chat template, and `tokenizer.ggml.pre` naming the
+  pre-tokenizer (llama.cpp refuses a file whose pre-tokenizer it does not know).
+
+Architectures: llama, mistral, qwen2. Tokenizers: byte-level BPE whose pre-tokenizer
+is GPT-2's, Llama-3's or Qwen2's. Anything else is refused with a pointer to
+llama.cpp's converter on a `--format hf` export. The parity check reads the file
+back (tensors un-permuted) into MLX.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .mlx_adapter import ExportError, check_target, resolve_source, staged_output
+
+# model_type -> (gguf architecture name, permute q/k for llama.cpp's rope)
+ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
+GGUF_DTYPES = ("float32", "float16")
+# Regexes of the Split pre-tokenizer in tokenizer.json -> llama.cpp's pre-tokenizer name.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLIT_PRE = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise ExportError("GGUF export needs the `gguf` package: pip install gguf") from None
+    return gguf
+
+
+# ---------------------------------------------------------------- what can be exported
+
+
+def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str, bool, str]:
+    """(gguf arch, permute?, tokenizer pre) or a clear ExportError, before any heavy work."""
+    if dtype not in GGUF_DTYPES:
+        raise ExportError(
+            f"GGUF export writes float32 or float16 (got {dtype}); quantize the file "
+            "afterwards with llama.cpp's llama-quantize."
+        )
+    model_type = base_config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ExportError(
+            f"GGUF export supports {', '.join(ARCHITECTURES)} models, not {model_type}. "
+            "Export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
+    kind = rope_scaling(base_config).get("rope_type")
+    if kind not in (None, "default", "linear", "llama3") or (
+        kind == "llama3" and model_type == "qwen2"
+    ):
+        raise ExportError(
+            f"GGUF export does not handle rope scaling '{kind}'. Export --format hf and "
+            "convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
+    arch, permute = ARCHITECTURES[model_type]
+    return arch, permute, tokenizer_pre(base_path)
+
+
+def tokenizer_pre(base_path: Path) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer, or ExportError for one we do not know."""
+    path = base_path / "tokenizer.json"
+    if not path.is_file():
+        raise ExportError(
+            "GGUF export needs a tokenizer.json (byte-level BPE); this model has a "
+            "SentencePiece tokenizer. Export --format hf and use llama.cpp's converter."
+        )
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    if tok.get("model", {}).get("type") != "BPE":
+        raise ExportError(
+            "GGUF export handles byte-level BPE tokenizers only. Export --format hf and "
+            "use llama.cpp's convert_hf_to_gguf.py."
+        )
+    pre = tok.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    types = [s.get("type") for s in steps]
+    if types == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    if types == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        regex = steps[0].get("pattern", {}).get("Regex")
+        if regex in _SPLIT_PRE:
+            return _SPLIT_PRE[regex]
+    raise ExportError(
+        "this tokenizer's pre-tokenizer is not one the GGUF exporter knows (GPT-2, Llama-3, "
+        "Qwen2). Export --format hf and use llama.cpp's convert_hf_to_gguf.py."
+    )
+
+
+def rope_theta(config: dict) -> float:
+    """Rope base: `rope_theta`, or inside transformers v5's `rope_parameters`."""
+    params = config.get("rope_parameters") or {}
+    return float(config.get("rope_theta", params.get("rope_theta", 10000.0)))
+
+
+def rope_scaling(config: dict) -> dict:
+    """Rope scaling with its kind under `rope_type` ({} for none), old or v5 config style."""
+    scaling = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
+    kind = scaling.get("rope_type", scaling.get("type"))
+    return {} if kind in (None, "default") else scaling | {"rope_type": kind}
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp interleaved rows: per head (2, d/2) -> (d/2, 2)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of `permute_qk`."""
+    return (
+        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def _heads_for(name: str, config: dict) -> int | None:
+    """Heads to permute over for q/k projections (k uses the kv heads), None for other tensors."""
+    if ".self_attn.q_proj." in name:
+        return config["num_attention_heads"]
+    if ".self_attn.k_proj." in name:
+        return config.get("num_key_value_heads", config["num_attention_heads"])
+    return None
+
+
+def gguf_names(names, arch: str, num_layers: int) -> dict[str, str]:
+    """{MLX/HF tensor name: GGUF tensor name} via the gguf package's own tensor map."""
+    gguf = _gguf()
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    table = gguf.TensorNameMap(arch_enum, num_layers)
+    mapping = {}
+    for name in names:
+        mapped = table.get_name(name, try_suffixes=(".weight", ".bias"))
+        if mapped is None:
+            raise ExportError(f"no GGUF name for tensor {name} ({arch}).")
+        mapping[name] = mapped
+    return mapping
+
+
+def llama3_rope_factors(config: dict) -> np.ndarray:
+    """llama.cpp's `rope_freqs` for Llama-3 rope scaling: the divisor applied to each frequency."""
+    s = rope_scaling(config)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    factor, low, high = (
+        s.get("factor", 8.0),
+        s.get("low_freq_factor", 1.0),
+        s.get("high_freq_factor", 4.0),
+    )
+    old_context = s.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (rope_theta(config) ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_context / high:
+            factors.append(1.0)
+        elif wavelen > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]]:
+    """(tokens, token types) for ids 0..vocab_size-1, as llama.cpp's converter lists them."""
+    from tokenizers import Tokenizer
+
+    gguf = _gguf()
+    tokenizer = Tokenizer.from_file(str(base_path / "tokenizer.json"))
+    reverse = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
+    added = tokenizer.get_added_tokens_decoder()  # {id: AddedToken}
+    if reverse and max(reverse) >= vocab_size:
+        raise ExportError(
+            f"the tokenizer has ids up to {max(reverse)} but the model only {vocab_size} rows."
+        )
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        token = reverse[i]
+        tokens.append(token)
+        if i in added:
+            looks_special = token.startswith("<|") and token.endswith("|>")
+            types.append(
+                gguf.TokenType.CONTROL
+                if added[i].special or looks_special
+                else gguf.TokenType.USER_DEFINED
+            )
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_gguf(
+    path: Path,
+    weights: dict[str, np.ndarray],
+    config: dict,
+    base_path: Path,
+    dtype: str,
+    arch: str,
+    pre: str,
+    name: str,
+) -> None:
+    """Write a GGUF file of `weights` (numpy in their final dtype, HF/MLX names, HF layout)."""
+    gguf = _gguf()
+    n_layers = config["num_hidden_layers"]
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name)
+    writer.add_type("model")
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(n_layers)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
+    writer.add_rope_freq_base(rope_theta(config))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    extra = _rope_scaling(writer, config)
+
+    tokens, types = vocab_tokens(base_path, config["vocab_size"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    gguf.SpecialVocab(base_path, load_merges=True, n_vocab=len(tokens)).add_to_gguf(
+        writer, quiet=True
+    )
+
+    names = gguf_names(weights, arch, n_layers)
+    for key, w in weights.items():
+        heads = _heads_for(key, config) if ARCHITECTURES[config["model_type"]][1] else None
+        if heads is not None:
+            w = permute_qk(w, heads)
+        writer.add_tensor(names[key], np.ascontiguousarray(w))
+    for key, w in extra.items():
+        writer.add_tensor(key, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _rope_scaling(writer, config: dict) -> dict[str, np.ndarray]:
+    """Rope-scaling metadata, and for Llama-3 scaling the extra `rope_freqs.weight` tensor."""
+    gguf = _gguf()
+    scaling = rope_scaling(config)
+    kind = scaling.get("rope_type")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    if kind == "llama3":
+        return {
+            gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": llama3_rope_factors(config)
+        }
+    return {}
+
+
+def export_gguf(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    checkpoint=None,
+    dtype: str = "float16",
+    force: bool = False,
+    verify: bool = True,
+) -> Path:
+    """A GGUF file of the merged (de-quantized) model, read back and checked against the adapter."""
+    from .merged import dequantize_all, fused_model
+    from .verify import check_artifact, skipped_report
+
+    out = Path(out)
+    source = resolve_source(run_dir, checkpoint)
+    config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
+    arch, _permute, pre = check_supported(config, source.base_path, dtype)
+    check_target(out, force)
+    print(f"Merging {source.run.path} into GGUF ({arch}, {dtype}, pre-tokenizer {pre}) at {out}")
+    trained, reference = fused_model(source, dequantize=True)
+    dequantize_all(trained.model)
+    weights = gguf_arrays(trained.model, dtype)
+    del trained
+    parity_final = out.with_name(out.name + ".parity.json")
+    parity_tmp = out.with_name(f".{out.name}.parity.tmp")
+    try:
+        with staged_output(out, force, is_file=True) as tmp:
+            write_gguf(
+                tmp, weights, config, source.base_path, dtype, arch, pre, name=source.run.path.name
+            )
+            del weights
+            if verify:
+                candidate, stored, _ = load_gguf_model(tmp, source.base_path)
+                check_artifact(
+                    reference,
+                    candidate,
+                    fmt="gguf",
+                    dtype=stored,
+                    source=source,
+                    parity_path=parity_tmp,
+                )
+            else:
+                skipped_report("gguf", source).write(parity_tmp)
+        os.replace(parity_tmp, parity_final)
+    finally:
+        parity_tmp.unlink(missing_ok=True)
+    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
+
+
+def gguf_arrays(model: nn.Module, dtype: str) -> dict[str, np.ndarray]:
+    """The model's weights as numpy, one tensor at a time in its GGUF dtype.
+
+    1-D tensors (norms, biases) stay float32, as llama.cpp expects; the rest are float32
+    or float16. Converting per tensor keeps memory at one float32 copy of one tensor.
+    """
+    arrays = {}
+    for name, v in tree_flatten(model.parameters()):
+        target = mx.float32 if dtype == "float32" or v.ndim == 1 else mx.float16
+        arrays[name] = np.array(v.astype(target))
+    return arrays
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.array], str]:
+    """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted), and the stored dtype."""
+    gguf = _gguf()
+    arch, permute = ARCHITECTURES[config["model_type"]]
+    inverse = {v: k for k, v in gguf_names(names, arch, config["num_hidden_layers"]).items()}
+    reader = gguf.GGUFReader(str(path))
+    weights, stored = {}, "float32"
+    for tensor in reader.tensors:
+        if tensor.name not in inverse:
+            continue  # rope_freqs: not a model parameter
+        key = inverse[tensor.name]
+        w = np.array(tensor.data)  # numpy order, e.g. (out, in)
+        if w.dtype == np.float16:
+            stored = "float16"
+        heads = _heads_for(key, config) if permute else None
+        if heads is not None:
+            w = unpermute_qk(w, heads)
+        weights[key] = mx.array(w)
+    missing = set(inverse.values()) - set(weights)
+    if missing:
+        raise ExportError(f"the GGUF file lacks tensors: {sorted(missing)[:3]}.", path=str(path))
+    return weights, stored
+
+
+def load_gguf_model(path: Path, base_path: Path) -> tuple[nn.Module, str, bool]:
+    """(MLX model of the base architecture with the GGUF file's weights, stored dtype, False)."""
+    from mlx_lm.utils import load_model
+
+    from .merged import dequantize_all
+
+    config = json.loads((base_path / "config.json").read_text(encoding="utf-8"))
+    model, _ = load_model(base_path, lazy=True)
+    dequantize_all(model)
+    names = [k for k, _ in tree_flatten(model.parameters())]
+    weights, stored = read_gguf_weights(Path(path), config, names)
+    model.load_weights(list(weights.items()), strict=True)
+    mx.eval(model.parameters())
+    return model, stored, False
