@@ -8,6 +8,7 @@ dataclasses, the same source the YAML validation and the TUI forms use.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import importlib
@@ -21,6 +22,7 @@ from .errors import MlxsftError
 COMMAND_MODULES: tuple[str, ...] = (
     "mlxsft.export.commands",
     "mlxsft.bench.commands",
+    "mlxsft.tui.commands",
 )
 
 
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override a recipe key (dotted).")
     train.add_argument("--resume", metavar="RUN_DIR", help="Resume the run in this folder from its last checkpoint.")
     train.add_argument("--quiet", action="store_true", help="Print only the final line.")
+    dist = train.add_argument_group("several processes or machines (data parallel, via mlx.launch)")
+    dist.add_argument("--ranks", type=int, default=None, metavar="N", help="Run N ranks on this machine.")
+    dist.add_argument("--hosts", default=None, metavar="HOSTS.json", help="Run one rank per host in this file.")
+    dist.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
+                      help="Stop when no step finishes for S seconds (a dead or hung rank).")
     _add_recipe_flags(train)
 
     demo = sub.add_parser("demo", help="Build a tiny local model and fine-tune it on bundled data (offline).")
@@ -63,7 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _strip_launch_flags(argv: list[str]) -> list[str]:
+    """The train arguments each rank gets: ours minus the launch flags."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("--ranks", "--hosts", "--dist-timeout"):
+            skip = True
+            continue
+        if arg.split("=", 1)[0] in ("--ranks", "--hosts", "--dist-timeout"):
+            continue
+        out.append(arg)
+    return out
+
+
 def cmd_train(args) -> int:
+    if args.ranks is not None or args.hosts is not None:
+        from .launch import launch_training
+
+        if args.ranks is not None and args.ranks < 1:
+            raise MlxsftError("--ranks must be at least 1.")
+        train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1:])
+        return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
     from .config import load_recipe
     from .train.events import StdoutSink
     from .train.loop import run_training
@@ -75,7 +105,7 @@ def cmd_train(args) -> int:
         if args.recipe:
             raise MlxsftError("give either a recipe or --resume RUN_DIR, not both.")
         run = RunDir(args.resume)
-        recipe = run.load_recipe()
+        recipe = _resume_recipe(run)
         if _overrides(args):
             raise MlxsftError("a resumed run keeps its recipe; start a new run to change settings.")
         result = run_training(recipe, run.path, sinks=sinks, resume=True)
@@ -84,8 +114,23 @@ def cmd_train(args) -> int:
             raise MlxsftError("give a recipe file, e.g. `mlxsft train recipes/quickstart.yaml`.")
         recipe = load_recipe(args.recipe, _overrides(args))
         result = run_training(recipe, recipe.output, sinks=sinks)
-    print(f"Run {result.status}: {result.run_dir}")
+    if os.environ.get("MLX_RANK", "0") == "0":  # under mlx.launch only rank 0 speaks
+        print(f"Run {result.status}: {result.run_dir}")
     return 0 if result.status == "finished" else 130
+
+
+def _resume_recipe(run):
+    """The run's recipe; under mlx.launch, other hosts receive it from rank 0."""
+    from .config import recipe_from_text
+    from .train.distributed import init_world
+
+    world = init_world()
+    if not world.distributed:
+        return run.load_recipe()
+    text = run.recipe_file.read_text(encoding="utf-8") if world.is_main and run.exists() else None
+    if world.is_main and text is None:
+        run.require_existing()
+    return recipe_from_text(world.broadcast_text(text), str(run.recipe_file))
 
 
 def cmd_recipe(args) -> int:

@@ -338,6 +338,12 @@ def recipe_from_dict(raw: dict, source: str = "<recipe>", lines: dict[str, int] 
     return recipe
 
 
+def recipe_from_text(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe given as YAML text (e.g. received from another rank)."""
+    raw = yaml.load(text, Loader=_RecipeLoader) or {}
+    return recipe_from_dict(raw, source)
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; `path=None` starts from defaults."""
     raw, lines, source = {}, {}, "<command line>"

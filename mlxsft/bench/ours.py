@@ -38,10 +38,9 @@ def run_ours(spec: BenchSpec) -> BenchResult:
         tokens = trained = positions = 0
         start = time.perf_counter()
         for _ in range(spec.steps):
-            before = (trainer.state.tokens_seen, trainer.state.trained_tokens_seen)
             trainer.one_step()
-            tokens += trainer.state.tokens_seen - before[0]
-            trained += trainer.state.trained_tokens_seen - before[1]
+            tokens += trainer.last_step_tokens[0]
+            trained += trainer.last_step_tokens[1]
             positions += trainer.last_batch_positions
         seconds = time.perf_counter() - start
     return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9)

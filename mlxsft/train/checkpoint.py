@@ -102,12 +102,12 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimiz
         raise TrainingError("the checkpoint's optimizer state does not match the recipe's optimizer.",
                             path=str(checkpoint))
     for key, value in opt_arrays.items():
-        _assign(optimizer.state, key, value)
+        assign_tree(optimizer.state, key, value)
     mx.eval(model.parameters(), optimizer.state)
     return state
 
 
-def _assign(tree, dotted: str, value) -> None:
+def assign_tree(tree, dotted: str, value) -> None:
     """Set a leaf of a nested dict/list tree in place (the compiled step holds this tree)."""
     *parents, leaf = dotted.split(".")
     node = tree

@@ -110,8 +110,41 @@ class RunFailed:
     last_checkpoint: str | None
 
 
+@dataclass(frozen=True)
+class CheckpointEvaluated:
+    """`mlxsft eval` measured one checkpoint (step 0 is the base model); RUN/eval/results.json has every metric."""
+
+    step: int
+    label: str  # "base" or "step N"
+    valid_loss: float | None
+    assistant_nll: float | None
+    token_accuracy: float | None
+    ood_loss: float | None
+    probe_loss: float | None
+    probe_kl: float | None  # KL(checkpoint || base) per probe token, nats
+    entropy: float | None  # mean next-token entropy of sampled completions, nats
+    distinct_2: float | None
+    self_similarity: float | None
+    pass_at_1: float | None
+    pass_at_k: float | None
+    k: int  # samples per prompt
+    elapsed_s: float
+    results_path: str
+
+
+@dataclass(frozen=True)
+class SelectionMade:
+    """`mlxsft select` judged the evaluated checkpoints and recorded its choice as run.json's chosen_step."""
+
+    chosen_step: int | None
+    verdicts: tuple[str, ...]  # "STEP: verdict" for each evaluated checkpoint, in step order
+    rule: str  # the choice rule, in words
+    reason: str
+
+
 Event = (
     RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved | RunFinished | RunStopped | RunFailed
+    | CheckpointEvaluated | SelectionMade
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 

@@ -25,6 +25,7 @@ from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from .distributed import Watchdog, World, init_world, sync_from_main
 from .events import (
     BatchTokensChosen,
     CheckpointSaved,
@@ -79,10 +80,12 @@ def default_output(recipe: Recipe) -> Path:
 class Trainer:
     """One run's state machine; `run_training` builds and drives it."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, emit: Emitter, stop: StopFlag):
+    def __init__(self, recipe: Recipe, run: RunDir, emit: Emitter, stop: StopFlag, world: World | None = None):
         self.recipe, self.run, self.emit, self.stop = recipe, run, emit, stop
+        self.world = world or World(None)
         self.t = recipe.train
         self.last_checkpoint: Path | None = None
+        self.window_tokens = self.window_trained = 0  # this rank's, since the last report
 
     # ------------------------------------------------------------ setup
     def prepare(self, resume: bool) -> None:
@@ -103,12 +106,15 @@ class Trainer:
         self.total_steps = total_steps(self.recipe, self.train_src.batches_per_epoch())
         self.optimizer = build_optimizer(self.t, self.total_steps)
         self.state = TrainerState()
-        if resume:
+        if resume and self.world.is_main:
             self.last_checkpoint = self.run.latest_checkpoint()
             if self.last_checkpoint is not None:
                 self.state = load_checkpoint(self.last_checkpoint, self.model, self.optimizer)
+        if resume and self.world.distributed:
+            self.state = sync_from_main(self.world, self.model, self.optimizer, self.state)
         self.start_step = self.state.step
-        self.steps = build_steps(self.model, self.optimizer, self.t.max_grad_norm, packed=self.t.pack)
+        self.steps = build_steps(self.model, self.optimizer, self.t.max_grad_norm, packed=self.t.pack,
+                                 world=self.world)
 
     def _resolve_auto_budget(self, resume: bool) -> TrainConfig:
         """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
@@ -120,6 +126,9 @@ class Trainer:
             chosen, self.budget_probes = choose_batch_tokens(
                 self.model, probe_steps, self.t.max_seq_length, vocab_size(self.model), limit)
             self.budget_limit_gb = limit / 1e9
+            # every rank takes 1/N of each global batch: the global budget is N times the
+            # smallest budget any rank can hold
+            chosen = self.world.size * self.world.min_int(chosen)
         # the budget alone sizes batches: no separate row cap
         return dataclasses.replace(self.t, batch_tokens=int(chosen), batch_size=MAX_ROWS)
 
@@ -147,6 +156,8 @@ class Trainer:
                 probed_peak_gb=tuple(p.peak_gb for p in self.budget_probes),
             ))
             self.run.update_meta(batch_tokens_chosen=self.t.batch_tokens)
+        if self.world.distributed:
+            self.run.update_meta(world_size=self.world.size)
         valid_rows = len(self.valid_src.dataset.examples) if self.valid_src else 0
         self.emit(RunStarted(
             run_dir=str(self.run.path), model=self.recipe.model, method=self.recipe.method,
@@ -177,10 +188,10 @@ class Trainer:
         s = self.state
         if s.cursor >= self.train_src.batches_per_epoch():
             s.epoch, s.cursor = s.epoch + 1, 0
-        batch = self.train_src.batch(s.epoch, s.cursor)
+        batch = self.train_src.batch(s.epoch, s.cursor, self.world)
         # Dropout's randomness is a function of (seed, position in the data stream),
         # so a resumed run draws exactly what the uninterrupted run drew.
-        mx.random.seed((self.t.seed * 1_000_003 + s.epoch * 65_537 + s.cursor) % 2**32)
+        mx.random.seed((self.t.seed * 1_000_003 + s.epoch * 65_537 + s.cursor + 7919 * self.world.rank) % 2**32)
         s.cursor += 1
         return batch
 
@@ -188,7 +199,8 @@ class Trainer:
         return self.steps.plan.arrays(batch)
 
     def one_step(self):
-        """One optimizer step over `grad_accumulation` micro-batches; returns lazy (loss_sum, ntok)."""
+        """One optimizer step over `grad_accumulation` micro-batches; returns (loss_sum, ntok) summed
+        over ranks. This rank's token counts go to `last_step_tokens` and the report window."""
         tokens = trained = 0
         self.last_batch_positions = 0
         if self.t.grad_accumulation == 1:
@@ -209,9 +221,21 @@ class Trainer:
                 mx.eval(grads, loss_sum, ntok)  # bound memory: one micro-batch graph at a time
             self.steps.apply_grads(grads, ntok)
         mx.eval(loss_sum, ntok, self.model.state, self.optimizer.state)
+        self.last_step_tokens = (tokens, trained)
+        self.window_tokens += tokens
+        self.window_trained += trained
+        return loss_sum, ntok
+
+    def _flush_token_counts(self) -> int:
+        """Add the report window's tokens (all ranks) to the totals; return the window's count."""
+        tokens, trained = self.window_tokens, self.window_trained
+        if self.world.distributed:
+            summed = self.world.all_sum(mx.array([tokens, trained], dtype=mx.float32))
+            tokens, trained = (int(v) for v in summed.tolist())
         self.state.tokens_seen += tokens
         self.state.trained_tokens_seen += trained
-        return loss_sum, ntok
+        self.window_tokens = self.window_trained = 0
+        return tokens
 
     def evaluate(self) -> EvalFinished | None:
         if self.valid_src is None:
@@ -224,7 +248,7 @@ class Trainer:
         self.model.eval()  # no dropout: evaluation must not draw from the training RNG
         try:
             for i in range(n):
-                ls, nt, c = self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i)))
+                ls, nt, c = self.world.all_sum(self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i, self.world))))
                 mx.eval(ls, nt, c)
                 loss, tokens, correct = loss + ls.item(), tokens + nt.item(), correct + c.item()
         finally:
@@ -237,6 +261,8 @@ class Trainer:
 
     def save(self, val_loss: float | None, is_best: bool) -> None:
         self._check_finite_weights()
+        if not self.world.is_main:
+            return  # every rank holds the same weights; rank 0 writes them
         path = save_checkpoint(self.run, self.model, self.optimizer, self.state, self.adapter_config)
         self.last_checkpoint = path
         self.run.update_meta(
@@ -250,24 +276,31 @@ class Trainer:
         t, s = self.t, self.state
         window_loss = mx.array(0.0)
         window_tok = mx.array(0.0)
-        window_tokens, window_start = 0, time.time()
+        window_start = time.time()
         run_start = time.time() - s.elapsed_s
         self.session_start = time.time()
+        watchdog = Watchdog(self.world).start()
+        try:
+            return self._steps(t, s, window_loss, window_tok, window_start, run_start, watchdog)
+        finally:
+            watchdog.stop()
+
+    def _steps(self, t, s, window_loss, window_tok, window_start, run_start, watchdog) -> str:
         while s.step < self.total_steps:
-            tokens_before = s.tokens_seen
             loss_sum, ntok = self.one_step()
+            watchdog.beat()
             s.step += 1
             window_loss, window_tok = window_loss + loss_sum, window_tok + ntok
-            window_tokens += s.tokens_seen - tokens_before
             last = s.step == self.total_steps
-            must_save = last or s.step % t.steps_per_save == 0 or bool(self.stop)
+            stopping = self.world.any(bool(self.stop))  # every rank agrees on the step it stops at
+            must_save = last or s.step % t.steps_per_save == 0 or stopping
             if s.step % t.steps_per_report == 0 or must_save:
                 s.last_loss = self._finite_loss(window_loss, window_tok)
                 now = time.time()
                 s.elapsed_s = now - run_start
-                self._report(window_tokens, now - window_start)
+                self._report(self._flush_token_counts(), now - window_start)
                 window_loss, window_tok = mx.array(0.0), mx.array(0.0)
-                window_tokens, window_start = 0, now
+                window_start = now
             evaluation = None
             if (t.steps_per_eval and s.step % t.steps_per_eval == 0) or last:
                 evaluation = self.evaluate()
@@ -279,7 +312,9 @@ class Trainer:
             if must_save or is_best:
                 s.elapsed_s = time.time() - run_start
                 self.save(evaluation.loss if evaluation else None, is_best)
-            if self.stop and not last:
+            if stopping and not last:
+                if not self.stop:
+                    self.stop.set("another rank was asked to stop")
                 return "stopped"
         return "finished"
 
@@ -321,19 +356,28 @@ def _tree_add(a, b):
 
 
 def run_training(
-    recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None
+    recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None,
+    world: World | None = None,
 ) -> RunResult:
-    """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event."""
+    """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event.
+
+    Under `mlx.launch` every rank calls this; only rank 0 touches the run directory and
+    the sinks.
+    """
+    world = world or init_world()
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop or StopFlag()
-    _check_run_dir(run, resume)
+    if world.is_main:
+        _check_run_dir(run, resume)
     recipe = with_absolute_paths(recipe)
-    emit = Emitter(list(sinks))
-    trainer = Trainer(recipe, run, emit, stop)
-    with _stop_on_signals(stop):
+    emit = Emitter(list(sinks) if world.is_main else [])
+    trainer = Trainer(recipe, run, emit, stop, world)
+    with _stop_on_signals(stop, world):
         # Load model and data before touching the run directory: a typo in the recipe
         # must not leave a half-made run behind that blocks the corrected command.
         trainer.prepare(resume)
+        if not world.is_main:
+            return RunResult(run.path, trainer.loop(), trainer.state)
         if not resume:
             run.create(recipe)
         run.clean_staging()
@@ -383,10 +427,16 @@ def _record_failure(run: RunDir, emit: Emitter, trainer: Trainer, reason: str) -
 
 
 class _stop_on_signals:
-    """Turn SIGINT/SIGTERM into a graceful stop (checkpoint, then exit) while training."""
+    """Turn SIGINT/SIGTERM into a graceful stop (checkpoint, then exit) while training.
 
-    def __init__(self, stop: StopFlag):
+    Under `mlx.launch`, SIGTERM is how the launcher ends the other ranks when one dies;
+    a graceful stop would wait on the dead rank's collectives, so SIGTERM keeps its
+    default (exit now) there and only SIGINT stops gracefully.
+    """
+
+    def __init__(self, stop: StopFlag, world: World | None = None):
         self.stop = stop
+        self.signals = (signal.SIGINT,) if world is not None and world.distributed else (signal.SIGINT, signal.SIGTERM)
         self.previous = {}
 
     def __enter__(self):
@@ -394,7 +444,7 @@ class _stop_on_signals:
 
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             self.previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -75,8 +75,16 @@ class BatchSource:
     def batches_per_epoch(self) -> int:
         return len(self.plan(0))
 
-    def batch(self, epoch: int, index: int) -> Batch:
-        return collate(self.dataset.examples, self.plan(epoch)[index], self.pad_id)
+    def batch(self, epoch: int, index: int, world=None) -> Batch:
+        """Global batch `index` of `epoch`, or this rank's shard of it under data parallelism."""
+        rows = self.plan(epoch)[index]
+        if world is not None and world.distributed:
+            from .distributed import empty_batch, shard_rows
+
+            rows = shard_rows(rows, world)
+            if not rows:
+                return empty_batch(self.pad_id)
+        return collate(self.dataset.examples, rows, self.pad_id)
 
     def padding_waste(self) -> float:
         return padding_waste([self.batch(0, i) for i in range(self.batches_per_epoch())])

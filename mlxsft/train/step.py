@@ -228,8 +228,15 @@ class StepFunctions:
 
 
 def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool,
-                gather_head: bool = True) -> StepFunctions:
-    """Compile the step functions over model, optimizer and RNG state."""
+                gather_head: bool = True, world=None) -> StepFunctions:
+    """Compile the step functions over model, optimizer and RNG state.
+
+    With a distributed `world`, gradient sums, loss sums and token counts are summed over
+    ranks inside the compiled step, so every rank applies the same update.
+    """
+    from .distributed import World
+
+    world = world or World(None)
     split = split_head(model) if gather_head else None
     plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
     loss_and_grad = nn.value_and_grad(model, plan.loss)
@@ -245,17 +252,19 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
     @partial(mx.compile, inputs=state, outputs=state)
     def train_step(*arrays):
         (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
+        loss_sum, ntok, grads = world.all_sum((loss_sum, ntok, grads))
         update(grads, ntok)
         return loss_sum, ntok
 
     @partial(mx.compile, inputs=state, outputs=state)
     def grad_step(*arrays):
         (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
+        loss_sum, ntok = world.all_sum((loss_sum, ntok))
         return loss_sum, ntok, grads
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply_grads(grads, ntok):
-        update(grads, ntok)
+        update(world.all_sum(grads), ntok)
 
     # Not compiled: the caller switches the model to eval mode (no dropout, no RNG use)
     # around it, and a compiled trace would freeze whichever mode it first saw.
