@@ -22,7 +22,7 @@ from .errors import MlxsftError
 COMMAND_MODULES: tuple[str, ...] = (
     "mlxsft.export.commands",
     "mlxsft.bench.commands",
-    "mlxsft.tui.commands",
+    "mlxsft.hosts",
 )
 
 
