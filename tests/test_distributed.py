@@ -94,3 +94,29 @@ def test_killing_a_rank_stops_the_run_with_a_clear_message(tiny_llama, tmp_path)
     assert run.read_meta()["status"] == "failed"
     last = run.latest_checkpoint()
     assert last is not None and (last / "adapters.safetensors").is_file()
+
+
+def test_resume_with_a_different_world_size(tiny_llama, tmp_path):
+    """The data cursor counts global batches, so a 1-rank run can continue on 2 ranks."""
+    def recipe(out, iters):
+        path = write_recipe(tmp_path, tiny_llama, out, iters)
+        raw = yaml.safe_load(path.read_text())
+        raw["train"].update(lr_schedule="constant", warmup_steps=0)  # the schedule must not depend on iters
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    ref = train(str(recipe(tmp_path / "ref", 10)))
+    assert ref.wait(timeout=300) == 0
+    part = train(str(recipe(tmp_path / "part", 5)))
+    assert part.wait(timeout=300) == 0
+    # turn the finished 5-step run into a stopped 10-step one, as if it had been interrupted
+    run = RunDir(tmp_path / "part")
+    run.recipe_file.write_text(run.recipe_file.read_text().replace("iters: 5", "iters: 10"))
+    run.update_meta(status="stopped")
+    resumed = train("--resume", str(tmp_path / "part"), "--ranks", "2")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out + err
+    want, got = losses(tmp_path / "ref"), losses(tmp_path / "part")
+    assert sorted(got) == list(range(1, 11))
+    for step in range(6, 11):
+        assert abs(got[step] - want[step]) <= 1e-4 * abs(want[step]), (step, got[step], want[step])
