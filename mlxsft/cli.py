@@ -22,7 +22,9 @@ from .errors import MlxsftError
 COMMAND_MODULES: tuple[str, ...] = (
     "mlxsft.export.commands",
     "mlxsft.bench.commands",
+    "mlxsft.judge.commands",
     "mlxsft.hosts",
+    "mlxsft.tui.commands",
 )
 
 

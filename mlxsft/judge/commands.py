@@ -1,0 +1,258 @@
+"""CLI: `mlxsft data check`, `mlxsft eval`, `mlxsft select` (thin clients of mlxsft.judge)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+
+from ..config import MASK_MODES
+from ..errors import MlxsftError
+from ..rundir import RunDir, atomic_write_text
+
+
+def add_commands(sub) -> None:
+    data = sub.add_parser("data", help="Data tools: `mlxsft data check DATA`.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser(
+        "check",
+        help="Pre-flight a data set: schema, lengths, masks, template, duplicates, leakage, roles.",
+    )
+    check.add_argument(
+        "data", help="A JSONL file, or a folder holding train/valid/test(/ood).jsonl."
+    )
+    check.add_argument(
+        "--model", help="Model folder or hub id whose tokenizer to check with (token checks)."
+    )
+    check.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=2048,
+        help="Longest sequence in tokens (default 2048).",
+    )
+    check.add_argument(
+        "--mask", choices=MASK_MODES, default="assistant", help="Which tokens are trained."
+    )
+    check.add_argument(
+        "--near-threshold",
+        type=float,
+        default=0.8,
+        help="Jaccard similarity of word 3-shingles from which rows are near duplicates (0.8).",
+    )
+    check.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    check.add_argument("--out", metavar="FILE", help="Also write the JSON report to FILE.")
+    check.add_argument("--strict", action="store_true", help="Exit 1 on warnings too (for CI).")
+    check.set_defaults(handler=cmd_data_check)
+
+    ev = sub.add_parser("eval", help="Evaluate a run's checkpoints (and the base as step 0).")
+    ev.add_argument("run", help="Run directory.")
+    ev.add_argument(
+        "--checkpoints", default="all", help="all, or steps like 100,200 (also: best, latest)."
+    )
+    ev.add_argument(
+        "--suite",
+        metavar="FILE",
+        help="YAML evaluation suite (prompts, k, metrics, verifier, ...).",
+    )
+    ev.add_argument("--json", action="store_true", help="Print results.json instead of the table.")
+    ev.set_defaults(handler=cmd_eval)
+
+    sel = sub.add_parser(
+        "select", help="Judge evaluated checkpoints and record the recommended one."
+    )
+    sel.add_argument("run", help="Run directory (evaluated with `mlxsft eval`).")
+    sel.add_argument("--rule", metavar="FILE", help="YAML file of rule keys (see the flags below).")
+    sel.add_argument(
+        "--dry-run", action="store_true", help="Print the verdicts without writing run.json."
+    )
+    sel.add_argument("--json", action="store_true", help="Print verdicts and choice as JSON.")
+    _add_rule_flags(sel)
+    sel.set_defaults(handler=cmd_select)
+
+
+# --------------------------------------------------------------------------- data check
+
+
+def cmd_data_check(args) -> int:
+    from .datacheck import check_data
+    from .report import format_data_report
+
+    if args.max_seq_length < 1:
+        raise MlxsftError("--max-seq-length must be at least 1.")
+    if not 0 < args.near_threshold <= 1:
+        raise MlxsftError("--near-threshold must be in (0, 1].")
+    if args.out and not Path(args.out).parent.is_dir():
+        raise MlxsftError("the folder for --out does not exist; create it first.", path=args.out)
+    tokenizer = _tokenizer(args.model) if args.model else None
+    report = check_data(
+        args.data,
+        tokenizer,
+        mask=args.mask,
+        max_seq_length=args.max_seq_length,
+        near_threshold=args.near_threshold,
+    )
+    doc = report.to_dict()
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(doc, indent=2))
+    print(json.dumps(doc, indent=2) if args.json else format_data_report(doc))
+    failed = report.errors > 0 or (args.strict and report.warnings > 0)
+    return 1 if failed else 0
+
+
+def _tokenizer(model: str):
+    from mlx_lm.utils import load_tokenizer
+
+    from ..model import resolve_model_path
+
+    return load_tokenizer(resolve_model_path(model))
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args) -> int:
+    from .battery import evaluate_run
+    from .report import format_eval
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    stream = sys.stderr if args.json else sys.stdout
+
+    def progress(entry: dict) -> None:
+        m = entry["metrics"]
+        shown = " ".join(
+            f"{k} {m[k]:.3f}"
+            for k in ("valid_loss", "ood_loss", "probe_kl", "entropy", "pass_at_1")
+            if m.get(k) is not None
+        )
+        print(
+            f"evaluated {entry['label']} in {entry['elapsed_s']:.1f}s: {shown}",
+            file=stream,
+            flush=True,
+        )
+
+    doc = evaluate_run(args.run, suite, args.checkpoints, on_entry=progress)
+    print(json.dumps(doc, indent=2) if args.json else "\n" + format_eval(doc))
+    return 0
+
+
+# --------------------------------------------------------------------------- select
+
+
+def _rule_fields():
+    from .verdict import Rule
+
+    hints = typing.get_type_hints(Rule)
+    return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(Rule)]
+
+
+def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rule keys (override the --rule file)")
+    for name, _tp, default in _rule_fields():
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"rule:{name}",
+            metavar="VALUE",
+            default=None,
+            help=f"(default: {shown})",
+        )
+
+
+def _flag_values(args) -> dict:
+    from ..config import parse_yaml_value
+
+    values = {}
+    for name, tp, _ in _rule_fields():
+        text = getattr(args, f"rule:{name}")
+        if text is not None:
+            values[name] = (
+                text if tp is str or typing.get_origin(tp) is tuple else parse_yaml_value(text)
+            )
+    return values
+
+
+def load_rule(path: str | None, flags: dict):
+    """The default rule, updated by the --rule file, then by flags."""
+    from .verdict import RuleError, rule_from_dict
+
+    raw = _read_rule_file(path) if path else {}
+    try:
+        return rule_from_dict(flags, rule_from_dict(raw))
+    except RuleError as exc:
+        raise MlxsftError(str(exc), path=path) from None
+
+
+def _read_rule_file(path: str) -> dict:
+    import yaml
+
+    from ..config import parse_yaml_value
+
+    file = Path(path)
+    if not file.is_file():
+        raise MlxsftError("rule file not found; check the path given to --rule.", path=path)
+    try:
+        raw = parse_yaml_value(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MlxsftError(f"cannot read this YAML: {exc}", path=path) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MlxsftError(
+            "a rule file must be a mapping of rule keys, e.g. `within: 0.05`.", path=path
+        )
+    return raw
+
+
+def cmd_select(args) -> int:
+    from ..train.events import JsonlSink, SelectionMade
+    from .report import format_verdicts
+    from .results import require_results
+    from .verdict import RuleError, choose, judge_history, points
+
+    run = RunDir(args.run)
+    run.require_existing()
+    doc = require_results(run)
+    rule = load_rule(args.rule, _flag_values(args))
+    available = set(run.checkpoint_steps()) | {0}
+    history = [p for p in points(doc["checkpoints"]) if p.step in available]
+    try:
+        verdicts = judge_history(history, rule)
+        choice = choose(history, verdicts, rule)
+    except RuleError as exc:
+        raise MlxsftError(str(exc), path=str(run.path)) from None
+    written = not args.dry_run and choice.step is not None
+    if written:
+        run.update_meta(chosen_step=choice.step, chosen_rule=rule.describe(), chosen_at=time.time())
+        sink = JsonlSink(run.events_file)
+        try:
+            sink(
+                SelectionMade(
+                    chosen_step=choice.step,
+                    verdicts=tuple(f"{v.step}: {v.verdict}" for v in verdicts),
+                    rule=rule.describe(),
+                    reason="; ".join(choice.reasons),
+                )
+            )
+        finally:
+            sink.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "chosen_step": choice.step,
+                    "reasons": list(choice.reasons),
+                    "rule": dataclasses.asdict(rule),
+                    "verdicts": [dataclasses.asdict(v) for v in verdicts],
+                    "written": written,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(format_verdicts(verdicts, choice, rule, written))
+    return 0

@@ -1,0 +1,419 @@
+"""The TUI's non-UI logic: replay and tailing, run status, form -> recipe, estimate, export.
+
+tests/fixtures/tui_run is a real run (the quickstart recipe on the tiny demo model, 60
+steps, evaluation every 10, each one a new best and so a checkpoint) with its weights
+removed: recipe.yaml, run.json, events.jsonl and each checkpoint's JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlxsft.tui import runs as runs_mod
+from mlxsft.tui.checkpoint_table import checkpoint_rows, read_eval_results
+from mlxsft.tui.dataset import length_histogram, load_preview_tokenizer, preview_dataset
+from mlxsft.tui.estimate import ModelShape, estimate_run, read_shape
+from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file
+from mlxsft.tui.recipes import (
+    PICKED_FIELDS,
+    build_recipe,
+    default_values,
+    form_fields,
+    recipe_file_values,
+    write_launch_recipe,
+)
+from mlxsft.tui.run_state import EventTail, RunState, replay
+
+from mlxsft.config import iter_fields, load_recipe
+from mlxsft.errors import MlxsftError, RecipeError
+from mlxsft.train.events import RunStarted, StepReported
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_RUN = ROOT / "tests" / "fixtures" / "tui_run"
+
+
+@pytest.fixture
+def fixture_run(tmp_path) -> Path:
+    run = tmp_path / "runs" / "quickstart-lora"
+    shutil.copytree(FIXTURE_RUN, run)
+    return run
+
+
+def set_meta(run: Path, **fields) -> None:
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(fields)
+    (run / "run.json").write_text(json.dumps(meta))
+
+
+# --------------------------------------------------------------- events
+
+
+def test_replay_of_a_recorded_run_rebuilds_curves_checkpoints_and_outcome():
+    state = replay(FIXTURE_RUN / "events.jsonl")
+    assert state.status == "finished"
+    assert (state.step, state.total_steps) == (60, 60)
+    assert [s for s, _ in state.train_loss] == list(range(2, 61, 2))
+    assert [s for s, _ in state.valid_loss] == [10, 20, 30, 40, 50, 60]
+    assert state.train_loss[0][1] > 5 > 1 > state.train_loss[-1][1]  # it learned
+    assert sorted(state.checkpoints) == [10, 20, 30, 40, 50, 60]
+    assert state.best_step == 60 and state.best_val_loss == pytest.approx(0.8018930, abs=1e-6)
+    assert state.log[-1].startswith("Finished at step 60")
+    assert state.last_report.peak_memory_gb > 0
+
+
+def test_event_tail_waits_for_a_torn_line_and_starts_over_on_truncation(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = EventTail(path)
+    assert tail.read_events() == []  # no file yet
+    lines = (FIXTURE_RUN / "events.jsonl").read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][:20])
+    assert [type(e).__name__ for e in tail.read_events()] == ["RunStarted"]
+    with open(path, "a") as f:
+        f.write(lines[1][20:] + "not json\n" + lines[2])
+    assert [type(e).__name__ for e in tail.read_events()] == ["DataPrepared", "DataPrepared"]
+    assert tail.read_events() == []
+    path.write_text(lines[0])  # replaced by a shorter file
+    assert [type(e).__name__ for e in tail.read_events()] == ["RunStarted"]
+
+
+def test_a_resumed_run_drops_the_steps_it_repeats():
+    state = RunState()
+    start = dict(
+        run_dir="r",
+        model="m",
+        method="lora",
+        total_steps=10,
+        num_train_rows=1,
+        num_valid_rows=0,
+        total_parameters=10,
+        trainable_parameters=1,
+        time=0.0,
+    )
+    step = dict(
+        total_steps=10,
+        epoch=0.0,
+        learning_rate=1e-3,
+        tokens_per_second=1.0,
+        trained_tokens_per_second=1.0,
+        tokens_seen=1,
+        peak_memory_gb=0.1,
+        elapsed_s=1.0,
+        eta_s=1.0,
+    )
+    state.apply(RunStarted(start_step=0, resumed=False, **start))
+    for s in (2, 4, 6):
+        state.apply(StepReported(step=s, loss=float(s), **step))
+    state.apply(RunStarted(start_step=4, resumed=True, **start))  # last checkpoint was step 4
+    state.apply(StepReported(step=6, loss=0.5, **step))
+    assert state.train_loss == [(2, 2.0), (4, 4.0), (6, 0.5)]
+    assert state.status == "running"
+
+
+# --------------------------------------------------------------- run status
+
+
+def test_status_is_checked_against_the_trainer_pid(fixture_run):
+    assert runs_mod.summarize_run(fixture_run).status == "finished"
+    set_meta(fixture_run, status="running", pid=2**22 + 12345)  # no such process
+    assert runs_mod.summarize_run(fixture_run).status == "stopped (interrupted)"
+    # a live process whose command line mentions mlxsft counts as the trainer
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "mlxsft-trainer"]
+    )
+    try:
+        set_meta(fixture_run, pid=child.pid)
+        assert runs_mod.summarize_run(fixture_run).status == "running"
+        set_meta(fixture_run, pid=os.getpid())  # alive, but not an mlxsft process (pytest)
+        if (
+            Path("/proc").is_dir()
+            and "mlxsft" not in Path(f"/proc/{os.getpid()}/cmdline").read_text()
+        ):
+            assert runs_mod.summarize_run(fixture_run).status == "stopped (interrupted)"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_run_whose_trainer_failed_to_start_shows_the_error(tmp_path):
+    run = tmp_path / "runs" / "bad"
+    run.mkdir(parents=True)
+    (run / runs_mod.LAUNCH_RECIPE).write_text("model: nowhere\nmethod: dora\n")
+    (run / runs_mod.LAUNCH_LOG).write_text(
+        "$ -m mlxsft.cli train x\nmlxsft: error: nowhere: model folder not found\n"
+    )
+    [summary] = runs_mod.scan_runs(tmp_path / "runs")
+    assert summary.status == "failed"
+    assert summary.method == "dora" and summary.model == "nowhere"
+    assert "model folder not found" in summary.error
+
+
+def test_scan_lists_run_folders_newest_first_and_summarizes_them(tmp_path, fixture_run):
+    older = tmp_path / "runs" / "older"
+    shutil.copytree(FIXTURE_RUN, older)
+    set_meta(older, created=1000.0)
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    summaries = runs_mod.scan_runs(tmp_path / "runs")
+    assert [s.name for s in summaries] == ["quickstart-lora", "older"]
+    s = summaries[0]
+    assert (s.method, s.model, s.last_step, s.total_steps) == ("lora", "models/tiny-chat", 60, 60)
+    assert s.tokens_seen == 30748 and s.best_val_loss == pytest.approx(0.80189, abs=1e-5)
+    assert runs_mod.format_tokens(s.tokens_seen) == "30.7k"
+    assert runs_mod.format_age(1000.0, now=1000.0 + 7200 + 5) == "2h ago"
+
+
+def test_delete_refuses_a_live_run_and_removes_a_finished_one(fixture_run):
+    live = runs_mod.summarize_run(fixture_run, launched_pid=os.getpid())
+    set_meta(fixture_run, status="running", pid=os.getpid())
+    live = runs_mod.summarize_run(fixture_run, launched_pid=os.getpid())
+    assert live.status == "running"
+    with pytest.raises(MlxsftError, match="still running"):
+        runs_mod.delete_run(live)
+    set_meta(fixture_run, status="finished")
+    runs_mod.delete_run(runs_mod.summarize_run(fixture_run))
+    assert not fixture_run.exists()
+
+
+# --------------------------------------------------------------- recipes
+
+
+def test_the_form_covers_every_recipe_field_once():
+    main, more = form_fields()
+    names = [f.name for f in main + more] + list(PICKED_FIELDS)
+    assert sorted(names) == sorted(name for name, *_ in iter_fields())
+    assert len(names) == len(set(names))
+
+
+def test_form_values_validate_like_a_recipe_and_name_the_bad_field():
+    values = default_values() | {
+        "model": "models/m",
+        "data.train": "data/x.jsonl",
+        "train.iters": "50",
+        "train.learning_rate": "2e-4",
+        "lora.targets": "q_proj, v_proj",
+        "lora.layers": "8",
+        "quantize.bits": "4",
+    }
+    recipe = build_recipe(values)
+    assert recipe.train.iters == 50 and recipe.train.learning_rate == pytest.approx(2e-4)
+    assert (
+        recipe.lora.targets == ["q_proj", "v_proj"]
+        and recipe.lora.layers == 8
+        and recipe.quantize.bits == 4
+    )
+    with pytest.raises(RecipeError, match="train.batch_size"):
+        build_recipe(values | {"train.batch_size": "four"})
+    with pytest.raises(RecipeError, match="'model' is required"):
+        build_recipe(values | {"model": ""})
+
+
+def test_the_launch_recipe_reloads_to_the_same_recipe(tmp_path):
+    values = recipe_file_values(ROOT / "recipes" / "quickstart.yaml")
+    assert values["model"] == "models/tiny-chat" and values["train.iters"] == "120"
+    recipe = build_recipe(values | {"output": str(tmp_path / "run"), "train.iters": "7"})
+    path = write_launch_recipe(recipe, tmp_path / "run", "runs/run")
+    assert path.read_text().startswith("# Written by `mlxsft tui`")
+    assert "mlxsft train runs/run/tui-recipe.yaml" in path.read_text()
+    assert load_recipe(path) == recipe
+
+
+# --------------------------------------------------------------- estimate
+
+
+def test_parameter_count_matches_the_loaded_model(tiny_llama):
+    from mlxsft.model import attach_adapters, count_parameters, load_base
+
+    recipe = build_recipe(
+        default_values() | {"model": str(tiny_llama), "data.train": "x", "lora.rank": "4"}
+    )
+    model, *_ = load_base(recipe)
+    attach_adapters(model, recipe)
+    counts = count_parameters(model)
+    estimate = estimate_run(read_shape(tiny_llama), recipe, num_rows=100, mean_tokens=50)
+    assert estimate.trainable == counts.trainable
+    assert estimate.parameters + estimate.trainable == counts.total
+    assert "trainable" in estimate.describe()
+
+
+def test_estimate_grows_with_batch_steps_and_method():
+    shape = ModelShape(
+        hidden=896,
+        layers=24,
+        intermediate=4864,
+        vocab=151936,
+        heads=14,
+        kv_heads=2,
+        head_dim=64,
+        tied=True,
+        dtype_bytes=2,
+    )
+    assert 0.45e9 < shape.parameters() < 0.52e9  # Qwen2.5-0.5B is 494M
+    base = default_values() | {"model": "m", "data.train": "x", "train.epochs": "1"}
+    small = estimate_run(shape, build_recipe(base), num_rows=1000, mean_tokens=200)
+    assert small.steps == 250  # 1000 rows / batch 4
+    big_batch = estimate_run(shape, build_recipe(base | {"train.batch_size": "16"}), 1000, 200)
+    full = estimate_run(shape, build_recipe(base | {"method": "full"}), 1000, 200)
+    assert big_batch.memory_gb > small.memory_gb and big_batch.steps == 63
+    assert full.memory_gb > small.memory_gb + 16 * 0.45 and full.seconds > small.seconds
+    measured = estimate_run(shape, build_recipe(base), 1000, 200, measured_tokens_per_second=800.0)
+    assert measured.seconds == pytest.approx(250 * 4 * 200 / 800.0) and "measured" in measured.basis
+
+
+# --------------------------------------------------------------- dataset preview
+
+
+def test_preview_marks_exactly_the_assistant_tokens(tiny_llama):
+    tokenizer = load_preview_tokenizer(tiny_llama)
+    preview = preview_dataset(ROOT / "recipes" / "data" / "quickstart", tokenizer)
+    assert (preview.num_rows, preview.num_valid_rows, preview.kind) == (280, 40, "chat")
+    assert len(preview.lengths) == 280 and 0 < sum(preview.trained_tokens) < sum(preview.lengths)
+    first = json.loads(
+        (ROOT / "recipes" / "data" / "quickstart" / "train.jsonl").read_text().splitlines()[0]
+    )
+    trained = "".join(text for text, is_trained in preview.first_spans if is_trained)
+    assistant = [m["content"] for m in first["messages"] if m["role"] == "assistant"][0]
+    assert assistant in trained
+    user = [m["content"] for m in first["messages"] if m["role"] == "user"][0]
+    assert user not in trained
+    assert "3 rows longer" not in preview.summary(10_000)
+    assert f"{preview.num_over(32)} rows longer than max_seq_length=32" in preview.summary(32)
+
+
+def test_preview_of_bad_data_is_a_clear_error(tmp_path, tiny_llama):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, '
+        '{"role": "assistant", "content": "yo"}]}\n'
+        '{"oops": 1\n'
+    )
+    with pytest.raises(MlxsftError, match=r"train.jsonl:2"):
+        preview_dataset(bad, load_preview_tokenizer(tiny_llama))
+
+
+def test_length_histogram_has_an_edge_at_the_limit_and_counts_every_row():
+    lengths = (5, 10, 60, 64, 65, 200)
+    bins = length_histogram(lengths, max_seq_length=64)
+    assert sum(count for *_, count in bins) == len(lengths)
+    assert any(high == 64 for _, high, _ in bins)
+    over = sum(count for low, _, count in bins if low >= 64)
+    assert over == 2
+
+
+# --------------------------------------------------------------- checkpoints and export
+
+
+def test_checkpoint_rows_merge_events_eval_results_and_the_chosen_step(fixture_run):
+    set_meta(fixture_run, chosen_step=40)
+    (fixture_run / "eval").mkdir()
+    (fixture_run / "eval" / "results.json").write_text(
+        json.dumps(
+            {"checkpoints": [{"step": 40, "metrics": {"exact_match": 0.5}, "ood_loss": 1.2}]}
+        )
+    )
+    shutil.rmtree(fixture_run / "checkpoints" / "step-0000010")
+    rows = checkpoint_rows(fixture_run, replay(fixture_run / "events.jsonl"))
+    by_step = {r.step: r for r in rows}
+    assert sorted(by_step) == [10, 20, 30, 40, 50, 60]
+    assert not by_step[10].exists and by_step[20].exists
+    assert by_step[40].is_chosen and by_step[60].is_best and not by_step[40].is_best
+    assert by_step[40].eval_metrics == {"metrics.exact_match": 0.5, "ood_loss": 1.2}
+    assert by_step[20].val_loss == pytest.approx(1.0968691, abs=1e-6)
+    assert by_step[20].train_loss == replay(fixture_run / "events.jsonl").train_loss_near(20)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"step-0000020": {"acc": 0.1}},
+        {"20": {"acc": 0.1}},
+        [{"step": 20, "acc": 0.1}],
+        {"results": [{"step": 20, "acc": 0.1, "name": "x"}]},
+    ],
+)
+def test_eval_results_are_read_in_any_reasonable_layout(tmp_path, layout):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(layout))
+    assert read_eval_results(tmp_path) == {20: {"acc": 0.1}}
+
+
+def test_export_args_per_format():
+    run, out = Path("runs/r"), Path("runs/r/exports/x")
+    assert export_args(run, ExportOptions("peft", out, dtype="float16")) == [
+        "export",
+        "runs/r",
+        "--format",
+        "peft",
+        "--out",
+        str(out),
+    ]
+    assert export_args(
+        run,
+        ExportOptions(
+            "hf", out, checkpoint="40", dtype="bfloat16", max_shard_size="2GB", force=True
+        ),
+    ) == [
+        "export",
+        "runs/r",
+        "--format",
+        "hf",
+        "--out",
+        str(out),
+        "--max-shard-size",
+        "2GB",
+        "--dtype",
+        "bfloat16",
+        "--checkpoint",
+        "40",
+        "--force",
+    ]
+    assert export_args(run, ExportOptions("fused", out, dequantize=True, verify=False)) == [
+        "fuse",
+        "runs/r",
+        "--out",
+        str(out),
+        "--dequantize",
+        "--no-verify",
+    ]
+    assert parity_file(Path("a/m.gguf"), "gguf") == Path("a/m.gguf.parity.json")
+    assert parity_file(out, "mlx") == out / "parity.json"
+
+
+def test_parity_description_says_pass_or_mismatch():
+    ok = {
+        "passed": True,
+        "max_abs_diff": 1.5e-6,
+        "tolerance": 1e-4,
+        "greedy_agreement": 1.0,
+        "num_prompts": 3,
+        "num_tokens": 40,
+    }
+    assert describe_parity(ok).startswith("parity PASSED, max |Δlogit| 1.50e-06")
+    assert "MISMATCH" in describe_parity(ok | {"passed": False})
+    assert "not checked" in describe_parity({"skipped": True, "passed": True})
+
+
+def test_the_cli_registers_tui_without_importing_textual():
+    code = (
+        "import sys; from mlxsft.cli import build_parser; p = build_parser();"
+        "a = p.parse_args(['tui', 'somewhere']); print(a.path, a.handler.__module__);"
+        "print(any(m.split('.')[0] in ('textual', 'textual_plotext') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["somewhere", "mlxsft.tui.commands", "False"]
+
+
+def test_tui_on_a_missing_folder_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxsft.cli", "tui", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "no such folder" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,134 @@
+"""Snapshot tests (pytest-textual-snapshot) of the main screens at 80x24 and one large terminal.
+
+The recorded run (tests/fixtures/tui_run) drives them; the clock is fixed and cursors do
+not blink, so a screenshot changes only when the UI does. After an intended change of
+the UI, review and accept with `pytest tests/test_tui_snapshots.py --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mlxsft.tui.app import MlxsftApp
+from mlxsft.tui.screens.checkpoints import CheckpointsScreen
+from mlxsft.tui.screens.live_run import LiveRunScreen
+from mlxsft.tui.screens.runs import RunsScreen
+
+from .fixtures.tui_helpers import FIXED_NOW, freeze_cursors, make_project, wait_for
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)  # paths show as runs/..., the same on every machine
+    return root
+
+
+def make_app(project, path="runs") -> MlxsftApp:
+    return MlxsftApp(path, project_dir=project, clock=lambda: FIXED_NOW, refresh_s=3600)
+
+
+def settled(predicate, what):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: predicate(pilot.app), what=what)
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    return run_before
+
+
+def runs_ready(app):
+    return isinstance(app.screen, RunsScreen) and app.screen.summaries
+
+
+def replayed(app):
+    return isinstance(app.screen, LiveRunScreen) and app.screen.state.status == "finished"
+
+
+def test_runs_screen(project, snap_compare):
+    assert snap_compare(
+        make_app(project), terminal_size=(80, 24), run_before=settled(runs_ready, "runs")
+    )
+
+
+def test_live_run_screen_small(project, snap_compare):
+    app = make_app(project, "runs/quickstart-lora")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settled(replayed, "the replay"))
+
+
+def test_live_run_screen_large(project, snap_compare):
+    app = make_app(project, "runs/quickstart-lora")
+    assert snap_compare(app, terminal_size=(160, 48), run_before=settled(replayed, "the replay"))
+
+
+def test_checkpoints_screen(project, snap_compare):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: replayed(pilot.app), what="the replay")
+        await pilot.press("c")
+        await wait_for(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+            what="the checkpoints",
+        )
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(
+        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
+    )
+
+
+def test_new_run_screen(project, snap_compare):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: runs_ready(pilot.app), what="runs")
+        await pilot.press("n")
+        await pilot.pause()
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(make_app(project), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_new_run_screen_large_with_recipe(project, snap_compare):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: runs_ready(pilot.app), what="runs")
+        await pilot.press("n")
+        await pilot.pause()
+        screen = pilot.app.screen
+        screen.query_one("#recipe-select").value = str(project / "recipes" / "quickstart.yaml")
+        await wait_for(
+            pilot,
+            lambda: screen.query_one("#model-path").value == "models/tiny-chat",
+            what="values",
+        )
+        await wait_for(
+            pilot, lambda: screen.preview_error is not None, what="the preview (no tokenizer here)"
+        )
+        pilot.app.clear_notifications()
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(make_app(project), terminal_size=(140, 44), run_before=run_before)
+
+
+def test_export_screen(project, snap_compare):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: replayed(pilot.app), what="the replay")
+        await pilot.press("e")
+        await pilot.pause()
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(
+        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
+    )
+
+
+def test_help_screen(project, snap_compare):
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: replayed(pilot.app), what="the replay")
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+    assert snap_compare(
+        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
+    )

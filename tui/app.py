@@ -1,0 +1,91 @@
+"""The Textual app: holds the paths and the trainer children, and routes between screens.
+
+Screens: Runs (the home screen) -> New run, Live run, Checkpoints, Export, Chat.
+`MlxsftApp(path)` opens the Runs screen for a folder of runs, or the Live run screen
+for one run folder (with the Runs screen of its parent underneath).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.app import App
+from textual.binding import Binding
+
+from .processes import TrainerProcess
+from .runs import is_run_folder
+
+
+class MlxsftApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "mlxsft"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        path: str | Path = "runs",
+        *,
+        project_dir: str | Path | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_s: float = 2.0,
+    ):
+        super().__init__()
+        self.project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
+        target = Path(path)
+        self.open_run: Path | None = target if is_run_folder(target) else None
+        self.runs_root = target.parent if self.open_run is not None else target
+        self.models_dir = self.project_dir / "models"
+        self.recipes_dir = self.project_dir / "recipes"
+        self.clock = clock  # injectable, so tests see fixed ages
+        self.refresh_s = refresh_s
+        self.trainers: dict[Path, TrainerProcess] = {}
+        self.measured_tokens_per_second: dict[str, float] = {}  # model -> tok/s seen in runs
+
+    def get_default_screen(self):
+        from .screens.runs import RunsScreen
+
+        return RunsScreen(self.runs_root)
+
+    def on_mount(self) -> None:
+        if self.open_run is not None:
+            from .screens.live_run import LiveRunScreen
+
+            self.push_screen(LiveRunScreen(self.open_run))
+
+    # ------------------------------------------------------------ trainers
+    def trainer_for(self, run_dir: Path) -> TrainerProcess | None:
+        return self.trainers.get(Path(run_dir).resolve())
+
+    def add_trainer(self, process: TrainerProcess) -> None:
+        self.trainers[process.run_dir.resolve()] = process
+
+    def launched_pids(self) -> dict[Path, int]:
+        return {path: proc.pid for path, proc in self.trainers.items() if proc.poll() is None}
+
+    def running_trainers(self) -> list[TrainerProcess]:
+        return [proc for proc in self.trainers.values() if proc.poll() is None]
+
+    def display_path(self, path: Path) -> str:
+        """A path as people typed it: relative to the project folder when inside it."""
+        absolute, project = Path(os.path.abspath(path)), Path(os.path.abspath(self.project_dir))
+        try:
+            return str(absolute.relative_to(project))
+        except ValueError:
+            return str(path)
+
+    # ------------------------------------------------------------ actions
+    def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            self.screen.dismiss()
+            return
+        self.push_screen(HelpScreen(self.screen))

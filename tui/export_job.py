@@ -1,0 +1,104 @@
+"""The Export screen's model: the `mlxsft export`/`fuse` command to run, and its parity report.
+
+The TUI never exports in-process: it runs the CLI as a child (the same command a
+person would type, shown on screen) and reads the `parity.json` the export writes
+(`OUT/parity.json` for folders, `OUT.parity.json` beside a .gguf file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runs import python_command
+
+FORMATS = ("peft", "hf", "gguf", "mlx", "fused")
+FORMAT_HELP = {
+    "peft": "PEFT LoRA/DoRA adapter (transformers + peft)",
+    "hf": "merged Hugging Face model (safetensors)",
+    "gguf": "llama.cpp / Ollama file",
+    "mlx": "mlx-lm adapter folder",
+    "fused": "merged MLX model (mlxsft fuse)",
+}
+DTYPES = ("float32", "float16", "bfloat16")
+USES_DTYPE = ("hf", "gguf", "fused")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str
+    out: Path
+    checkpoint: str | None = None  # a step, "best", "latest"; None: the run's latest adapters
+    dtype: str | None = None
+    max_shard_size: str | None = None  # hf only, e.g. "5GB"
+    dequantize: bool = False  # fused only
+    verify: bool = True
+    force: bool = False
+
+
+def default_out(run_dir: Path, fmt: str) -> Path:
+    exports = Path(run_dir) / "exports"
+    return exports / f"{Path(run_dir).name}.gguf" if fmt == "gguf" else exports / fmt
+
+
+def export_args(run_dir: Path, opts: ExportOptions) -> list[str]:
+    """CLI arguments (after `mlxsft`) for these options."""
+    if opts.format == "fused":
+        args = ["fuse", str(run_dir), "--out", str(opts.out)]
+        if opts.dequantize:
+            args.append("--dequantize")
+    else:
+        args = ["export", str(run_dir), "--format", opts.format, "--out", str(opts.out)]
+        if opts.format == "hf" and opts.max_shard_size:
+            args += ["--max-shard-size", opts.max_shard_size]
+    if opts.dtype and opts.format in USES_DTYPE:
+        args += ["--dtype", opts.dtype]
+    if opts.checkpoint:
+        args += ["--checkpoint", opts.checkpoint]
+    if opts.force:
+        args.append("--force")
+    if not opts.verify:
+        args.append("--no-verify")
+    return args
+
+
+def export_command(run_dir: Path, opts: ExportOptions) -> list[str]:
+    return python_command(*export_args(run_dir, opts))
+
+
+def parity_file(out: Path, fmt: str) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".parity.json") if fmt == "gguf" else out / "parity.json"
+
+
+def read_parity(out: Path, fmt: str) -> dict | None:
+    try:
+        data = json.loads(parity_file(out, fmt).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe_parity(report: dict) -> str:
+    """One or two lines for people, from a parity.json record."""
+    if report.get("skipped"):
+        return "parity: not checked (verify was off)"
+    verdict = "PASSED" if report.get("passed") else "MISMATCH"
+    parts = [f"parity {verdict}"]
+
+    def add(label: str, key: str, fmt: str) -> None:
+        value = report.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {format(value, fmt)}")
+
+    add("max |Δlogit|", "max_abs_diff", ".2e")
+    add("tolerance", "tolerance", ".0e")
+    add("greedy agreement", "greedy_agreement", ".1%")
+    add("update kept", "update_retained", ".0%")
+    text = ", ".join(parts)
+    if report.get("num_prompts"):
+        text += f" over {report.get('num_tokens', 0)} tokens in {report['num_prompts']} prompts"
+    if report.get("note"):
+        text += f"\n{report['note']}"
+    return text

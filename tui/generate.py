@@ -1,0 +1,151 @@
+"""Generation child process: `python -m mlxsft.tui.generate RUN --variant LABEL=WHICH --prompt P`.
+
+It owns MLX (load, attach, generate all on its one main thread) and prints one JSON
+object per line for the UI to render as it streams:
+
+    {"type": "loading", "label": ...}
+    {"type": "text", "label": ..., "prompt": i, "delta": "..."}
+    {"type": "done", "label": ..., "prompt": i, "tokens": n, "tokens_per_second": x}
+    {"type": "error", "message": ...}
+
+WHICH is `base` (the base model as the run loaded it: same dtype and quantization),
+`latest` (the run's latest adapters) or a checkpoint step. The model is built the
+way the trainer built it (`load_base` + `attach_adapters`), then each checkpoint's
+trainable weights are loaded into it, so every checkpoint shares one load. Base
+generations come first and that model is freed before the tuned one loads, so peak
+memory is one model. Decoding is greedy, so the same prompt gives the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+BASE = "base"
+
+
+def command(
+    run_dir, variants: list[tuple[str, str]], prompts: list[str], max_tokens: int = 64
+) -> list[str]:
+    """The command line that runs this module as a child for `variants` and `prompts`."""
+    args = [
+        sys.executable,
+        "-m",
+        "mlxsft.tui.generate",
+        str(run_dir),
+        "--max-tokens",
+        str(max_tokens),
+    ]
+    for label, which in variants:
+        args += ["--variant", f"{label}={which}"]
+    for prompt in prompts:
+        args += ["--prompt", prompt]
+    return args
+
+
+def emit(**record) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mlxsft.tui.generate")
+    p.add_argument("run", help="Run directory.")
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="LABEL=WHICH",
+        help="WHICH: base, latest or a checkpoint step (repeatable).",
+    )
+    p.add_argument("--prompt", action="append", required=True, help="A user prompt (repeatable).")
+    p.add_argument("--max-tokens", type=int, default=64)
+    return p.parse_args(argv)
+
+
+def adapter_file(run, which: str) -> Path:
+    from mlxsft.errors import MlxsftError
+
+    if which == "latest":
+        path = run.adapters_file
+    elif which.isdigit():
+        path = run.checkpoint_dir(int(which)) / "adapters.safetensors"
+    else:
+        raise MlxsftError(f"unknown checkpoint {which!r}: give base, latest or a step number.")
+    if not path.is_file():
+        raise MlxsftError(
+            "no adapter weights here (the checkpoint was deleted or never written).", path=str(path)
+        )
+    return path
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt as the fine-tune saw its inputs: the chat template when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(prompt))
+
+
+def generate_all(model, tokenizer, label: str, prompts: list[str], max_tokens: int) -> None:
+    from mlx_lm import stream_generate
+
+    model.eval()
+    for i, prompt in enumerate(prompts):
+        tokens, rate = 0, 0.0
+        for response in stream_generate(
+            model, tokenizer, prompt_ids(tokenizer, prompt), max_tokens=max_tokens
+        ):
+            emit(type="text", label=label, prompt=i, delta=response.text)
+            tokens, rate = response.generation_tokens, response.generation_tps
+        emit(type="done", label=label, prompt=i, tokens=tokens, tokens_per_second=rate)
+
+
+def run(args: argparse.Namespace) -> None:
+    from mlxsft.model import attach_adapters, load_base
+    from mlxsft.rundir import RunDir
+
+    run_dir = RunDir(args.run)
+    recipe = run_dir.load_recipe()
+    variants = [v.split("=", 1) if "=" in v else (v, v) for v in args.variant]
+    for _label, which in variants:  # check every file before the slow loads
+        if which != BASE:
+            adapter_file(run_dir, which)
+    if any(which == BASE for _, which in variants):
+        for label, _ in [v for v in variants if v[1] == BASE]:
+            emit(type="loading", label=label)
+        model, tokenizer, _, _ = load_base(recipe)
+        for label, which in variants:
+            if which == BASE:
+                generate_all(model, tokenizer, label, args.prompt, args.max_tokens)
+        del model
+        gc.collect()
+    tuned = [(label, which) for label, which in variants if which != BASE]
+    if tuned:
+        for label, _ in tuned:
+            emit(type="loading", label=label)
+        model, tokenizer, _, _ = load_base(recipe)
+        attach_adapters(model, recipe)
+        for label, which in tuned:
+            model.load_weights(str(adapter_file(run_dir, which)), strict=False)
+            generate_all(model, tokenizer, label, args.prompt, args.max_tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mlxsft.errors import MlxsftError
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except MlxsftError as exc:
+        emit(type="error", message=str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Find runs on disk and say honestly what state each one is in.
+
+A run folder is one with a `recipe.yaml` (a run the trainer created) or a
+`tui-recipe.yaml` (a run the TUI launched whose trainer has not created it yet, or
+never did). Status comes from `run.json`, checked against reality: a run that says
+"running" but whose trainer pid is gone was interrupted (killed, crashed, machine
+restarted). Nothing here imports Textual, so the logic is testable on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlxsft.errors import MlxsftError
+from mlxsft.rundir import RunDir
+
+LAUNCH_RECIPE = "tui-recipe.yaml"  # the recipe the TUI wrote and ran (repeatable headless)
+LAUNCH_LOG = "tui-train.log"  # the trainer child's stdout and stderr
+
+# Statuses shown to people; "interrupted" is a "running" run whose trainer is gone.
+RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
+    "running",
+    "finished",
+    "failed",
+    "stopped",
+    "stopped (interrupted)",
+)
+STARTING, NOT_STARTED = "starting", "not started"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the Runs screen."""
+
+    path: Path
+    status: str
+    method: str
+    model: str
+    best_val_loss: float | None
+    tokens_seen: int | None
+    last_step: int | None
+    total_steps: int | None
+    tokens_per_second: float | None
+    created: float
+    pid: int | None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (RUNNING, STARTING)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when `pid` is a live process that looks like an mlxsft trainer.
+
+    Where /proc exists its command line must mention mlxsft, so a recycled pid
+    (another program now holds the number) does not count as the trainer.
+    """
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            return False
+        return "mlxsft" in text and not _is_zombie(pid)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def is_run_folder(path: Path) -> bool:
+    return (path / "recipe.yaml").is_file() or (path / LAUNCH_RECIPE).is_file()
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders directly under `root`, newest first."""
+    if not root.is_dir():
+        return []
+    runs = [child for child in root.iterdir() if child.is_dir() and is_run_folder(child)]
+    return sorted(runs, key=_created, reverse=True)
+
+
+def _created(path: Path) -> float:
+    try:
+        return float(RunDir(path).read_meta().get("created") or path.stat().st_mtime)
+    except (OSError, ValueError):
+        return path.stat().st_mtime
+
+
+def read_meta(path: Path) -> dict:
+    """run.json, or {} when missing or torn (a run being created)."""
+    try:
+        return RunDir(path).read_meta()
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_status(path: Path, meta: dict, launched_pid: int | None = None) -> str:
+    """The honest status of a run: run.json's word, checked against the trainer's pid."""
+    status = meta.get("status")
+    if status == RUNNING:
+        return RUNNING if pid_alive(meta.get("pid")) or _alive(launched_pid) else INTERRUPTED
+    if status in (FINISHED, FAILED, STOPPED):
+        return status
+    # No run.json yet: the trainer is loading the model and data, or died doing so.
+    if _alive(launched_pid):
+        return STARTING
+    log = path / LAUNCH_LOG
+    if log.is_file() and "error" in log.read_text(encoding="utf-8", errors="replace"):
+        return FAILED
+    return NOT_STARTED
+
+
+def _alive(pid: int | None) -> bool:
+    """Liveness of a child this process launched (its cmdline is known to be ours)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return not _is_zombie(pid)
+
+
+def last_log_error(path: Path) -> str | None:
+    """The last `mlxsft: error:` (or other) line of the trainer child's log."""
+    log = path / LAUNCH_LOG
+    if not log.is_file():
+        return None
+    lines = [
+        line.strip()
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip()
+    ]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [None])[-1]
+
+
+def last_records(path: Path, max_bytes: int = 65536) -> list[dict]:
+    """The JSON records in the last `max_bytes` of an events file (cheap, for summaries)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    records = []
+    lines = data.split(b"\n")
+    if size > max_bytes:
+        lines = lines[1:]  # the first line is probably cut
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
+    meta = read_meta(path)
+    status = run_status(path, meta, launched_pid)
+    records = last_records(path / "events.jsonl")
+    steps = [r for r in records if r.get("event") == "StepReported"]
+    last = steps[-1] if steps else {}
+    method, model = meta.get("method"), meta.get("model")
+    if method is None or model is None:
+        method, model = _recipe_method_model(path, method, model)
+    return RunSummary(
+        path=path,
+        status=status,
+        method=method or "?",
+        model=model or "?",
+        best_val_loss=meta.get("best_val_loss"),
+        tokens_seen=last.get("tokens_seen"),
+        last_step=meta.get("last_step", last.get("step")),
+        total_steps=meta.get("total_steps"),
+        tokens_per_second=last.get("tokens_per_second"),
+        created=_created(path),
+        pid=meta.get("pid") or launched_pid,
+        error=meta.get("error") or (last_log_error(path) if status == FAILED else None),
+    )
+
+
+def _recipe_method_model(path: Path, method, model):
+    import yaml
+
+    for name in ("recipe.yaml", LAUNCH_RECIPE):
+        file = path / name
+        if file.is_file():
+            try:
+                raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            return method or raw.get("method"), model or raw.get("model")
+    return method, model
+
+
+def scan_runs(root: Path, launched: dict[Path, int] | None = None) -> list[RunSummary]:
+    """Summaries of every run under `root` (`launched`: run folder -> pid of a child we started)."""
+    launched = {Path(k).resolve(): v for k, v in (launched or {}).items()}
+    return [summarize_run(p, launched.get(p.resolve())) for p in find_runs(root)]
+
+
+def stop_run(summary: RunSummary) -> None:
+    """Ask a running trainer to stop: SIGINT makes it save a checkpoint and exit."""
+    if not summary.is_live or not summary.pid:
+        raise MlxsftError(
+            f"this run is {summary.status}; only a running run can be stopped.",
+            path=str(summary.path),
+        )
+    try:
+        os.kill(summary.pid, signal.SIGINT)
+    except ProcessLookupError:
+        raise MlxsftError("the trainer process is already gone.", path=str(summary.path)) from None
+
+
+def delete_run(summary: RunSummary) -> None:
+    """Remove a run folder (never one whose trainer is still running)."""
+    if summary.is_live:
+        raise MlxsftError(
+            "this run is still running; stop it first (s), then delete it.", path=str(summary.path)
+        )
+    if not is_run_folder(summary.path):
+        raise MlxsftError("not a run folder; refusing to delete it.", path=str(summary.path))
+    shutil.rmtree(summary.path)
+
+
+def format_age(created: float, now: float | None = None) -> str:
+    seconds = max(0, int((now if now is not None else time.time()) - created))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def format_tokens(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for suffix, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{suffix}"
+    return str(n)
+
+
+def python_command(*args: str) -> list[str]:
+    """`python -m mlxsft.cli ARGS`, with this interpreter (the one mlxsft is installed in)."""
+    return [sys.executable, "-m", "mlxsft.cli", *args]

@@ -1,0 +1,1 @@
+"""Screens of the mlxsft TUI, one per module."""

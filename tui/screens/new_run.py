@@ -1,0 +1,359 @@
+"""New run: pick a recipe, model and dataset, set the knobs, see the estimate, start training.
+
+The form's fields come from `mlxsft.config.iter_fields()`; what it starts is
+`python -m mlxsft.cli train RUN/tui-recipe.yaml` in a child process, so every run
+started here can be repeated headless with that file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import events, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Button, Collapsible, Footer, Header, Input, Label, Select, Static
+
+from mlxsft.errors import MlxsftError
+from mlxsft.rundir import RunDir
+
+from ..dataset import DatasetPreview, load_preview_tokenizer, preview_dataset
+from ..estimate import estimate_run, format_duration, read_shape
+from ..processes import train_recipe
+from ..recipes import (
+    build_recipe,
+    default_run_dir,
+    default_values,
+    form_fields,
+    list_datasets,
+    list_models,
+    list_recipes,
+    recipe_file_values,
+    write_launch_recipe,
+)
+from ..runs import LAUNCH_RECIPE
+from ..widgets.length_histogram import LengthHistogram
+from ..widgets.recipe_form import RecipeForm
+from ..widgets.token_view import TokenView
+
+PICKER_HELP = {
+    "recipe-select": "A recipe file from recipes/ fills every field below; change what you like.",
+    "model-select": "Local model folders under models/ (ones with a config.json).",
+    "model-path": "model: a local model folder, or a Hugging Face hub id such as "
+    "Qwen/Qwen2.5-0.5B-Instruct.",
+    "data-select": "Bundled datasets under recipes/data/ (folders holding train.jsonl and "
+    "valid.jsonl).",
+    "data-path": "data.train: a JSONL file, or a folder holding train.jsonl (and valid.jsonl).",
+    "output": "output: the run folder to create (default: runs/<model>-<method>-<time>).",
+}
+PREVIEW_DELAY_S = 0.4
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+class NewRunScreen(Screen):
+    TITLE = "New run"
+    AUTO_FOCUS = "#recipe-select"
+    HELP = (
+        "Start from a recipe (it fills the form), pick a model and a dataset, adjust the "
+        "settings, and "
+        "press **ctrl+s**. The right-hand side shows the dataset (rows, format, token lengths "
+        "against "
+        "max_seq_length, the first example with its trained tokens highlighted) and a rough "
+        "memory and "
+        "time estimate. The recipe that runs is written to RUN/tui-recipe.yaml, so the run can be "
+        "repeated with `mlxsft train RUN/tui-recipe.yaml`."
+    )
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start training", priority=True),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, runs_root: Path):
+        super().__init__()
+        self.runs_root = Path(runs_root)
+        self.preview: DatasetPreview | None = None
+        self.preview_error: str | None = None
+        self.preview_token = 0
+        self.tokenizers: dict[str, object] = {}
+        self._preview_timer = None
+
+    # ------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        app = self.app
+        main, more = form_fields()
+        recipes = [(app.display_path(p), str(p)) for p in list_recipes(app.recipes_dir)]
+        models = [(app.display_path(p), app.display_path(p)) for p in list_models(app.models_dir)]
+        datasets = [
+            (app.display_path(p), app.display_path(p)) for p in list_datasets(app.recipes_dir)
+        ]
+        yield Header()
+        with Horizontal(id="new-run"):
+            with VerticalScroll(id="form-col"):
+                yield Static("Start from", classes="section")
+                yield self._row(
+                    "recipe",
+                    Select(
+                        recipes, prompt="defaults (no recipe)", id="recipe-select", compact=True
+                    ),
+                )
+                yield Static("Model", classes="section")
+                yield self._row(
+                    "local model",
+                    Select(
+                        models,
+                        prompt="pick a folder under models/",
+                        id="model-select",
+                        compact=True,
+                    ),
+                )
+                yield self._row(
+                    "model",
+                    Input(placeholder="models/NAME or a hub id", id="model-path", compact=True),
+                )
+                yield Static("Data", classes="section")
+                yield self._row(
+                    "bundled",
+                    Select(datasets, prompt="pick a dataset", id="data-select", compact=True),
+                )
+                yield self._row(
+                    "data.train",
+                    Input(placeholder="JSONL file or folder", id="data-path", compact=True),
+                )
+                yield Static("Settings", classes="section")
+                yield RecipeForm(main, id="main-form")
+                with Collapsible(title="More settings", collapsed=True, id="more-settings"):
+                    yield RecipeForm(more, id="more-form")
+                yield self._row(
+                    "output",
+                    Input(placeholder="runs/<model>-<method>-<time>", id="output", compact=True),
+                )
+                yield Static("", id="estimate-line")
+                yield Static("", id="form-error")
+                yield Button("Start training (ctrl+s)", variant="success", id="start")
+            with VerticalScroll(id="preview-col"):
+                yield Static(
+                    "Tab moves between fields; each field's help shows here.", id="field-help"
+                )
+                yield Static("", id="estimate")
+                yield Static("Pick a model and a dataset to preview it.", id="data-summary")
+                yield LengthHistogram(id="histogram")
+                yield TokenView(id="first-example")
+        yield Footer()
+
+    @staticmethod
+    def _row(label: str, editor: Widget) -> Horizontal:
+        editor.tooltip = PICKER_HELP.get(editor.id or "", None)
+        return Horizontal(Label(label, classes="field-label"), editor, classes="field-row")
+
+    def on_mount(self) -> None:
+        self.sub_title = f"runs go to {self.app.display_path(self.runs_root)}/"
+        self.query_one("#estimate", Static).border_title = "Estimate"
+        self.query_one("#data-summary", Static).border_title = "Dataset"
+        self.update_estimate()
+
+    # ------------------------------------------------------------ values
+    def values(self) -> dict[str, str]:
+        values = default_values()
+        values.update(self.query_one("#main-form", RecipeForm).values())
+        values.update(self.query_one("#more-form", RecipeForm).values())
+        values["model"] = self.query_one("#model-path", Input).value.strip()
+        values["data.train"] = self.query_one("#data-path", Input).value.strip()
+        values["output"] = self.query_one("#output", Input).value.strip()
+        return values
+
+    def load_recipe_values(self, path: Path) -> None:
+        try:
+            values = recipe_file_values(path)
+        except MlxsftError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.query_one("#main-form", RecipeForm).set_values(values)
+        self.query_one("#more-form", RecipeForm).set_values(values)
+        self.query_one("#model-path", Input).value = values.get("model", "")
+        self.query_one("#data-path", Input).value = values.get("data.train", "")
+        self.notify(f"Loaded {self.app.display_path(path)}.")
+
+    # ------------------------------------------------------------ reacting
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.value is Select.NULL:
+            return
+        target = event.select.id
+        if target == "recipe-select":
+            self.load_recipe_values(Path(str(event.value)))
+        elif target == "model-select":
+            self.query_one("#model-path", Input).value = str(event.value)
+        elif target == "data-select":
+            self.query_one("#data-path", Input).value = str(event.value)
+        else:
+            self.schedule_preview(event.select.id)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.schedule_preview(event.input.id)
+
+    def schedule_preview(self, changed: str | None) -> None:
+        self.update_estimate()
+        if changed in (
+            "model-path",
+            "data-path",
+            "field-data--mask",
+            "field-train--max-seq-length",
+            None,
+        ):
+            if self._preview_timer is not None:
+                self._preview_timer.stop()
+            self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self.start_preview)
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        widget = event.widget
+        help_line = PICKER_HELP.get(widget.id or "")
+        for form in self.query(RecipeForm):
+            spec = form.spec_for(widget)
+            if spec is not None:
+                default = "none" if spec.default is None else spec.default
+                choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
+                help_line = f"{spec.name}: {spec.help}{choices} (default: {default})"
+        if help_line:
+            self.query_one("#field-help", Static).update(help_line)
+
+    # ------------------------------------------------------------ preview
+    def start_preview(self) -> None:
+        values = self.values()
+        self.preview_token += 1
+        if not values["model"] or not values["data.train"]:
+            return
+        self.query_one("#data-summary", Static).update("reading the dataset…")
+        self.load_preview(
+            self.preview_token,
+            values["model"],
+            values["data.train"],
+            values["data.mask"] or "assistant",
+        )
+
+    @work(thread=True, exclusive=True, group="preview")
+    def load_preview(self, token: int, model: str, data: str, mask: str) -> None:
+        project = self.app.project_dir
+        model_dir = Path(model) if Path(model).is_absolute() else project / model
+        data_path = Path(data) if Path(data).is_absolute() else project / data
+        preview, error = None, None
+        try:
+            if not (model_dir / "config.json").is_file():
+                raise MlxsftError(
+                    "the preview needs a local model folder (for its tokenizer).", path=model
+                )
+            if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+                raise MlxsftError(
+                    "no tokenizer files in this model folder, so no preview.", path=model
+                )
+            tokenizer = self.tokenizers.get(str(model_dir))
+            if tokenizer is None:
+                tokenizer = self.tokenizers[str(model_dir)] = load_preview_tokenizer(model_dir)
+            preview = preview_dataset(data_path, tokenizer, mask)
+        except MlxsftError as exc:
+            error = str(exc)
+        except (OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        self.app.call_from_thread(self.show_preview, token, preview, error)
+
+    def show_preview(self, token: int, preview: DatasetPreview | None, error: str | None) -> None:
+        if token != self.preview_token:
+            return  # a newer preview is on its way
+        self.preview, self.preview_error = preview, error
+        summary = self.query_one("#data-summary", Static)
+        summary.set_class(error is not None, "error")
+        max_len = self._max_seq_length()
+        if preview is None:
+            summary.update(error or "")
+            self.query_one(LengthHistogram).update("")
+            self.query_one(TokenView).update("")
+        else:
+            summary.update(preview.summary(max_len))
+            self.query_one(LengthHistogram).show(preview.lengths, max_len)
+            self.query_one(TokenView).show(
+                preview.first_spans, self.app.display_path(Path(preview.first_where))
+            )
+        self.update_estimate()
+
+    def _max_seq_length(self) -> int:
+        try:
+            return int(self.values()["train.max_seq_length"])
+        except ValueError:
+            return 2048
+
+    # ------------------------------------------------------------ estimate
+    def update_estimate(self) -> None:
+        values = self.values()
+        box = self.query_one("#estimate", Static)
+        line = self.query_one("#estimate-line", Static)
+        box.set_class(False, "error")
+        try:
+            recipe = build_recipe(values)
+        except MlxsftError as exc:
+            message = str(exc).replace("the New run form: ", "")
+            box.update(f"Fix this before starting:\n{message}")
+            box.set_class(True, "error")
+            line.update("")
+            return
+        model_dir = (
+            Path(recipe.model)
+            if Path(recipe.model).is_absolute()
+            else self.app.project_dir / recipe.model
+        )
+        shape = read_shape(model_dir)
+        if shape is None:
+            box.update("The estimate needs a local model folder with a config.json.")
+            line.update("")
+            return
+        rows = self.preview.num_rows if self.preview else 0
+        mean = self.preview.mean_length if self.preview else recipe.train.max_seq_length
+        measured = self.app.measured_tokens_per_second.get(recipe.model)
+        estimate = estimate_run(shape, recipe, rows, mean, measured)
+        box.update(
+            estimate.describe()
+            + ("" if self.preview else "\n(no dataset yet: rows taken as max length)")
+        )
+        line.update(
+            f"estimate: ~{estimate.memory_gb:.2f} GB, ~{format_duration(estimate.seconds)} "
+            f"for {estimate.steps} steps (estimate_run, rough)"
+        )
+
+    # ------------------------------------------------------------ start
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "start":
+            self.action_start()
+
+    def run_dir_for(self, values: dict[str, str]) -> Path:
+        if values["output"]:
+            out = Path(values["output"])
+            return out if out.is_absolute() else self.app.project_dir / out
+        recipe = build_recipe({**values, "output": ""})
+        root = (
+            self.runs_root
+            if self.runs_root.is_absolute()
+            else self.app.project_dir / self.runs_root
+        )
+        return default_run_dir(root, recipe)
+
+    def action_start(self) -> None:
+        from .live_run import LiveRunScreen
+
+        error = self.query_one("#form-error", Static)
+        values = self.values()
+        try:
+            run_dir = self.run_dir_for(values)
+            if RunDir(run_dir).exists() or (run_dir / LAUNCH_RECIPE).exists():
+                raise MlxsftError(
+                    "this folder already holds a run; choose another output.", path=str(run_dir)
+                )
+            recipe = build_recipe({**values, "output": self.app.display_path(run_dir)})
+        except MlxsftError as exc:
+            error.update(str(exc))
+            self.notify(str(exc), severity="error")
+            return
+        error.update("")
+        recipe_path = write_launch_recipe(recipe, run_dir, self.app.display_path(run_dir))
+        self.app.add_trainer(train_recipe(recipe_path, run_dir, cwd=self.app.project_dir))
+        self.notify(f"Training started: {self.app.display_path(run_dir)}")
+        self.app.switch_screen(LiveRunScreen(run_dir))

@@ -1,0 +1,264 @@
+"""The home screen: every run under the runs folder, its honest status, and what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from mlxsft.errors import MlxsftError
+
+from ..processes import resume_run
+from ..runs import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    RunSummary,
+    delete_run,
+    format_age,
+    format_tokens,
+    scan_runs,
+    stop_run,
+)
+
+STATUS_STYLE = {
+    RUNNING: "bold green",
+    STARTING: "green",
+    FINISHED: "cyan",
+    FAILED: "bold red",
+    STOPPED: "yellow",
+    INTERRUPTED: "yellow",
+}
+COLUMNS = ("run", "status", "method", "model", "best val", "tokens", "age")
+
+
+class RunsScreen(Screen):
+    TITLE = "Runs"
+    HELP = (
+        "Every run under the runs folder. **running** means its trainer process is alive; a run "
+        "whose "
+        "run.json still says running but whose trainer is gone shows as **stopped "
+        "(interrupted)** and "
+        "can be resumed from its last checkpoint."
+    )
+    BINDINGS = [
+        Binding("n", "new_run", "New"),
+        Binding("enter", "open_run", "Open", key_display="⏎"),
+        Binding("o", "open_run", "Open", show=False),
+        Binding("c", "checkpoints", "Ckpts"),
+        Binding("e", "export", "Export"),
+        Binding("t", "chat", "Chat"),
+        Binding("r", "resume", "Resume"),
+        Binding("s", "stop", "Stop"),
+        Binding("d", "delete", "Delete"),
+        Binding("f5", "rescan", "Refresh", show=False),
+        Binding("q", "app.quit", "Quit", show=False),
+    ]
+
+    def __init__(self, runs_root: Path):
+        super().__init__()
+        self.runs_root = Path(runs_root)
+        self.summaries: list[RunSummary] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="run-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.app.display_path(self.runs_root)
+        table = self.query_one(DataTable)
+        for column in COLUMNS:
+            table.add_column(column, key=column)
+        self.action_rescan()
+        self.set_interval(self.app.refresh_s, self.action_rescan)
+
+    def on_screen_resume(self) -> None:
+        self.action_rescan()
+
+    # ------------------------------------------------------------ scanning
+    def action_rescan(self) -> None:
+        self.scan()
+
+    @work(thread=True, exclusive=True, group="scan")
+    def scan(self) -> None:
+        summaries = scan_runs(self.runs_root, self.app.launched_pids())
+        self.app.call_from_thread(self.show, summaries)
+
+    def show(self, summaries: list[RunSummary]) -> None:
+        self.summaries = summaries
+        for s in summaries:
+            if s.tokens_per_second and s.model not in self.app.measured_tokens_per_second:
+                self.app.measured_tokens_per_second[s.model] = s.tokens_per_second
+        table = self.query_one(DataTable)
+        selected = self.selected()
+        table.clear()
+        now = self.app.clock()
+        for s in summaries:
+            best = "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
+            table.add_row(
+                s.name,
+                Text(s.status, style=STATUS_STYLE.get(s.status, "dim")),
+                s.method,
+                self.model_name(s.model),
+                best,
+                format_tokens(s.tokens_seen),
+                format_age(s.created, now),
+                key=str(s.path),
+            )
+        if selected is not None:
+            for i, s in enumerate(summaries):
+                if s.path == selected.path:
+                    table.move_cursor(row=i, animate=False)
+        self.show_detail()
+
+    def model_name(self, model: str) -> str:
+        """A local model folder by its name; a hub id as it is."""
+        path = Path(model)
+        local = path if path.is_absolute() else self.app.project_dir / path
+        return path.name if local.is_dir() else model
+
+    def selected(self) -> RunSummary | None:
+        table = self.query_one(DataTable)
+        if not self.summaries or table.row_count == 0:
+            return None
+        row = min(max(table.cursor_row, 0), len(self.summaries) - 1)
+        return self.summaries[row]
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def show_detail(self) -> None:
+        detail = self.query_one("#run-detail", Static)
+        s = self.selected()
+        if s is None:
+            root = self.app.display_path(self.runs_root)
+            detail.update(
+                f"No runs in {root}/ yet. Press [b]n[/b] to start one "
+                "(or run `mlxsft demo` for a one-minute offline example)."
+            )
+            return
+        text = Text()
+        text.append(self.app.display_path(s.path), style="bold")
+        if s.last_step is not None and s.total_steps:
+            text.append(f"  step {s.last_step}/{s.total_steps}")
+        if s.pid and s.is_live:
+            text.append(f"  pid {s.pid}")
+        if s.error:
+            text.append(f"\n{s.error}", style="red")
+        elif s.status == INTERRUPTED:
+            text.append(
+                "\nThe trainer is gone without a final event (killed or crashed): press r to "
+                "resume "
+                "from the last checkpoint.",
+                style="yellow",
+            )
+        detail.update(text)
+
+    # ------------------------------------------------------------ actions
+    def _need_run(self) -> RunSummary | None:
+        s = self.selected()
+        if s is None:
+            self.notify("No run selected.", severity="warning")
+        return s
+
+    def action_new_run(self) -> None:
+        from .new_run import NewRunScreen
+
+        self.app.push_screen(NewRunScreen(self.runs_root))
+
+    def action_open_run(self) -> None:
+        from .live_run import LiveRunScreen
+
+        if s := self._need_run():
+            self.app.push_screen(LiveRunScreen(s.path))
+
+    def action_checkpoints(self) -> None:
+        from .checkpoints import CheckpointsScreen
+
+        if s := self._need_run():
+            self.app.push_screen(CheckpointsScreen(s.path))
+
+    def action_export(self) -> None:
+        from .export import ExportScreen
+
+        if s := self._need_run():
+            self.app.push_screen(ExportScreen(s.path))
+
+    def action_chat(self) -> None:
+        from .chat import ChatScreen
+
+        if s := self._need_run():
+            self.app.push_screen(ChatScreen(s.path))
+
+    def action_resume(self) -> None:
+        from .live_run import LiveRunScreen
+
+        s = self._need_run()
+        if s is None:
+            return
+        if s.status not in (STOPPED, INTERRUPTED, FAILED):
+            self.notify(
+                f"This run is {s.status}; only a stopped, interrupted or failed run can be "
+                f"resumed.",
+                severity="warning",
+            )
+            return
+        self.app.add_trainer(resume_run(s.path, cwd=self.app.project_dir))
+        self.notify(f"Resuming {s.name} from its last checkpoint.")
+        self.app.push_screen(LiveRunScreen(s.path))
+
+    def action_stop(self) -> None:
+        s = self._need_run()
+        if s is None:
+            return
+        try:
+            trainer = self.app.trainer_for(s.path)
+            if trainer is not None and trainer.poll() is None:
+                trainer.stop()
+            else:
+                stop_run(s)
+        except MlxsftError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.notify(f"Stopping {s.name}: it saves a checkpoint, then exits.")
+        self.action_rescan()
+
+    def action_delete(self) -> None:
+        from .confirm import ConfirmScreen
+
+        s = self._need_run()
+        if s is None:
+            return
+        if s.is_live:
+            self.notify("This run is still running; stop it first (s).", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                delete_run(s)
+            except (MlxsftError, OSError) as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.notify(f"Deleted {self.app.display_path(s.path)}.")
+            self.action_rescan()
+
+        question = (
+            f"Delete the run {self.app.display_path(s.path)}?\n\nIts checkpoints, adapters and "
+            "events are removed from disk. This cannot be undone."
+        )
+        self.app.push_screen(ConfirmScreen(question, yes="Delete"), answer)
