@@ -95,6 +95,10 @@ class TrainConfig:
     steps_per_eval: int = _field(100, "Steps between validation passes (0: only at the end).")
     steps_per_save: int = _field(100, "Steps between checkpoints (the final step is always saved).")
     val_batches: int = _field(-1, "Validation batches per evaluation (-1: the whole validation set).")
+    early_stop_patience: int | None = _field(
+        None, "Stop when this many evaluations in a row gain at most early_stop_tolerance on the best before."
+    )
+    early_stop_tolerance: float = _field(0.01, "Relative validation-loss gain that counts as no gain (early stop).")
 
 
 @dataclass
@@ -310,6 +314,8 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int]
         fail("train.batch_tokens", f"({t.batch_tokens}) must be at least train.max_seq_length ({t.max_seq_length}).")
     if t.memory_limit_gb is not None and t.memory_limit_gb <= 0:
         fail("train.memory_limit_gb", f"must be greater than 0, got {t.memory_limit_gb}.")
+    if t.early_stop_patience is not None and t.early_stop_patience < 1:
+        fail("train.early_stop_patience", f"must be at least 1 (or null: off), got {t.early_stop_patience}.")
     if not t.learning_rate > 0:
         fail("train.learning_rate", f"must be greater than 0, got {t.learning_rate}.")
     if recipe.lora.rank < 1:

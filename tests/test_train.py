@@ -122,3 +122,21 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_pat
     assert steps and steps[-1] < failed.step
     weights = mx.load(str(run.checkpoint_dir(steps[-1]) / "adapters.safetensors"))
     assert all(mx.isfinite(w).all().item() for w in weights.values())
+
+
+def test_early_stop_on_plateau(tiny_llama, tmp_path):
+    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=60, steps_per_eval=2, steps_per_save=100,
+                         early_stop_patience=2, early_stop_tolerance=0.5)
+    result = run_training(recipe)
+    assert result.status == "finished"
+    events = read_events(RunDir(result.run_dir).events_file)
+    finished = events[-1]
+    assert isinstance(finished, RunFinished) and finished.early_stop_reason
+    from mlxsft.judge.verdict import Rule, plateau_reached
+
+    evals = [e for e in events if isinstance(e, EvalFinished)]
+    rule = Rule(patience=2, dev_tolerance=0.5)
+    # it stopped at the first evaluation where the rule held, and saved that step
+    assert finished.step == evals[-1].step < 60
+    assert plateau_reached(evals, rule) and not plateau_reached(evals[:-1], rule)
+    assert RunDir(result.run_dir).checkpoint_steps()[-1] == finished.step

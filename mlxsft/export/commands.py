@@ -28,7 +28,7 @@ def _common(parser: argparse.ArgumentParser, verify: bool = True) -> None:
     parser.add_argument(
         "--checkpoint",
         metavar="STEP",
-        help="A checkpoint step, 'best' or 'latest' (default: the run's latest adapters).",
+        help="A checkpoint step, 'best' or 'latest' (default: the step `mlxsft select` chose, else the latest).",
     )
     parser.add_argument(
         "--force",

@@ -67,12 +67,12 @@ class AdapterSource:
 
 
 def parse_checkpoint(value: str | int | None) -> int | str | None:
-    """CLI value of --checkpoint: a step number, 'best', 'latest' or None."""
+    """CLI value of --checkpoint: a step number, 'best', 'latest', or None (the chosen one)."""
     if value is None or isinstance(value, int):
         return value
     text = str(value).strip().lower()
     if text in ("latest", "best"):
-        return None if text == "latest" else "best"
+        return text
     if text.startswith("step-"):
         text = text[5:]
     if not text.isdigit():
@@ -98,8 +98,20 @@ def resolve_source(run_dir: str | Path, checkpoint: int | str | None = None) -> 
 
 
 def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path, int | None]:
-    """(folder holding the adapter files, its step): the run root for the latest."""
+    """(folder holding the adapter files, its step): the run root for the latest.
+
+    With no checkpoint asked for, the one `mlxsft select` chose (run.json's chosen_step)
+    is used when there is one ("rewind"): the last checkpoint often overshoots.
+    """
     steps = run.checkpoint_steps()
+    if checkpoint is None:
+        chosen = run.read_meta().get("chosen_step")
+        if chosen in steps and chosen != (steps[-1] if steps else None):
+            print(f"Using the chosen checkpoint, step {chosen} (`mlxsft select`); "
+                  "pass --checkpoint latest for the last one.")
+            return run.checkpoint_dir(chosen), chosen
+    if checkpoint == "latest":
+        checkpoint = None
     if checkpoint == "best":
         checkpoint = run.read_meta().get("best_step")
         if checkpoint is None:

@@ -94,6 +94,7 @@ class RunFinished:
     best_step: int | None
     best_val_loss: float | None
     elapsed_s: float
+    early_stop_reason: str | None = None  # set when the plateau rule ended the run early
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,8 @@ class SelectionMade:
 
 
 Event = (
-    RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved | RunFinished | RunStopped | RunFailed
-    | CheckpointEvaluated | SelectionMade
+    RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
+    | RunFinished | RunStopped | RunFailed | CheckpointEvaluated | SelectionMade
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -258,7 +259,15 @@ class StdoutSink:
                 best = ""
                 if event.best_step is not None:
                     best = f"; best validation loss {event.best_val_loss:.4f} at step {event.best_step}"
-                return f"Finished at step {event.step} in {_duration(event.elapsed_s)}{best}."
+                early = f" Stopped early: {event.early_stop_reason}." if event.early_stop_reason else ""
+                return f"Finished at step {event.step} in {_duration(event.elapsed_s)}{best}.{early}"
+            case CheckpointEvaluated():
+                parts = [f"{name} {value:.4f}" for name, value in (
+                    ("valid loss", event.valid_loss), ("ood loss", event.ood_loss),
+                    ("entropy", event.entropy), ("distinct-2", event.distinct_2)) if value is not None]
+                return f"evaluated {event.label}: " + ", ".join(parts)
+            case SelectionMade():
+                return f"chose step {event.chosen_step}: {event.reason}"
             case RunStopped():
                 return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
             case RunFailed():

@@ -86,6 +86,8 @@ class Trainer:
         self.t = recipe.train
         self.last_checkpoint: Path | None = None
         self.window_tokens = self.window_trained = 0  # this rank's, since the last report
+        self.evaluations: list[EvalFinished] = []  # this session's, for the early-stop rule
+        self.early_stop_reason: str | None = None
 
     # ------------------------------------------------------------ setup
     def prepare(self, resume: bool) -> None:
@@ -307,8 +309,11 @@ class Trainer:
             is_best = False
             if evaluation is not None:
                 self.emit(evaluation)
+                self.evaluations.append(evaluation)
                 if s.best_val_loss is None or evaluation.loss < s.best_val_loss:
                     s.best_val_loss, s.best_step, is_best = evaluation.loss, s.step, True
+                if not last and self._plateau_reached():
+                    must_save, last = True, True
             if must_save or is_best:
                 s.elapsed_s = time.time() - run_start
                 self.save(evaluation.loss if evaluation else None, is_best)
@@ -316,7 +321,24 @@ class Trainer:
                 if not self.stop:
                     self.stop.set("another rank was asked to stop")
                 return "stopped"
+            if last:
+                break
         return "finished"
+
+    def _plateau_reached(self) -> bool:
+        """The judge's plateau rule over this run's evaluations (train.early_stop_patience)."""
+        patience = self.t.early_stop_patience
+        if patience is None:
+            return False
+        from ..judge.verdict import Rule, plateau_reached  # pure rule, no I/O
+
+        if plateau_reached(self.evaluations, Rule(patience=patience, dev_tolerance=self.t.early_stop_tolerance)):
+            self.early_stop_reason = (
+                f"validation loss gained at most {self.t.early_stop_tolerance:.1%} over {patience} evaluations "
+                f"(best {self.state.best_val_loss:.4f} at step {self.state.best_step})"
+            )
+            return True
+        return False
 
     def _finite_loss(self, window_loss: mx.array, window_tok: mx.array) -> float:
         loss = (window_loss / mx.maximum(window_tok, 1)).item()
@@ -415,7 +437,8 @@ def _emit_outcome(emit: Emitter, trainer: Trainer, status: str, stop: StopFlag) 
                         last_checkpoint=str(trainer.last_checkpoint)))
     else:
         emit(RunFinished(step=state.step, final_loss=state.last_loss, best_step=state.best_step,
-                         best_val_loss=state.best_val_loss, elapsed_s=state.elapsed_s))
+                         best_val_loss=state.best_val_loss, elapsed_s=state.elapsed_s,
+                         early_stop_reason=trainer.early_stop_reason))
 
 
 def _record_failure(run: RunDir, emit: Emitter, trainer: Trainer, reason: str) -> None:
