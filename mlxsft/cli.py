@@ -8,10 +8,9 @@ dataclasses, the same source the YAML validation and the TUI forms use.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-
-import importlib
 
 from .blas import maybe_reexec_with_openblas
 from .config import iter_fields
@@ -22,6 +21,7 @@ from .errors import MlxsftError
 COMMAND_MODULES: tuple[str, ...] = (
     "mlxsft.export.commands",
     "mlxsft.bench.commands",
+    "mlxsft.models.commands",
     "mlxsft.judge.commands",
     "mlxsft.hosts",
     "mlxsft.tui.commands",
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _strip_launch_flags(argv: list[str]) -> list[str]:
     """The train arguments each rank gets: ours minus the launch flags."""
     out, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue

@@ -333,7 +333,8 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int]
     if q.group_size not in (32, 64, 128):
         fail("quantize.group_size", f"must be 32, 64 or 128, got {q.group_size}.")
     if q.bits is not None and recipe.method == "full":
-        fail("quantize.bits", "cannot be used with method: full (a quantized base cannot be trained); use lora or dora.")
+        fail("quantize.bits",
+             "cannot be used with method: full (a quantized base cannot be trained); use lora or dora.")
 
 
 def recipe_from_dict(raw: dict, source: str = "<recipe>", lines: dict[str, int] | None = None) -> Recipe:

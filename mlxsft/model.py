@@ -43,7 +43,8 @@ def check_model_dir(path: Path) -> None:
         raise ModelError(f"no *.safetensors weights in this model folder{hint}.", path=str(path))
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelError(
-            "no tokenizer (tokenizer.json or tokenizer.model) in this model folder; copy the tokenizer files from the base model.",
+            "no tokenizer (tokenizer.json or tokenizer.model) in this model folder; "
+            "copy the tokenizer files from the base model.",
             path=str(path),
         )
 
@@ -58,7 +59,9 @@ def resolve_model_path(model: str) -> Path:
         return path.resolve()
     looks_local = model.startswith((".", "/", "~")) or model.startswith("models/") or not _HUB_ID.match(model)
     if looks_local:
-        raise ModelError("model folder not found; check the path, or give a hub id such as Qwen/Qwen2.5-0.5B-Instruct.", path=model)
+        raise ModelError(
+            "model folder not found; check the path, or give a hub id such as Qwen/Qwen2.5-0.5B-Instruct.", path=model
+        )
     return _download(model)
 
 

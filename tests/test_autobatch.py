@@ -40,7 +40,7 @@ def test_auto_budget_in_a_run_is_recorded_and_reused_on_resume(tiny_llama, tmp_p
     events = read_events(RunDir(tmp_path / "run").events_file)
     chosen = [e for e in events if isinstance(e, BatchTokensChosen)]
     assert len(chosen) == 1 and chosen[0].batch_tokens % 128 == 0
-    fit = [t for t, gb in zip(chosen[0].probed_tokens, chosen[0].probed_peak_gb) if gb <= 0.2]
+    fit = [t for t, gb in zip(chosen[0].probed_tokens, chosen[0].probed_peak_gb, strict=True) if gb <= 0.2]
     assert chosen[0].batch_tokens == max(fit)
     assert RunDir(tmp_path / "run").read_meta()["batch_tokens_chosen"] == chosen[0].batch_tokens
 

@@ -1,7 +1,8 @@
 """Packaging: every package folder is listed in pyproject, and tui/ installs as mlxsft.tui."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ def test_packed_losses_equal_solo_losses(fixture, request):
     packed = collate(examples, [[0, 1, 2]], pad_id=0)
     assert packed.inputs.shape[0] == 1 and set(np.unique(packed.segments)) == {0, 1, 2, 3}
     packed_loss = per_position_loss(model, packed, packed=True)[0]
-    for k, ex in enumerate(examples):
+    for k in range(len(examples)):
         solo = collate(examples, [[k]], pad_id=0)
         solo_loss = per_position_loss(model, solo, packed=False)[0]
         in_pack = packed.segments[0] == k + 1

@@ -33,7 +33,9 @@ def run_side_in_child(side: str, spec: BenchSpec, timeout_s: float = 3600) -> Be
     raise MlxsftError(f"the {side} benchmark failed (exit {proc.returncode}):\n  " + "\n  ".join(tail))
 
 
-def run_benchmark(spec: BenchSpec, against: list[str], repeats: int = 1, progress=print) -> dict[str, list[BenchResult]]:
+def run_benchmark(
+    spec: BenchSpec, against: list[str], repeats: int = 1, progress=print
+) -> dict[str, list[BenchResult]]:
     """Results per side; sides alternate within each repeat so drift hits both alike."""
     sides = ["mlxsft", *against]
     results: dict[str, list[BenchResult]] = {side: [] for side in sides}

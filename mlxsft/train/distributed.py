@@ -117,7 +117,7 @@ def sync_from_main(world: World, model, optimizer, state):
     mx.eval(model.parameters(), optimizer.state, values)
     if world.is_main:
         return state
-    return TrainerState(**{n: int(v) for n, v in zip(ints, values.tolist())})
+    return TrainerState(**{n: int(v) for n, v in zip(ints, values.tolist(), strict=True)})
 
 
 def host_name() -> str:

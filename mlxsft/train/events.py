@@ -238,7 +238,8 @@ class StdoutSink:
                         text += f"\n  ... and {event.num_skipped - 10} more"
                 return text
             case BatchTokensChosen():
-                probes = ", ".join(f"{t:,}: {gb:.2f} GB" for t, gb in zip(event.probed_tokens, event.probed_peak_gb))
+                pairs = zip(event.probed_tokens, event.probed_peak_gb, strict=True)
+                probes = ", ".join(f"{t:,}: {gb:.2f} GB" for t, gb in pairs)
                 return (f"batch_tokens auto: {event.batch_tokens:,} tokens per batch fit the "
                         f"{event.memory_limit_gb:.1f} GB limit (measured {probes})")
             case StepReported():

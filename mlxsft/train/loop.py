@@ -103,7 +103,8 @@ class Trainer:
         if self.t.batch_tokens == "auto":
             self.t = self._resolve_auto_budget(resume)
         self.train_src = BatchSource(train_ds, self.t, self.pad_id, shuffle=True)
-        self.valid_src = BatchSource(valid_ds, self.t, self.pad_id, shuffle=False) if valid_ds and valid_ds.examples else None
+        has_valid = valid_ds is not None and bool(valid_ds.examples)
+        self.valid_src = BatchSource(valid_ds, self.t, self.pad_id, shuffle=False) if has_valid else None
         self._check_data(files["train"])
         self.total_steps = total_steps(self.recipe, self.train_src.batches_per_epoch())
         self.optimizer = build_optimizer(self.t, self.total_steps)
@@ -250,7 +251,8 @@ class Trainer:
         self.model.eval()  # no dropout: evaluation must not draw from the training RNG
         try:
             for i in range(n):
-                ls, nt, c = self.world.all_sum(self.steps.eval_step(*self._arrays(self.valid_src.batch(0, i, self.world))))
+                batch = self.valid_src.batch(0, i, self.world)
+                ls, nt, c = self.world.all_sum(self.steps.eval_step(*self._arrays(batch)))
                 mx.eval(ls, nt, c)
                 loss, tokens, correct = loss + ls.item(), tokens + nt.item(), correct + c.item()
         finally:

@@ -21,7 +21,10 @@ def build_schedule(train: TrainConfig, total_steps: int):
         main = optim.linear_schedule(peak, peak, 1)
     if warmup == 0:
         return main
-    ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1) if warmup > 1 else optim.linear_schedule(peak, peak, 1)
+    if warmup > 1:
+        ramp = optim.linear_schedule(peak / warmup, peak, warmup - 1)
+    else:
+        ramp = optim.linear_schedule(peak, peak, 1)
     return optim.join_schedules([ramp, main], [warmup])
 
 
