@@ -58,11 +58,26 @@ def resolve_model_path(model: str) -> Path:
         check_model_dir(path)
         return path.resolve()
     looks_local = model.startswith((".", "/", "~")) or model.startswith("models/") or not _HUB_ID.match(model)
+    if not looks_local:
+        stored = _from_store(model)
+        if stored is not None:
+            return stored
     if looks_local:
         raise ModelError(
             "model folder not found; check the path, or give a hub id such as Qwen/Qwen2.5-0.5B-Instruct.", path=model
         )
     return _download(model)
+
+
+def _from_store(repo_id: str) -> Path | None:
+    """A copy of a hub id already pulled into the local model store (works offline)."""
+    from .models.store import find_local, store_root
+
+    root = store_root()
+    if not root.is_dir():
+        return None
+    local = find_local(root, repo_id)
+    return local.path.resolve() if local is not None else None
 
 
 def _download(repo_id: str) -> Path:

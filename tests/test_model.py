@@ -63,3 +63,14 @@ def test_cpu_compute_is_float32_and_qlora_quantizes(tiny_llama):
     before = count_parameters(model).total
     plain, *_ = load_base(recipe(tiny_llama))
     assert before == count_parameters(plain).total  # counted unpacked, same as unquantized
+
+
+def test_hub_id_resolves_to_a_pulled_copy_in_the_store(tmp_path, tiny_llama, monkeypatch):
+    import json
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_llama, store / "Tiny-Chat")
+    (store / "Tiny-Chat" / ".mlxsft-source.json").write_text(json.dumps({"hub_id": "acme/Tiny-Chat"}))
+    monkeypatch.setenv("MLXSFT_MODELS", str(store))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model_path("acme/Tiny-Chat") == (store / "Tiny-Chat").resolve()
