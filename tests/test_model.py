@@ -72,5 +72,5 @@ def test_hub_id_resolves_to_a_pulled_copy_in_the_store(tmp_path, tiny_llama, mon
     shutil.copytree(tiny_llama, store / "Tiny-Chat")
     (store / "Tiny-Chat" / ".mlxsft-source.json").write_text(json.dumps({"hub_id": "acme/Tiny-Chat"}))
     monkeypatch.setenv("MLXSFT_MODELS", str(store))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # (no HF_HUB_OFFLINE here: huggingface_hub reads it once at import, for the whole session)
     assert resolve_model_path("acme/Tiny-Chat") == (store / "Tiny-Chat").resolve()
