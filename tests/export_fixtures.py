@@ -8,7 +8,6 @@ pass trivially) and saves checkpoints the way the trainer does. `mlx_logits` and
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlx.core as mx
@@ -20,8 +19,6 @@ from mlxsft.config import recipe_from_dict
 from mlxsft.model import attach_adapters, load_base
 from mlxsft.rundir import RunDir
 from mlxsft.train.checkpoint import TrainerState, save_checkpoint
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
 
 ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROBE_IDS = [[1, 5, 9, 33, 70, 101, 7, 250, 12, 3], [40, 41, 42, 43, 44, 45]]

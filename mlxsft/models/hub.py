@@ -42,6 +42,12 @@ class HubSettings:
         return cls(endpoint=(env.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT).rstrip("/"),
                    cache_dir=os.path.expanduser(os.path.expandvars(cache)), offline=offline)
 
+    def apply(self) -> None:
+        """Make huggingface_hub follow these settings: it reads HF_HUB_OFFLINE only once, at import."""
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = self.offline
+
 
 @dataclass(frozen=True)
 class RemoteFile:

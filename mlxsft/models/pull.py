@@ -223,6 +223,7 @@ def pull_model(hub_id: str, root: Path, *, name: str | None = None, revision: st
     """Fetch `hub_id` into `root/NAME` (and a `bits`-bit copy `root/NAME-<bits>bit` if asked)."""
     check_hub_id(hub_id)
     hub = hub or HubSettings.from_env()
+    hub.apply()
     name = name or folder_name(hub_id)
     result = _present(root / name, hub_id, root)
     if result is None:
