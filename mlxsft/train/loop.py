@@ -24,6 +24,7 @@ from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
+from .cpu_ops import enable_fast_cpu_ops
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from .distributed import Watchdog, World, init_world, sync_from_main
 from .events import (
@@ -87,6 +88,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.window_tokens = self.window_trained = 0  # this rank's, since the last report
         self.evaluations: list[EvalFinished] = []  # this session's, for the early-stop rule
+        self.restore_ops = lambda: None  # undoes enable_fast_cpu_ops
         self.early_stop_reason: str | None = None
 
     # ------------------------------------------------------------ setup
@@ -100,6 +102,8 @@ class Trainer:
         self.adapter_config = attach_adapters(self.model, self.recipe) | {"model": str(self.model_path)}
         if self.t.grad_checkpoint:
             enable_grad_checkpoint(self.model)
+        if self.t.fast_cpu_ops:
+            self.restore_ops = enable_fast_cpu_ops(self.model)
         if self.t.batch_tokens == "auto":
             self.t = self._resolve_auto_budget(resume)
         self.train_src = BatchSource(train_ds, self.t, self.pad_id, shuffle=True)
@@ -396,6 +400,14 @@ def run_training(
     recipe = with_absolute_paths(recipe)
     emit = Emitter(list(sinks) if world.is_main else [])
     trainer = Trainer(recipe, run, emit, stop, world)
+    try:
+        return _drive(trainer, run, emit, stop, world, resume)
+    finally:
+        trainer.restore_ops()
+
+
+def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: World, resume: bool) -> RunResult:
+    recipe = trainer.recipe
     with _stop_on_signals(stop, world):
         # Load model and data before touching the run directory: a typo in the recipe
         # must not leave a half-made run behind that blocks the corrected command.
