@@ -24,8 +24,8 @@ from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
-from .cpu_ops import enable_fast_cpu_ops
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from .cpu_ops import enable_fast_cpu_ops
 from .distributed import Watchdog, World, init_world, sync_from_main
 from .events import (
     BatchTokensChosen,
