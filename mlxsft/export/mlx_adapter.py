@@ -312,16 +312,12 @@ def export_mlx_adapter(
     verify: bool = True,
 ) -> Path:
     """Copy the chosen adapter as an mlx-lm adapter folder; check it reloads to the same logits."""
-    from .verify import check_artifact, reference_logits, skipped_report
+    from .verify import check_artifact, skipped_report, trained_reference
 
     source = resolve_source(run_dir, checkpoint)
     check_target(Path(out), force)
     print(f"Exporting the mlx-lm adapter of {source.run.path} ({_label(source)}) to {out}")
-    reference = None
-    if verify:
-        trained = load_trained(source)
-        reference = reference_logits(trained.model, trained.tokenizer)
-        del trained
+    reference = trained_reference(source) if verify else None
     with staged_output(out, force) as tmp:
         config = dict(source.adapter_config) | {"model": str(source.base_path)}
         write_json(tmp / "adapter_config.json", config)

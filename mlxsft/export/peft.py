@@ -27,7 +27,6 @@ from .mlx_adapter import (
     apply_adapter,
     check_target,
     load_base_as_trained,
-    load_trained,
     resolve_source,
     staged_output,
     stored_dtype,
@@ -124,7 +123,7 @@ def export_peft(
     verify: bool = True,
 ) -> Path:
     """Write the run's adapter as a PEFT folder; check it maps back to the same logits."""
-    from .verify import check_artifact, reference_logits, skipped_report
+    from .verify import check_artifact, skipped_report, trained_reference
 
     source = resolve_source(run_dir, checkpoint)
     if source.fine_tune_type == "full":
@@ -144,11 +143,7 @@ def export_peft(
             f"Note: this adapter was trained on a {source.recipe.quantize.bits}-bit base; "
             "PEFT applies it to the base you load (full precision unless you quantize it)."
         )
-    reference = None
-    if verify:
-        trained = load_trained(source)
-        reference = reference_logits(trained.model, trained.tokenizer)
-        del trained
+    reference = trained_reference(source) if verify else None
     with staged_output(out, force) as tmp:
         write_json(tmp / ADAPTER_CONFIG, config)
         mx.save_safetensors(

@@ -151,6 +151,12 @@ def base_view_logits(model: nn.Module, prompts: list[list[int]]) -> list[np.ndar
         model.update_modules(tree_unflatten(adapters))
 
 
+def trained_reference(source) -> ReferenceLogits:
+    """Probe logits of the trained adapter the export starts from (the parity reference)."""
+    trained = load_trained(source)
+    return reference_logits(trained.model, trained.tokenizer)
+
+
 def reference_logits(model: nn.Module, tokenizer) -> ReferenceLogits:
     prompts = probe_prompts(tokenizer)
     logits = model_logits(model, prompts)
@@ -307,9 +313,7 @@ def verify_export(export: str | Path, against: str | Path, checkpoint=None) -> P
         against, checkpoint if checkpoint is not None else _recorded_checkpoint(path)
     )
     print(f"Verifying {path} ({fmt}) against {source.run.path}")
-    trained = load_trained(source)
-    reference = reference_logits(trained.model, trained.tokenizer)
-    del trained
+    reference = trained_reference(source)
     candidate, dtype, requantized = load_artifact(fmt, path, source)
     logits = model_logits(candidate, reference.prompts)
     report = compare(
