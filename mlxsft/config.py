@@ -22,6 +22,8 @@ from .errors import RecipeError
 
 METHODS = ("lora", "dora", "full")
 MASK_MODES = ("assistant", "last", "none")
+MULTI_TURN_MODES = ("auto", "split", "single")
+BAD_ROW_POLICIES = ("error", "skip")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -46,6 +48,20 @@ class DataConfig:
         "assistant",
         "Which tokens are trained: every assistant turn, the last assistant turn, or all tokens.",
         MASK_MODES,
+    )
+    multi_turn: str = _field(
+        "auto",
+        "Multi-turn chats on templates that render earlier turns differently (e.g. drop their reasoning): "
+        "auto = one sequence when faithful, else one per turn that needs it; split = one per turn; "
+        "single = one sequence, training only the turns it shows as generated.",
+        MULTI_TURN_MODES,
+    )
+    train_reasoning: bool = _field(True, "Train the reasoning (<think>, reasoning_content) of assistant turns.")
+    on_bad_row: str = _field(
+        "error",
+        "Rows the chat template cannot train as written: error = list them all and stop before training; "
+        "skip = train without them (listed in the run's events).",
+        BAD_ROW_POLICIES,
     )
 
 

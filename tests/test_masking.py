@@ -1,4 +1,7 @@
-"""Training masks checked against hand-written spans for ChatML and Llama-3 templates."""
+"""Training masks checked against hand-written spans for the project's ChatML and Llama-3 templates.
+
+(Real templates of 14 model families are covered in test_real_templates.py.)
+"""
 
 import json
 
@@ -7,7 +10,7 @@ import pytest
 from mlx_lm.utils import load_tokenizer
 
 from mlxsft.data.formats import Example, load_jsonl
-from mlxsft.data.masking import tokenize_dataset, tokenize_example
+from mlxsft.data.masking import tokenize_dataset, tokenize_row
 from mlxsft.errors import DataError
 
 SYSTEM = "You are a helpful assistant."
@@ -31,6 +34,13 @@ HEADER_END = {"chatml": "\n", "llama3": "\n"}  # last token of the assistant hea
 
 def chat(messages, line=1, **kw) -> Example:
     return Example(kind="chat", messages=tuple(messages), path="data.jsonl", line=line, **kw)
+
+
+def tokenize_example(example, tokenizer, **kw):
+    """The row's only training sequence (these templates are prefix-preserving)."""
+    row = tokenize_row(example, tokenizer, **kw)
+    assert len(row.sequences) == 1, row.layout
+    return row.sequences[0]
 
 
 def trained_runs(tokenizer, tokenized) -> list[str]:
@@ -86,7 +96,8 @@ def test_spans_start_after_header_and_stop_at_end_of_turn(data_tokenizers, templ
     if template == "chatml":
         # "<|im_end|>\n": the newline after the end-of-turn token is not a target.
         assert hf.decode([out.ids[ends[0] + 1]]) == "\n"
-        assert hf.decode([out.ids[-1]]) == "\n" and not out.trained[-1]
+        # the sequence stops where generation stops: at the last reply's end-of-turn token
+        assert hf.decode([out.ids[-1]]) == "<|im_end|>" and out.trained[-1]
 
 
 def test_llama3_template_trims_content(data_tokenizers):
@@ -163,21 +174,21 @@ def tokenizer_with_template(data_tiny_models, template: str):
     return tok
 
 
-def test_non_prefix_template_falls_back_to_locating_turns(data_tiny_models):
+def test_non_prefix_template_trains_each_turn_as_generated(data_tiny_models):
     tok = tokenizer_with_template(data_tiny_models, THINK_TEMPLATE)
-    # The user repeats the first reply: the search must start after the assistant header.
+    # The user repeats the first reply: only the assistant's turns are trained.
     messages = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello world"},
         {"role": "user", "content": "hello world"},
         {"role": "assistant", "content": "sorry"},
     ]
-    out = tokenize_example(chat(messages), tok)
-    assert trained_runs(tok, out) == [
-        "hello world<|im_end|>",
-        "<think>\n\n</think>\n\nsorry<|im_end|>",
-    ]
-    assert "hello world" in decode_untrained(tok, out)  # the user's copy
+    row = tokenize_row(chat(messages), tok)
+    assert row.layout == "split into 2 sequences"
+    first, second = row.sequences
+    assert trained_runs(tok, first) == ["<think>\n\n</think>\n\nhello world<|im_end|>"]
+    assert trained_runs(tok, second) == ["<think>\n\n</think>\n\nsorry<|im_end|>"]
+    assert "hello world" in decode_untrained(tok, second)  # the user's copy, and the earlier turn
 
 
 def test_tool_calls_and_tools_are_rendered_and_trained(data_tiny_models):
@@ -198,12 +209,18 @@ def test_tool_calls_and_tools_are_rendered_and_trained(data_tiny_models):
     assert "Tools:" in decode_untrained(tok, out)
 
 
-def test_template_that_rewrites_content_is_a_data_error(data_tiny_models):
+def test_template_that_rewrites_earlier_turns_trains_them_as_generated(data_tiny_models):
     tok = tokenizer_with_template(data_tiny_models, REWRITING_TEMPLATE)
+    row = tokenize_row(chat(CHAT, line=7), tok)
+    assert [trained_runs(tok, seq) for seq in row.sequences] == [["hello world<|im_end|>"], ["sorry<|im_end|>"]]
+
+
+def test_template_that_rewrites_the_reply_is_a_data_error(data_tiny_models):
+    tok = tokenizer_with_template(data_tiny_models, REWRITING_TEMPLATE.replace("and not loop.last", ""))
     with pytest.raises(DataError) as info:
-        tokenize_example(chat(CHAT, line=7), tok)
+        tokenize_row(chat(CHAT, line=7), tok)
     assert str(info.value).startswith("data.jsonl:7: ")
-    assert "assistant message 2" in str(info.value)
+    assert "assistant message 2" in str(info.value) and "does not render this reply" in str(info.value)
 
 
 def test_chat_row_without_chat_template_is_a_data_error(data_tiny_models):
@@ -249,10 +266,11 @@ def test_completion_mask_none_and_last(data_tokenizers):
 def test_truncation_keeps_the_start(data_tokenizers):
     tok = data_tokenizers["chatml"]
     full = tokenize_example(chat(CHAT), tok)
-    cut = tokenize_example(chat(CHAT), tok, max_seq_length=10)
+    n = int(np.flatnonzero(full.trained)[0]) + 2  # keeps two tokens of the first reply
+    cut = tokenize_dataset([chat(CHAT)], tok, max_seq_length=n).examples[0]
     assert cut.truncated and not full.truncated
-    assert np.array_equal(cut.ids, full.ids[:10])
-    assert np.array_equal(cut.trained, full.trained[:10])
+    assert np.array_equal(cut.ids, full.ids[:n])
+    assert np.array_equal(cut.trained, full.trained[:n])
 
 
 def test_dataset_skips_rows_whose_targets_are_truncated_away(tmp_path, data_tokenizers):
@@ -283,7 +301,7 @@ def test_dataset_skips_rows_whose_targets_are_truncated_away(tmp_path, data_toke
     assert ds.num_truncated == 1 and ds.examples[1].truncated
     assert all(len(ex.ids) <= 64 and ex.num_trained > 0 for ex in ds.examples)
     summary = ds.summary()
-    assert "2 rows" in summary and "1 skipped" in summary and f"{path}:3" in summary
+    assert "2 sequences" in summary and "1 rows skipped" in summary and f"{path}:3" in summary
 
 
 def test_dataset_skips_rows_without_trained_tokens(data_tokenizers):

@@ -1,8 +1,9 @@
 """Dataset preview for the New run screen: rows, format, token lengths, the first example.
 
-Uses the core's own loader and masker (`load_jsonl`, `tokenize_example`) with the
-model's tokenizer, so what the preview highlights as trained is exactly what the
-trainer will train. Runs in a worker thread (tokenizer loading takes a second or
+Uses the core's own loader, masker and row view (`load_jsonl`, `tokenize_row`,
+`view_row`) with the model's tokenizer, so what the preview highlights as trained is
+exactly what the trainer will train, sequence by sequence where the chat template
+makes a row split per turn. Runs in a worker thread (tokenizer loading takes a second or
 two); nothing here touches MLX.
 """
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from mlxsft.config import DataConfig
 from mlxsft.data.formats import load_jsonl
-from mlxsft.data.masking import tokenize_example
+from mlxsft.data.masking import tokenize_row
+from mlxsft.data.preview import view_row
+from mlxsft.errors import DataError
 from mlxsft.train.prepare import resolve_data_files
 
 MAX_ROWS_TOKENIZED = 2000  # enough for a length histogram; big files are sampled evenly
@@ -30,6 +33,9 @@ class DatasetPreview:
     trained_tokens: tuple[int, ...]  # trained tokens per tokenized row
     first_spans: tuple[tuple[str, bool], ...]  # the first row, as (text, trained) runs
     first_where: str  # "path:line" of the first row
+    first_layout: str = "one sequence"  # how the first row is trained
+    split_rows: int = 0  # sampled rows trained as one sequence per turn
+    bad_rows: tuple[str, ...] = ()  # "path:line: reason" of sampled rows the template cannot train
 
     @property
     def mean_length(self) -> float:
@@ -58,6 +64,13 @@ class DatasetPreview:
         )
         if over:
             text += f"\n{over} rows longer than max_seq_length={max_seq_length} will be truncated"
+        if self.split_rows:
+            text += (
+                f"\n{self.split_rows} rows split into one sequence per turn (the chat template renders "
+                "earlier turns differently from how they were generated)"
+            )
+        if self.bad_rows:
+            text += f"\n{len(self.bad_rows)} rows the template cannot train, e.g. {self.bad_rows[0]}"
         return text
 
 
@@ -68,36 +81,55 @@ def load_preview_tokenizer(model_dir: str | Path):
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
-def preview_dataset(data_path: str | Path, tokenizer, mask: str = "assistant") -> DatasetPreview:
+def preview_dataset(
+    data_path: str | Path, tokenizer, mask: str = "assistant", multi_turn: str = "auto"
+) -> DatasetPreview:
     """Load, validate and tokenize (a sample of) a dataset; raises `MlxsftError` on bad data."""
     files = resolve_data_files(DataConfig(train=str(data_path)))
     examples = load_jsonl(files["train"])
     valid_rows = len(load_jsonl(files["valid"])) if files["valid"] is not None else None
     stride = max(1, len(examples) // MAX_ROWS_TOKENIZED)
-    tokenized = [tokenize_example(ex, tokenizer, mask=mask) for ex in examples[::stride]]
-    first = tokenized[0]
+    sequences, bad, split_rows = [], [], 0
+    for ex in examples[::stride]:
+        try:
+            row = tokenize_row(ex, tokenizer, mask=mask, multi_turn=multi_turn)
+        except DataError as exc:
+            bad.append(str(exc))
+            continue
+        sequences += row.sequences
+        split_rows += row.layout.startswith("split")
+    first = _first_view(examples, tokenizer, mask, multi_turn)
     return DatasetPreview(
         train_file=files["train"],
         valid_file=files["valid"],
         num_rows=len(examples),
         num_valid_rows=valid_rows,
         kind=examples[0].kind,
-        lengths=tuple(len(t.ids) for t in tokenized),
-        trained_tokens=tuple(t.num_trained for t in tokenized),
-        first_spans=trained_spans(tokenizer, first.ids.tolist(), first.trained.tolist()),
-        first_where=f"{examples[0].path}:{examples[0].line}",
+        lengths=tuple(len(t.ids) for t in sequences),
+        trained_tokens=tuple(t.num_trained for t in sequences),
+        first_spans=first[0],
+        first_where=first[1],
+        first_layout=first[2],
+        split_rows=split_rows,
+        bad_rows=tuple(bad),
     )
 
 
-def trained_spans(tokenizer, ids: list[int], trained: list[bool]) -> tuple[tuple[str, bool], ...]:
-    """Decode runs of equally-flagged tokens together (so multi-byte characters survive)."""
-    spans: list[tuple[str, bool]] = []
-    start = 0
-    for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start]:
-            spans.append((tokenizer.decode(ids[start:i]), bool(trained[start])))
-            start = i
-    return tuple(spans)
+def _first_view(examples, tokenizer, mask: str, multi_turn: str) -> tuple[tuple[tuple[str, bool], ...], str, str]:
+    """(spans, where, layout) of the first row the template can train; sequences shown one after another."""
+    for ex in examples:
+        try:
+            view = view_row(ex, tokenizer, mask=mask, multi_turn=multi_turn)
+        except DataError:
+            continue
+        spans: list[tuple[str, bool]] = []
+        for n, seq in enumerate(view.sequences, start=1):
+            if len(view.sequences) > 1:
+                gap = "" if n == 1 else "\n"
+                spans.append((f"{gap}── sequence {n} of {len(view.sequences)} ──\n", False))
+            spans += [(s.text, s.trained) for s in seq.segments]
+        return tuple(spans), view.where, view.layout
+    raise DataError("the chat template cannot train any row of this file; run `mlxsft data check` for why.")
 
 
 def length_histogram(

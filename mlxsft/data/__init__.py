@@ -1,7 +1,8 @@
 """The data layer: load JSONL rows, render and mask them, plan and collate batches.
 
 - `formats`: read and validate chat / prompt-completion / text JSONL into `Example`s.
-- `masking`: chat template rendering, tokenization and the per-token training mask.
+- `templates`: what a chat template says the model generates per assistant turn.
+- `masking`: tokenization into training sequences and the per-token training mask.
 - `batching`: length-sorted batch plans, token budgets, packing, and `Batch` arrays.
 """
 
@@ -19,8 +20,9 @@ from .masking import (
     SkippedRow,
     TokenizedDataset,
     TokenizedExample,
+    TokenizedRow,
     tokenize_dataset,
-    tokenize_example,
+    tokenize_row,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "SkippedRow",
     "TokenizedDataset",
     "TokenizedExample",
+    "TokenizedRow",
     "collate",
     "count_batches",
     "load_jsonl",
@@ -37,5 +40,5 @@ __all__ = [
     "plan_padding_waste",
     "segment_attention_mask",
     "tokenize_dataset",
-    "tokenize_example",
+    "tokenize_row",
 ]

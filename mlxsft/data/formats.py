@@ -10,7 +10,8 @@ be made without a tokenizer:
 The format is detected per file from its first row; a later row in another format is
 an error. Optional `tags` (list of strings) or `bucket` (string) become `Example.tags`.
 Every problem is a `DataError` naming the file and the 1-based line, and saying what
-to do about it. Blank lines are skipped but still counted in line numbers.
+to do about it; `scan_jsonl` keeps reading after a bad row, so one pass lists them all.
+Blank lines are skipped but still counted in line numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..errors import DataError
 
 KINDS = ("chat", "completion", "text")
 ROLES = ("system", "user", "assistant", "tool")
+_SHOWN = 20  # bad rows quoted in one error message
 
 # What each format looks like, quoted in error messages.
 SHAPES = {
@@ -49,38 +51,85 @@ class Example:
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
-    """Read and validate every row of a JSONL file; raise `DataError` on the first problem."""
+    """Read and validate every row of a JSONL file; one `DataError` lists every bad row."""
+    examples, problems = scan_jsonl(path)
+    if problems:
+        first = problems[0]
+        if len(problems) == 1:
+            raise first
+        more = "\n".join(f"  {p}" for p in problems[1:_SHOWN])
+        rest = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        raise DataError(
+            f"{_bare(first)}\n{len(problems) - 1} more rows have problems:\n{more}{rest}",
+            path=first.path,
+            line=first.line,
+        )
+    return examples
+
+
+def scan_jsonl(path: str | Path) -> tuple[list[Example], list[DataError]]:
+    """Every valid row of a JSONL file, and a `DataError` for each bad one (file:line).
+
+    A problem with the file itself (missing, a folder, no rows at all) is raised at once.
+    """
     path = Path(path)
     where = str(path)
-    if not path.exists():
-        raise DataError("data file not found; check the path in the recipe.", path=where)
-    if not path.is_file():
-        raise DataError("expected a JSONL file, found a directory or special file.", path=where)
+    _check_file(path, where)
     examples: list[Example] = []
+    problems: list[DataError] = []
     file_kind: tuple[str, int] | None = None  # (kind, line of the first row)
     for line_no, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        text = _decode_line(raw, where, line_no)
-        if not text.strip():
+        try:
+            example = _read_line(raw, where, line_no, file_kind)
+        except DataError as exc:
+            problems.append(exc)
             continue
-        row = _parse_row(text, where, line_no)
-        kind = _detect_kind(row, where, line_no)
+        if example is None:
+            continue
         if file_kind is None:
-            file_kind = (kind, line_no)
-        elif kind != file_kind[0]:
-            raise DataError(
-                f"this row is in the {kind} format but the file's first row (line "
-                f"{file_kind[1]}) is in the {file_kind[0]} format; use one format per file "
-                f"(expected {SHAPES[file_kind[0]]}).",
-                path=where,
-                line=line_no,
-            )
-        examples.append(_make_example(kind, row, where, line_no))
-    if not examples:
+            file_kind = (example.kind, line_no)
+        examples.append(example)
+    if not examples and not problems:
         raise DataError(
             "the file is empty (no rows); write one JSON object per line, e.g. " + SHAPES["chat"],
             path=where,
         )
-    return examples
+    return examples, problems
+
+
+def _check_file(path: Path, where: str) -> None:
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as exc:  # e.g. a symlink loop
+        raise DataError(f"cannot read the data file ({exc.strerror}); check the path.", path=where) from None
+    if not exists:
+        raise DataError("data file not found; check the path in the recipe.", path=where)
+    if not is_file:
+        raise DataError("expected a JSONL file, found a directory or special file.", path=where)
+
+
+def _read_line(raw: bytes, where: str, line_no: int, file_kind) -> Example | None:
+    """The row on one line (None for a blank line); raises `DataError` naming the line."""
+    text = _decode_line(raw, where, line_no)
+    if not text.strip():
+        return None
+    row = _parse_row(text, where, line_no)
+    kind = _detect_kind(row, where, line_no)
+    if file_kind is not None and kind != file_kind[0]:
+        raise DataError(
+            f"this row is in the {kind} format but the file's first row (line "
+            f"{file_kind[1]}) is in the {file_kind[0]} format; use one format per file "
+            f"(expected {SHAPES[file_kind[0]]}).",
+            path=where,
+            line=line_no,
+        )
+    return _make_example(kind, row, where, line_no)
+
+
+def _bare(exc: DataError) -> str:
+    """The error's message without its "path:line: " prefix."""
+    prefix = f"{exc.path}:{exc.line}: " if exc.line is not None else f"{exc.path}: "
+    return str(exc).removeprefix(prefix)
 
 
 def _decode_line(raw: bytes, where: str, line_no: int) -> str:

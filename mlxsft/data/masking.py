@@ -1,46 +1,46 @@
-"""Render, tokenize once, and derive which tokens are trained from character spans.
+"""Token ids and the per-token training mask of every row, one or more sequences per row.
 
 This module owns the link between an `Example` and the token ids the trainer sees:
 
-- chat rows are rendered once with the tokenizer's chat template (with `tools` when
-  given) and tokenized once with character offsets. Each assistant turn's character
-  span runs from the end of `render(messages[:i], add_generation_prompt=True)` to the
-  end of `render(messages[:i+1])`, checked against the full rendering (the prefix
-  property). Where a template is not prefix-preserving (e.g. Qwen3 drops earlier
-  `<think>` blocks) the turn is located in the full rendering instead: its assistant
-  header, then its content, then its end-of-turn marker. Trailing whitespace is trimmed
-  off every span, so ChatML trains "hello<|im_end|>" but not the "\\n" after it.
+- chat rows follow the generation rule of `templates` (the tokens trained for an
+  assistant turn are those the model generates there under its own template). Each
+  row becomes one sequence, or several where the template is not prefix-preserving
+  (`data.multi_turn`). Each sequence is tokenized once with character offsets; when a
+  trained span's edge falls inside a token (a reply starting with whitespace after a
+  header ending with whitespace), the sequence is tokenized piece by piece instead, so
+  the trained tokens are exactly the generated ones.
 - prompt/completion rows are plain concatenation prompt + completion + EOS (never the
   chat template, even when the tokenizer has one); the completion and EOS are trained.
 - text rows train every token (+ EOS).
 
-A token is trained when its character span overlaps a trained character span; tokens
-with empty offsets (a BOS added by the tokenizer) are not. `trained[i]` means: the
-loss of predicting ids[i] from ids[:i] counts, so `trained[0]` is always False.
-Rows left without any trained token (masked, or truncated away) are reported in
-`TokenizedDataset.skipped`, never trained on silently.
+`trained[i]` means: the loss of predicting ids[i] from ids[:i] counts, so
+`trained[0]` is always False. Rows the template cannot render (or whose turn order no
+template produces) are collected in one pass, each with file:line and the reason:
+`on_bad_row="error"` stops with the whole list, `"skip"` trains without them. Rows
+left without any trained token are reported in `TokenizedDataset.skipped`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import BAD_ROW_POLICIES, MASK_MODES
 from ..errors import DataError
 from .formats import Example
+from .templates import RowPlan, SequencePlan, check_turn_order, plan_chat, render
 
-MASKS = ("assistant", "last", "none")
+MASKS = MASK_MODES
 
-# End-of-turn markers of common templates, used only when a template is not
-# prefix-preserving and a turn has to be located by searching the rendering.
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>")
+_SHOWN = 20  # bad rows quoted in one error message
 
 
 @dataclass(frozen=True)
 class TokenizedExample:
-    """Token ids of one row and which of them are supervised targets."""
+    """Token ids of one training sequence and which of them are supervised targets."""
 
     ids: np.ndarray  # (T,) int32
     trained: np.ndarray  # (T,) bool; trained[i]: loss on predicting ids[i] from ids[:i]
@@ -48,10 +48,25 @@ class TokenizedExample:
     line: int
     truncated: bool = False
     tags: tuple[str, ...] = ()
+    part: int = 0  # which sequence of its row (rows split per turn have several)
 
     @property
     def num_trained(self) -> int:
         return int(np.count_nonzero(self.trained))
+
+
+@dataclass(frozen=True)
+class TokenizedRow:
+    """All training sequences of one row, and how the row was laid out."""
+
+    sequences: tuple[TokenizedExample, ...]
+    layout: str  # "one sequence", "split into N sequences", "prompt + completion", ...
+    plan: RowPlan | None = None  # chat rows only
+    one_sequence_tokens: int = 0  # length of the row as one plain rendering (split cost)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.ids) for s in self.sequences)
 
 
 @dataclass(frozen=True)
@@ -68,25 +83,34 @@ class SkippedRow:
 
 @dataclass(frozen=True)
 class TokenizedDataset:
-    """The trainable rows of one split, plus the rows that were skipped."""
+    """The trainable sequences of one split, plus the rows that were skipped."""
 
     examples: list[TokenizedExample]
     skipped: list[SkippedRow] = field(default_factory=list)
-    num_truncated: int = 0  # kept rows that lost tokens to max_seq_length
+    num_truncated: int = 0  # kept sequences that lost tokens to max_seq_length
     max_seq_length: int | None = None
+    bad_rows: list[SkippedRow] = field(default_factory=list)  # template could not train them
+    layouts: dict[str, int] = field(default_factory=dict)  # layout -> rows
+    split_extra_tokens: int = 0  # tokens added by splitting rows per turn
 
     def summary(self) -> str:
-        """One paragraph for people: rows, tokens, trained share, truncation, skips."""
+        """One paragraph for people: rows, tokens, trained share, splits, truncation, skips."""
         tokens = sum(len(ex.ids) for ex in self.examples)
         trained = sum(ex.num_trained for ex in self.examples)
         share = trained / tokens if tokens else 0.0
         text = (
-            f"{len(self.examples)} rows ({tokens} tokens, {trained} trained = {share:.0%}); "
+            f"{len(self.examples)} sequences ({tokens} tokens, {trained} trained = {share:.0%}); "
             f"{self.num_truncated} truncated"
         )
         if self.max_seq_length is not None:
             text += f" to max_seq_length={self.max_seq_length}"
-        text += f"; {len(self.skipped)} skipped"
+        text += f"; {len(self.skipped)} rows skipped"
+        split = {k: v for k, v in self.layouts.items() if k.startswith("split")}
+        if split:
+            text += (
+                f"; {sum(split.values())} rows split per turn (the template is not prefix-preserving), "
+                f"+{self.split_extra_tokens} tokens"
+            )
         for row in self.skipped[:5]:
             text += f"\n  skipped {row}"
         if len(self.skipped) > 5:
@@ -103,67 +127,141 @@ def tokenize_dataset(
     *,
     mask: str = "assistant",
     max_seq_length: int | None = None,
+    multi_turn: str = "auto",
+    on_bad_row: str = "error",
+    train_reasoning: bool = True,
 ) -> TokenizedDataset:
-    """Tokenize every row; rows with no trained token left go to `skipped`."""
-    kept, skipped, num_truncated = [], [], 0
+    """Tokenize every row; bad rows are all listed (error) or skipped; empty rows go to `skipped`."""
+    if on_bad_row not in BAD_ROW_POLICIES:
+        raise ValueError(f"on_bad_row must be one of {BAD_ROW_POLICIES}, got {on_bad_row!r}")
+    kept, skipped, bad, num_truncated = [], [], [], 0
+    layouts: Counter = Counter()
+    extra = 0
     for example in examples:
-        full = tokenize_example(example, tokenizer, mask=mask, max_seq_length=None)
-        tokenized = _truncate(full, max_seq_length)
-        reason = _skip_reason(full, tokenized, example, mask, max_seq_length)
-        if reason is not None:
-            skipped.append(SkippedRow(example.path, example.line, reason))
+        try:
+            row = tokenize_row(example, tokenizer, mask=mask, multi_turn=multi_turn, train_reasoning=train_reasoning)
+        except DataError as exc:
+            bad.append(SkippedRow(example.path, example.line, _reason(exc)))
             continue
-        kept.append(tokenized)
-        num_truncated += tokenized.truncated
-    return TokenizedDataset(kept, skipped, num_truncated, max_seq_length)
+        layouts[row.layout] += 1
+        if row.layout.startswith("split"):
+            extra += row.num_tokens - row.one_sequence_tokens
+        sequences = [_truncate(s, max_seq_length) for s in row.sequences]
+        kept_here = [t for t in sequences if t.num_trained > 0]
+        if not kept_here:
+            skipped.append(SkippedRow(example.path, example.line, _skip_reason(row, example, mask, max_seq_length)))
+            continue
+        kept.extend(kept_here)
+        num_truncated += sum(t.truncated for t in kept_here)
+    if bad and on_bad_row == "error":
+        raise bad_rows_error(bad)
+    return TokenizedDataset(kept, bad + skipped, num_truncated, max_seq_length, bad, dict(layouts), extra)
 
 
-def _skip_reason(full, tokenized, example, mask, max_seq_length) -> str | None:
-    if tokenized.num_trained > 0:
-        return None
-    if full.num_trained == 0:
-        return f"no trained tokens (mask={mask!r}, {len(full.ids)} tokens)"
-    what = {"chat": "assistant", "completion": "completion"}.get(example.kind, "trained")
-    return (
-        f"all {what} tokens were truncated away by max_seq_length={max_seq_length} "
-        f"(the row has {len(full.ids)} tokens); raise max_seq_length or shorten the row"
+def bad_rows_error(bad: list[SkippedRow]) -> DataError:
+    """One error listing every row the template cannot train, and what to do."""
+    lines = "\n".join(f"  {row}" for row in bad[:_SHOWN])
+    more = f"\n  ... and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    return DataError(
+        f"{len(bad)} rows cannot be trained as written:\n{lines}{more}\n"
+        "Fix them, or set data.on_bad_row: skip to train without them (they are listed in the "
+        "run's events)."
     )
 
 
-# --- one example --------------------------------------------------------------------
+def _reason(exc: DataError) -> str:
+    text = str(exc)
+    prefix = f"{exc.path}:{exc.line}: " if exc.path is not None else ""
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-def tokenize_example(
+def _skip_reason(row: TokenizedRow, example, mask, max_seq_length) -> str:
+    full_trained = sum(s.num_trained for s in row.sequences)
+    if full_trained == 0:
+        return f"no trained tokens (mask={mask!r}, {row.num_tokens} tokens)"
+    what = {"chat": "assistant", "completion": "completion"}.get(example.kind, "trained")
+    longest = max(len(s.ids) for s in row.sequences)
+    return (
+        f"all {what} tokens were truncated away by max_seq_length={max_seq_length} "
+        f"(the row has {longest} tokens); raise max_seq_length or shorten the row"
+    )
+
+
+# --- one row --------------------------------------------------------------------------
+
+
+def tokenize_row(
     example: Example,
     tokenizer,
     *,
     mask: str = "assistant",
-    max_seq_length: int | None = None,
-) -> TokenizedExample:
-    """Token ids and trained flags of one row, truncated (keeping the start) if asked."""
+    multi_turn: str = "auto",
+    train_reasoning: bool = True,
+) -> TokenizedRow:
+    """The training sequences of one row (untruncated); raises `DataError` for a bad row."""
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     hf = _hf_tokenizer(tokenizer)
-    if example.kind == "chat":
-        ids, trained = _tokenize_chat(hf, example, mask)
-    else:
+    if example.kind != "chat":
         ids, trained = _tokenize_plain(hf, example)
-    if mask == "none":
-        trained = np.ones(len(ids), dtype=bool)
+        if mask == "none":
+            trained = np.ones(len(ids), dtype=bool)
+        layout = "prompt + completion" if example.kind == "completion" else "text"
+        return TokenizedRow((_example(ids, trained, example, 0),), layout, None, len(ids))
+    problem = check_turn_order(example.messages)
+    if problem:
+        raise DataError(problem, path=example.path, line=example.line)
+    plan = plan_chat(hf, example, mask=mask, multi_turn=multi_turn, train_reasoning=train_reasoning)
+    sequences = tuple(
+        _example(*_tokenize_sequence(hf, seq, example), example, part) for part, seq in enumerate(plan.sequences)
+    )
+    one = len(sequences[0].ids)
+    if len(sequences) > 1:
+        full = render(hf, example, example.messages, generation_prompt=False)
+        one = len(_encode(hf, full, example, add_special_tokens=False)[0])
+    return TokenizedRow(sequences, plan.layout, plan, one)
+
+
+def _example(ids, trained, example: Example, part: int) -> TokenizedExample:
+    trained = np.array(trained, dtype=bool)
     if len(trained):
         trained[0] = False  # nothing predicts the first token
-    result = TokenizedExample(ids, trained, example.path, example.line, False, example.tags)
-    return _truncate(result, max_seq_length)
+    ids = np.asarray(ids, dtype=np.int32)
+    return TokenizedExample(ids, trained, example.path, example.line, False, example.tags, part)
 
 
-def _tokenize_chat(hf, example: Example, mask: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, trained) of the rendered chat; the template brings its own BOS/end tokens."""
-    text = _render(hf, example, example.messages, generation_prompt=False)
-    spans = [] if mask == "none" else _assistant_spans(hf, example, text)
-    if mask == "last":
-        spans = spans[-1:]
-    ids, offsets = _encode(hf, text, example, add_special_tokens=False)
-    return ids, _overlaps(offsets, spans)
+def _tokenize_sequence(hf, seq: SequencePlan, example: Example) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, trained) of one sequence: its trained spans are exactly the generated tokens."""
+    spans = [(s, e) for s, e, _ in seq.spans]
+    ids, offsets = _encode(hf, seq.text, example, add_special_tokens=False)
+    if _aligned(hf, seq.text, spans, ids, offsets, example):
+        return ids, _overlaps(offsets, spans)
+    return _tokenize_pieces(hf, seq.text, spans, example)
+
+
+def _aligned(hf, text: str, spans, ids, offsets, example) -> bool:
+    """No token straddles a span edge, and the tokens before each span are the prompt's own."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    for s, e in spans:
+        for edge in (s, e):
+            if np.any((starts < edge) & (ends > edge)):
+                return False
+        prefix, _ = _encode(hf, text[:s], example, add_special_tokens=False)
+        if not np.array_equal(ids[: len(prefix)], prefix):
+            return False
+    return True
+
+
+def _tokenize_pieces(hf, text: str, spans, example) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize the context and trained pieces separately (edges inside tokens)."""
+    edges = sorted({0, len(text), *(x for span in spans for x in span)})
+    ids, trained = [], []
+    for a, b in zip(edges, edges[1:], strict=False):
+        piece_ids, _ = _encode(hf, text[a:b], example, add_special_tokens=False)
+        inside = any(s <= a and b <= e for s, e in spans)
+        ids.extend(piece_ids.tolist())
+        trained.extend([inside] * len(piece_ids))
+    return np.asarray(ids, dtype=np.int32), np.asarray(trained, dtype=bool)
 
 
 def _tokenize_plain(hf, example: Example) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +299,7 @@ def _truncate(ex: TokenizedExample, max_seq_length: int | None) -> TokenizedExam
     if max_seq_length is None or len(ex.ids) <= max_seq_length:
         return ex
     n = max_seq_length
-    return TokenizedExample(ex.ids[:n], ex.trained[:n], ex.path, ex.line, True, ex.tags)
+    return TokenizedExample(ex.ids[:n], ex.trained[:n], ex.path, ex.line, True, ex.tags, ex.part)
 
 
 def _encode(hf, text: str, example: Example, *, add_special_tokens: bool):
@@ -233,112 +331,3 @@ def _overlaps(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
         trained |= ~empty & (starts < e) & (ends > s)
         trained |= empty & (starts > s) & (starts < e)
     return trained
-
-
-# --- chat spans ---------------------------------------------------------------------
-
-
-def _render(hf, example: Example, messages, *, generation_prompt: bool) -> str:
-    """The chat template applied to `messages` (with the row's tools), as text."""
-    if not getattr(hf, "chat_template", None):
-        raise DataError(
-            "this is a chat row but the tokenizer has no chat template; use a model with "
-            'one, or write the data as {"prompt", "completion"} or {"text"} rows.',
-            path=example.path,
-            line=example.line,
-        )
-    kwargs = {"tools": example.tools} if example.tools is not None else {}
-    try:
-        return hf.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=generation_prompt, **kwargs
-        )
-    except Exception as e:  # jinja raises anything, e.g. "roles must alternate"
-        raise DataError(
-            f"the model's chat template failed on this row: {e}",
-            path=example.path,
-            line=example.line,
-        ) from None
-
-
-def _assistant_spans(hf, example: Example, full: str) -> list[tuple[int, int]]:
-    """Character spans [start, end) in `full` of every assistant turn, in order."""
-    spans, cursor = [], 0
-    for i, message in enumerate(example.messages):
-        if message["role"] != "assistant":
-            continue
-        span = _span_by_prefix(hf, example, full, i, cursor)
-        if span is None:
-            span = _span_by_search(hf, example, full, i, cursor)
-        start, end = span
-        end = start + len(full[start:end].rstrip())  # never train whitespace after the turn
-        spans.append((start, end))
-        cursor = end
-    return spans
-
-
-def _span_by_prefix(hf, example, full, i, cursor) -> tuple[int, int] | None:
-    """Span of turn i from partial renderings, or None if the template is not prefix-preserving."""
-    try:
-        before = _render(hf, example, example.messages[:i], generation_prompt=True)
-        through = _render(hf, example, example.messages[: i + 1], generation_prompt=False)
-    except DataError:
-        return None  # e.g. a template that refuses a conversation ending with a user turn
-    if not (through.startswith(before) and full.startswith(through)):
-        return None
-    if len(before) < cursor or len(through) <= len(before):
-        return None
-    return len(before), len(through)
-
-
-def _span_by_search(hf, example, full, i, cursor) -> tuple[int, int]:
-    """Locate turn i in `full` after `cursor`: its header, its content, its end marker."""
-    header = _assistant_header(hf, example, i)
-    at = full.find(header, cursor) if header else -1
-    start = at + len(header) if at >= 0 else cursor
-    content = (example.messages[i].get("content") or "").strip()
-    markers = _end_markers(hf)
-    if content and (pos := full.find(content, start)) >= 0:
-        start = start if at >= 0 else pos
-        return start, _extend_over_marker(full, pos + len(content), markers, within_turn=False)
-    if not content and at >= 0:  # a tool-call-only turn: train up to its end marker
-        return start, _extend_over_marker(full, start, markers, within_turn=True)
-    raise DataError(
-        f"could not find assistant message {i} in the chat template's rendering (the "
-        "template rewrites it); check the template or simplify the message.",
-        path=example.path,
-        line=example.line,
-    )
-
-
-def _assistant_header(hf, example, i) -> str:
-    """The text the template adds for add_generation_prompt after messages[:i]."""
-    try:
-        plain = _render(hf, example, example.messages[:i], generation_prompt=False)
-        prompted = _render(hf, example, example.messages[:i], generation_prompt=True)
-    except DataError:
-        return ""
-    return prompted[len(plain) :] if prompted.startswith(plain) else ""
-
-
-def _end_markers(hf) -> list[str]:
-    markers = list(END_OF_TURN)
-    eos = getattr(hf, "eos_token", None)
-    if isinstance(eos, str) and eos:
-        markers.insert(0, eos)
-    return markers
-
-
-def _extend_over_marker(full: str, end: int, markers: list[str], *, within_turn: bool) -> int:
-    """Move `end` past the end-of-turn marker that follows the content.
-
-    Right after the content only whitespace may come before the marker; for a turn
-    without content (tool calls), the first marker after `end` closes it.
-    """
-    found = [(full.find(m, end), m) for m in markers]
-    found = [(pos, m) for pos, m in found if pos >= 0]
-    if not found:
-        return end
-    pos, marker = min(found)
-    if within_turn or not full[end:pos].strip():
-        return pos + len(marker)
-    return end

@@ -1,22 +1,24 @@
-"""CLI: `mlxsft data check`, `mlxsft eval`, `mlxsft select` (thin clients of mlxsft.judge)."""
+"""CLI: `mlxsft data check|show`, `mlxsft eval`, `mlxsft select` (thin clients of mlxsft.judge and the data layer)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import typing
 from pathlib import Path
 
-from ..config import MASK_MODES
+from ..config import MASK_MODES, MULTI_TURN_MODES
 from ..errors import MlxsftError
 from ..rundir import RunDir, atomic_write_text
+from .datacheck import SPLITS
 
 
 def add_commands(sub) -> None:
-    data = sub.add_parser("data", help="Data tools: `mlxsft data check DATA`.")
+    data = sub.add_parser("data", help="Data tools: `mlxsft data check DATA`, `mlxsft data show DATA --model M`.")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser(
         "check",
@@ -46,7 +48,26 @@ def add_commands(sub) -> None:
     check.add_argument("--json", action="store_true", help="Print the report as JSON.")
     check.add_argument("--out", metavar="FILE", help="Also write the JSON report to FILE.")
     check.add_argument("--strict", action="store_true", help="Exit 1 on warnings too (for CI).")
+    check.add_argument(
+        "--multi-turn", choices=MULTI_TURN_MODES, default="auto", help="How multi-turn rows are laid out."
+    )
     check.set_defaults(handler=cmd_data_check)
+
+    show = data_sub.add_parser(
+        "show", help="Show one row as trained: its sequences, trained text marked, tokens per turn."
+    )
+    show.add_argument("data", help="A JSONL file, or a folder holding train/valid/test(/ood).jsonl.")
+    show.add_argument("--model", required=True, help="Model folder or hub id whose template and tokenizer to use.")
+    show.add_argument("--row", type=int, default=1, help="Which row, counting from 1 (blank lines not counted).")
+    show.add_argument("--split", choices=SPLITS, default="train", help="Split of a data folder (default train).")
+    show.add_argument("--mask", choices=MASK_MODES, default="assistant", help="Which tokens are trained.")
+    show.add_argument("--multi-turn", choices=MULTI_TURN_MODES, default="auto", help="data.multi_turn.")
+    show.add_argument("--no-reasoning", action="store_true", help="Leave reasoning untrained (data.train_reasoning).")
+    show.add_argument(
+        "--color", choices=("auto", "always", "never"), default="auto",
+        help="Colour trained text (auto: when printing to a terminal); else it is put in [[ ]].",
+    )
+    show.set_defaults(handler=cmd_data_show)
 
     ev = sub.add_parser("eval", help="Evaluate a run's checkpoints (and the base as step 0).")
     ev.add_argument("run", help="Run directory.")
@@ -92,6 +113,7 @@ def cmd_data_check(args) -> int:
         args.data,
         tokenizer,
         mask=args.mask,
+        multi_turn=args.multi_turn,
         max_seq_length=args.max_seq_length,
         near_threshold=args.near_threshold,
     )
@@ -101,6 +123,34 @@ def cmd_data_check(args) -> int:
     print(json.dumps(doc, indent=2) if args.json else format_data_report(doc))
     failed = report.errors > 0 or (args.strict and report.warnings > 0)
     return 1 if failed else 0
+
+
+def cmd_data_show(args) -> int:
+    from ..data.formats import scan_jsonl
+    from ..data.preview import view_row
+    from .datacheck import data_files
+    from .report import format_row_view
+
+    files = data_files(args.data)
+    if args.split not in files:
+        raise MlxsftError(f"this data has no {args.split} split (found: {', '.join(files)}).", path=args.data)
+    rows, problems = scan_jsonl(files[args.split])
+    if not 1 <= args.row <= len(rows):
+        raise MlxsftError(
+            f"--row {args.row} is out of range: the file has {len(rows)} valid rows"
+            + (f" ({len(problems)} bad rows not counted)." if problems else "."),
+            path=str(files[args.split]),
+        )
+    view = view_row(
+        rows[args.row - 1],
+        _tokenizer(args.model),
+        mask=args.mask,
+        multi_turn=args.multi_turn,
+        train_reasoning=not args.no_reasoning,
+    )
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    print(format_row_view(view, color=color))
+    return 0
 
 
 def _tokenizer(model: str):

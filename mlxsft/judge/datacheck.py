@@ -1,12 +1,15 @@
 """Data pre-flight (`mlxsft data check`): everything worth knowing about a data set before training.
 
-Always: schema validation (the data layer's, reported with file and line), exact and
+Always: schema validation (the data layer's, every bad row with file and line; the
+valid rows are still checked), exact and
 near duplicates within a split (MinHash over word shingles, `datasketch`), leakage
 between splits (exact rows, near rows, and identical prompts), role and turn
 statistics. With a tokenizer: the token-length histogram against max_seq_length,
-truncated rows, rows whose trained tokens are all masked or cut off, and the chat
-template round-trip (the rendered text tokenizes back to the template's own ids and
-decodes back to the same text). Every finding names its file and line.
+truncated rows, rows whose trained tokens are all masked or cut off, rows the chat
+template cannot train or whose turn order no template produces, how multi-turn rows are
+laid out (one sequence, or one per turn where the template is not prefix-preserving, and
+what that costs in tokens), and the chat template round-trip (the rendered text
+tokenizes back to the template's own ids and decodes back to the same text). Every finding names its file and line.
 
 Near duplicates compare the non-system text of a row: system prompts are shared by
 design and would make every pair of rows look alike.
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.formats import Example, load_jsonl
-from ..data.masking import tokenize_example
+from ..data.formats import Example, scan_jsonl
+from ..data.masking import tokenize_row
+from ..data.templates import check_turn_order
 from ..errors import DataError, MlxsftError
 
 SPLITS = ("train", "valid", "test", "ood")
@@ -97,19 +101,15 @@ def _message(exc: MlxsftError) -> str:
 
 
 def _load(path: Path, report: DataReport) -> list[Example] | None:
+    """The file's valid rows; every bad row becomes a schema finding and the rest are still checked."""
     try:
-        return load_jsonl(path)
+        rows, problems = scan_jsonl(path)
     except DataError as exc:
-        report.findings.append(
-            Finding(
-                "error",
-                "schema",
-                exc.path or str(path),
-                exc.line,
-                _message(exc) + " (later rows of this file were not checked)",
-            )
-        )
+        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, _message(exc)))
         return None
+    for exc in problems:
+        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, _message(exc)))
+    return rows
 
 
 # --------------------------------------------------------------------------- texts
@@ -348,62 +348,47 @@ def _histogram(lengths: list[int], limit: int) -> list[dict]:
 
 
 def token_checks(
-    rows: list[Example], tokenizer, mask: str, limit: int
+    rows: list[Example], tokenizer, mask: str, limit: int, multi_turn: str = "auto"
 ) -> tuple[dict, list[Finding]]:
-    """Length statistics and the findings that need a tokenizer."""
+    """Length statistics, how multi-turn rows are laid out, and the findings that need a tokenizer."""
     findings, lengths, trained = [], [], []
     truncated = no_trained = 0
+    layouts: Counter = Counter()
+    extra = trailing = 0
     for row in rows:
+        if row.kind == "chat" and (problem := check_turn_order(row.messages)):
+            findings.append(
+                Finding("warning", "turn_order", row.path, row.line,
+                        problem + " Training stops on this row unless data.on_bad_row: skip.")
+            )
+            continue
         try:
-            full = tokenize_example(row, tokenizer, mask=mask, max_seq_length=None)
+            tokenized = tokenize_row(row, tokenizer, mask=mask, multi_turn=multi_turn)
         except DataError as exc:
             findings.append(Finding("error", "template", row.path, row.line, _message(exc)))
             continue
-        n, kept = len(full.ids), int(full.trained[:limit].sum())
-        lengths.append(n)
-        trained.append(full.num_trained)
-        if full.num_trained == 0:
-            no_trained += 1
-            findings.append(
-                Finding(
-                    "warning",
-                    "no_trained_tokens",
-                    row.path,
-                    row.line,
-                    f"no trained tokens with mask={mask!r} ({n} tokens); the trainer skips it",
-                )
-            )
-        elif kept == 0:
-            no_trained += 1
-            findings.append(
-                Finding(
-                    "warning",
-                    "trained_cut_off",
-                    row.path,
-                    row.line,
-                    f"all {full.num_trained} trained tokens lie beyond max_seq_length={limit} "
-                    f"(the row has {n} tokens); the trainer skips it",
-                )
-            )
-        if n > limit:
-            truncated += 1
-            if kept:
-                findings.append(
-                    Finding(
-                        "warning",
-                        "truncated",
-                        row.path,
-                        row.line,
-                        f"{n} tokens > max_seq_length={limit}: truncated, losing "
-                        f"{full.num_trained - kept} of {full.num_trained} trained tokens",
-                    )
-                )
+        layouts[tokenized.layout] += 1
+        if tokenized.layout.startswith("split"):
+            extra += tokenized.num_tokens - tokenized.one_sequence_tokens
+        trailing += bool(tokenized.plan and tokenized.plan.trailing_text)
+        sequences = tokenized.sequences
+        n = max(len(s.ids) for s in sequences)
+        total = sum(s.num_trained for s in sequences)
+        kept = sum(int(s.trained[:limit].sum()) for s in sequences)
+        lengths += [len(s.ids) for s in sequences]
+        trained.append(total)
+        findings += _trained_findings(row, mask, limit, n, total, kept)
+        no_trained += kept == 0
+        truncated += n > limit
         findings += _round_trip(row, tokenizer)
+    layout_stats = {"layouts": dict(layouts), "split_extra_tokens": extra, "rows_with_trailing_text": trailing}
     if not lengths:
-        return {}, findings
+        return {"multi_turn": layout_stats} if layouts else {}, findings
     arr = np.asarray(lengths)
     stats = {
-        "rows": len(lengths),
+        "sequences": len(lengths),
+        "rows": len(trained),
+        "multi_turn": layout_stats,
         "max_seq_length": limit,
         "min": int(arr.min()),
         "p50": int(np.percentile(arr, 50)),
@@ -416,6 +401,54 @@ def token_checks(
         "histogram": _histogram(lengths, limit),
     }
     return stats, findings
+
+
+def _trained_findings(row: Example, mask: str, limit: int, n: int, total: int, kept: int) -> list[Finding]:
+    """Warnings for a row with nothing to train, or trained tokens lost to truncation."""
+    def warn(check, message):
+        return [Finding("warning", check, row.path, row.line, message)]
+
+    if total == 0:
+        return warn("no_trained_tokens", f"no trained tokens with mask={mask!r} ({n} tokens); the trainer skips it")
+    if kept == 0:
+        return warn(
+            "trained_cut_off",
+            f"all {total} trained tokens lie beyond max_seq_length={limit} "
+            f"(the row has {n} tokens); the trainer skips it",
+        )
+    if n > limit:
+        return warn(
+            "truncated",
+            f"{n} tokens > max_seq_length={limit}: truncated, losing {total - kept} of {total} trained tokens",
+        )
+    return []
+
+
+def template_note(stats: dict, split: str) -> str | None:
+    """How the chat template lays out this split's multi-turn rows, for people."""
+    layout = stats.get("multi_turn")
+    if not layout or not layout["layouts"]:
+        return None
+    split_rows = {k: v for k, v in layout["layouts"].items() if k.startswith("split")}
+    dropped = {k: v for k, v in layout["layouts"].items() if "not trained" in k}
+    if split_rows:
+        rows = sum(split_rows.values())
+        total = stats.get("total", 0)
+        share = layout["split_extra_tokens"] / max(total - layout["split_extra_tokens"], 1)
+        text = (
+            f"{split}: the chat template is not prefix-preserving (it renders earlier turns differently "
+            f"from how they were generated): {rows} rows are trained as one sequence per turn that needs it "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(split_rows.items()))}), "
+            f"+{layout['split_extra_tokens']} tokens (+{share:.0%}); data.multi_turn: single trains one "
+            "sequence per row without those turns"
+        )
+    elif dropped:
+        text = f"{split}: data.multi_turn: single leaves turns untrained in {sum(dropped.values())} rows"
+    else:
+        text = f"{split}: the chat template is prefix-preserving here: every row is one training sequence"
+    if layout.get("rows_with_trailing_text"):
+        text += "; text the template appends after the last turn is never trained"
+    return text
 
 
 def _round_trip(row: Example, tokenizer) -> list[Finding]:
@@ -465,6 +498,7 @@ def check_data(
     tokenizer=None,
     *,
     mask: str = "assistant",
+    multi_turn: str = "auto",
     max_seq_length: int = 2048,
     near_threshold: float = 0.8,
 ) -> DataReport:
@@ -480,9 +514,11 @@ def check_data(
     for split, rows in loaded.items():
         report.splits[split] = role_statistics(rows)
         if tokenizer is not None:
-            stats, findings = token_checks(rows, tokenizer, mask, max_seq_length)
+            stats, findings = token_checks(rows, tokenizer, mask, max_seq_length, multi_turn)
             report.splits[split]["tokens"] = stats
             report.findings += findings
+            if note := template_note(stats, split):
+                report.notes.append(note)
         indexed[split] = _Indexed.build(rows)
         report.findings += find_duplicates(indexed[split], near_threshold)
     for source, target in LEAK_PAIRS:

@@ -1,7 +1,8 @@
 """Plain-text tables for the terminal: columns padded with spaces, no control codes.
 
 `table` lays out rows under headers (numbers right-aligned); the `format_*` helpers
-turn the data-check report, the evaluation results and the verdicts into text.
+turn the data-check report, the evaluation results, the verdicts and one row as
+trained (`format_row_view`: ANSI colour only when asked, else [[brackets]]) into text.
 """
 
 from __future__ import annotations
@@ -45,6 +46,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], indent: str = "") ->
         return (indent + "  ".join(parts)).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in cells])
+
+
+# --------------------------------------------------------------------------- data show
+
+_TRAINED_ON, _TRAINED_OFF = "\x1b[1;32m", "\x1b[0m"  # bold green
+_CONTEXT_ON = "\x1b[2m"  # dim
+
+
+def format_row_view(view, *, color: bool) -> str:
+    """One row as trained (`mlxsft.data.preview.RowView`): header, then each sequence marked up."""
+    count = len(view.sequences)
+    out = [f"{view.where}: {view.layout}"]
+    if view.untrained_turns:
+        out.append(f"  not trained (rendered differently later in the chat): messages {list(view.untrained_turns)}")
+    if view.trailing_text:
+        out.append(f"  the template appends {view.trailing_text!r} after the last turn: never trained")
+    for n, seq in enumerate(view.sequences, start=1):
+        per_turn = ", ".join(
+            (f"message {turn}" if turn is not None else "trained") + f": {tokens} tokens"
+            for turn, tokens in seq.trained_by_turn
+        )
+        out += ["", f"sequence {n} of {count}: {seq.num_tokens} tokens; {per_turn or 'nothing trained'}"]
+        out.append("".join(_mark(s.text, s.trained, color) for s in seq.segments))
+    if not color:
+        out += ["", "[[ ]] marks trained text."]
+    return "\n".join(out)
+
+
+def _mark(text: str, trained: bool, color: bool) -> str:
+    if color:
+        return (_TRAINED_ON if trained else _CONTEXT_ON) + text + _TRAINED_OFF
+    return f"[[{text}]]" if trained else text
 
 
 # --------------------------------------------------------------------------- data check

@@ -41,6 +41,9 @@ class DataPrepared:
     padding_waste: float
     trained_tokens: int
     skipped: tuple[str, ...]  # "path:line: reason" for each skipped row
+    num_bad_rows: int = 0  # rows the chat template cannot train (data.on_bad_row: skip), among skipped
+    layouts: tuple[str, ...] = ()  # "one sequence: 40 rows", "split into 3 sequences: 5 rows"
+    split_extra_tokens: int = 0  # tokens added by splitting multi-turn rows per turn
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,12 @@ class StdoutSink:
                 )
                 if event.num_truncated:
                     text += f", {event.num_truncated} truncated"
+                split = [lay for lay in event.layouts if lay.startswith("split")]
+                if split:
+                    text += (
+                        f"; the chat template is not prefix-preserving: {', '.join(split)} "
+                        f"(+{event.split_extra_tokens:,} tokens)"
+                    )
                 if event.num_skipped:
                     text += f", {event.num_skipped} skipped:\n  " + "\n  ".join(event.skipped[:10])
                     if event.num_skipped > 10:

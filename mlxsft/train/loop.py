@@ -182,6 +182,9 @@ class Trainer:
                 num_truncated=ds.num_truncated, num_batches=src.batches_per_epoch(),
                 padding_waste=src.padding_waste(), trained_tokens=src.trained_tokens(),
                 skipped=tuple(f"{s.path}:{s.line}: {s.reason}" for s in ds.skipped),
+                num_bad_rows=len(ds.bad_rows),
+                layouts=tuple(f"{layout}: {n} rows" for layout, n in sorted(ds.layouts.items())),
+                split_extra_tokens=ds.split_extra_tokens,
             ))
         self.run.update_meta(
             mlxsft_version=__version__, status="running", pid=os.getpid(), model=self.recipe.model,

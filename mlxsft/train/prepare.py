@@ -42,7 +42,15 @@ def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
 
 def load_split(path: Path, tokenizer, data: DataConfig, train: TrainConfig) -> TokenizedDataset:
     examples = load_jsonl(path)
-    return tokenize_dataset(examples, tokenizer, mask=data.mask, max_seq_length=train.max_seq_length)
+    return tokenize_dataset(
+        examples,
+        tokenizer,
+        mask=data.mask,
+        max_seq_length=train.max_seq_length,
+        multi_turn=data.multi_turn,
+        on_bad_row=data.on_bad_row,
+        train_reasoning=data.train_reasoning,
+    )
 
 
 @dataclass

@@ -230,10 +230,11 @@ class NewRunScreen(Screen):
             values["model"],
             values["data.train"],
             values["data.mask"] or "assistant",
+            values.get("data.multi_turn") or "auto",
         )
 
     @work(thread=True, exclusive=True, group="preview")
-    def load_preview(self, token: int, model: str, data: str, mask: str) -> None:
+    def load_preview(self, token: int, model: str, data: str, mask: str, multi_turn: str = "auto") -> None:
         project = self.app.project_dir
         model_dir = Path(model) if Path(model).is_absolute() else project / model
         data_path = Path(data) if Path(data).is_absolute() else project / data
@@ -250,7 +251,7 @@ class NewRunScreen(Screen):
             tokenizer = self.tokenizers.get(str(model_dir))
             if tokenizer is None:
                 tokenizer = self.tokenizers[str(model_dir)] = load_preview_tokenizer(model_dir)
-            preview = preview_dataset(data_path, tokenizer, mask)
+            preview = preview_dataset(data_path, tokenizer, mask, multi_turn)
         except MlxsftError as exc:
             error = str(exc)
         except (OSError, ValueError) as exc:
@@ -272,7 +273,7 @@ class NewRunScreen(Screen):
             summary.update(preview.summary(max_len))
             self.query_one(LengthHistogram).show(preview.lengths, max_len)
             self.query_one(TokenView).show(
-                preview.first_spans, self.app.display_path(Path(preview.first_where))
+                preview.first_spans, self.app.display_path(Path(preview.first_where)), preview.first_layout
             )
         self.update_estimate()
 

@@ -9,9 +9,9 @@ TRAINED_STYLE = "bold black on green3"
 
 
 class TokenView(Static):
-    def show(self, spans: tuple[tuple[str, bool], ...], where: str) -> None:
+    def show(self, spans: tuple[tuple[str, bool], ...], where: str, layout: str = "one sequence") -> None:
         text = Text()
-        text.append(f"first example ({where}); ", style="dim")
+        text.append(f"first example ({where}, {layout}); ", style="dim")
         text.append("trained tokens", style=TRAINED_STYLE)
         text.append(" highlighted\n", style="dim")
         for chunk, trained in spans:
