@@ -59,6 +59,7 @@ class RunDir:
     adapter_config_file = property(lambda self: self.path / "adapter_config.json")
     adapters_file = property(lambda self: self.path / "adapters.safetensors")
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    chat_template_file = property(lambda self: self.path / "chat_template.jinja")
 
     def exists(self) -> bool:
         return self.recipe_file.is_file()
@@ -79,6 +80,16 @@ class RunDir:
         self.require_new()
         self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.recipe_file, dump_recipe(recipe))
+
+    def save_chat_template(self, template) -> None:
+        """Keep the chat template the run trains with, so every export carries it unchanged."""
+        if isinstance(template, str) and template:
+            atomic_write_text(self.chat_template_file, template)
+
+    def chat_template(self) -> str | None:
+        """The chat template the run trained with (None for runs without one)."""
+        path = self.chat_template_file
+        return path.read_text(encoding="utf-8") if path.is_file() else None
 
     def load_recipe(self) -> Recipe:
         self.require_existing()

@@ -140,3 +140,25 @@ def test_early_stop_on_plateau(tiny_llama, tmp_path):
     assert finished.step == evals[-1].step < 60
     assert plateau_reached(evals, rule) and not plateau_reached(evals[:-1], rule)
     assert RunDir(result.run_dir).checkpoint_steps()[-1] == finished.step
+
+
+def test_bad_rows_stop_before_training_or_are_skipped_and_reported(tiny_llama, tmp_path):
+    from mlxsft.train.events import DataPrepared
+
+    rows = [json.loads(line) for line in (QUICKSTART_DATA / "train.jsonl").read_text().splitlines()[:40]]
+    rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                              {"role": "assistant", "content": "c"}]})
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", rows).parent
+    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=2, steps_per_eval=0)
+    recipe.data.train = str(data)
+    with pytest.raises(DataError, match="on_bad_row") as info:
+        run_training(recipe)
+    assert "train.jsonl:41: two user messages in a row" in str(info.value)
+    assert not (tmp_path / "run" / "recipe.yaml").exists()  # nothing written before the data is right
+    recipe.data.on_bad_row = "skip"
+    result = run_training(recipe)
+    prepared = [e for e in read_events(RunDir(result.run_dir).events_file) if isinstance(e, DataPrepared)][0]
+    assert prepared.num_bad_rows == 1 and any(":41: two user messages" in s for s in prepared.skipped)
+    assert prepared.layouts == ("one sequence: 40 rows",)
+    # the run keeps the chat template it trained with, for its exports
+    assert RunDir(result.run_dir).chat_template() == (tiny_llama / "chat_template.jinja").read_text()

@@ -31,7 +31,7 @@ import numpy as np
 from ..config import BAD_ROW_POLICIES, MASK_MODES
 from ..errors import DataError
 from .formats import Example
-from .templates import RowPlan, SequencePlan, check_turn_order, plan_chat, render
+from .templates import RowPlan, SequencePlan, check_turn_order, hf_tokenizer, plan_chat, render
 
 MASKS = MASK_MODES
 
@@ -201,7 +201,7 @@ def tokenize_row(
     """The training sequences of one row (untruncated); raises `DataError` for a bad row."""
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-    hf = _hf_tokenizer(tokenizer)
+    hf = hf_tokenizer(tokenizer)
     if example.kind != "chat":
         ids, trained = _tokenize_plain(hf, example)
         if mask == "none":
@@ -283,16 +283,6 @@ def _tokenize_plain(hf, example: Example) -> tuple[np.ndarray, np.ndarray]:
         ids = np.append(ids, np.int32(eos_id))
         trained = np.append(trained, True)
     return ids, trained
-
-
-def _hf_tokenizer(tokenizer):
-    """The transformers tokenizer inside mlx-lm's `TokenizerWrapper`, or `tokenizer` itself.
-
-    (A transformers fast tokenizer also has a `_tokenizer`: the Rust one, which has no
-    chat template; hence the check.)
-    """
-    inner = getattr(tokenizer, "_tokenizer", None)
-    return inner if hasattr(inner, "apply_chat_template") else tokenizer
 
 
 def _truncate(ex: TokenizedExample, max_seq_length: int | None) -> TokenizedExample:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .formats import Example
 from .masking import TokenizedExample, TokenizedRow, tokenize_row
+from .templates import hf_tokenizer
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,7 @@ class RowView:
 def view_row(example: Example, tokenizer, **options) -> RowView:
     """The row's sequences with trained spans; `options` are `tokenize_row`'s (mask, multi_turn, ...)."""
     row: TokenizedRow = tokenize_row(example, tokenizer, **options)
-    hf = getattr(tokenizer, "_tokenizer", tokenizer)
-    if not hasattr(hf, "decode") or not hasattr(hf, "apply_chat_template"):
-        hf = tokenizer
+    hf = hf_tokenizer(tokenizer)
     turns = _span_turns(row)
     sequences = tuple(_view_sequence(hf, seq, turns[i]) for i, seq in enumerate(row.sequences))
     plan = row.plan

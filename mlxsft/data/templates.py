@@ -67,7 +67,26 @@ class RowPlan:
     trailing_text: str = ""  # what the template appends after the last turn (never trained)
 
 
-# --- rendering ------------------------------------------------------------------------
+# --- rendering ---
+
+
+def hf_tokenizer(tokenizer):
+    """The transformers tokenizer inside mlx-lm's `TokenizerWrapper`, or `tokenizer` itself.
+
+    (A transformers fast tokenizer also has a `_tokenizer`: the Rust one, which has no
+    chat template; hence the check.)
+    """
+    inner = getattr(tokenizer, "_tokenizer", None)
+    return inner if hasattr(inner, "apply_chat_template") else tokenizer
+
+
+def chat_template_of(tokenizer) -> str | None:
+    """The tokenizer's chat template text (None when it has none, or only named templates)."""
+    template = getattr(hf_tokenizer(tokenizer), "chat_template", None)
+    return template if isinstance(template, str) and template else None
+
+
+# ---------------------------------------------------------------------
 
 
 def template_messages(messages) -> list[dict]:

@@ -238,6 +238,7 @@ def write_gguf(
     arch: str,
     pre: str,
     name: str,
+    chat_template: str | None = None,
 ) -> None:
     """Write a GGUF file of `weights` (numpy in their final dtype, HF/MLX names, HF layout)."""
     gguf = _gguf()
@@ -269,9 +270,10 @@ def write_gguf(
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(base_path, load_merges=True, n_vocab=len(tokens)).add_to_gguf(
-        writer, quiet=True
-    )
+    special = gguf.SpecialVocab(base_path, load_merges=True, n_vocab=len(tokens))
+    if chat_template:
+        special.chat_template = chat_template  # the template the run trained with
+    special.add_to_gguf(writer, quiet=True)
 
     names = gguf_names(weights, arch, n_layers)
     for key, w in weights.items():
@@ -330,7 +332,8 @@ def export_gguf(
     try:
         with staged_output(out, force, is_file=True) as tmp:
             write_gguf(
-                tmp, weights, config, source.base_path, dtype, arch, pre, name=source.run.path.name
+                tmp, weights, config, source.base_path, dtype, arch, pre, name=source.run.path.name,
+                chat_template=source.run.chat_template(),
             )
             del weights
             if verify:

@@ -16,7 +16,6 @@ base checkpoint's, since transformers would then load it wrongly (or silently no
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 
@@ -34,24 +33,10 @@ from .mlx_adapter import (
     staged_output,
     write_json,
 )
+from .side_files import copy_side_files
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
-# Files copied from the base folder as they are: tokenizer, chat template, generation defaults.
-SIDE_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
-
-
 # ---------------------------------------------------------------- fusing
 
 
@@ -162,14 +147,6 @@ def write_safetensors_shards(
     return names
 
 
-def copy_side_files(base_path: Path, folder: Path) -> None:
-    for name in SIDE_FILES:
-        if (base_path / name).is_file():
-            shutil.copyfile(base_path / name, folder / name)
-    for path in base_path.glob("*.tiktoken"):
-        shutil.copyfile(path, folder / path.name)
-
-
 def write_config(
     base_path: Path, folder: Path, dtype: str, quantization: dict | None = None
 ) -> None:
@@ -223,7 +200,7 @@ def export_hf(
     with staged_output(out, force) as tmp:
         files = write_safetensors_shards(weights, tmp, max_shard_bytes, metadata={"format": "pt"})
         write_config(source.base_path, tmp, dtype)
-        copy_side_files(source.base_path, tmp)
+        copy_side_files(source.base_path, tmp, source.run.chat_template())
         del trained, weights
         if verify:
             candidate, stored, _ = load_merged_model(tmp)
@@ -271,7 +248,7 @@ def fuse_run(
     with staged_output(out, force) as tmp:
         save_model(tmp, trained.model)
         write_config(source.base_path, tmp, dtype, quantization)
-        copy_side_files(source.base_path, tmp)
+        copy_side_files(source.base_path, tmp, source.run.chat_template())
         del trained
         if verify:
             candidate, stored, requantized = load_merged_model(tmp)

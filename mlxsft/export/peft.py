@@ -32,6 +32,7 @@ from .mlx_adapter import (
     stored_dtype,
     write_json,
 )
+from .side_files import copy_side_files
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -146,6 +147,7 @@ def export_peft(
     reference = trained_reference(source) if verify else None
     with staged_output(out, force) as tmp:
         write_json(tmp / ADAPTER_CONFIG, config)
+        copy_side_files(source.base_path, tmp, source.run.chat_template())  # tokenizer + trained template
         mx.save_safetensors(
             str(tmp / ADAPTER_WEIGHTS), peft_tensors(weights), metadata={"format": "pt"}
         )

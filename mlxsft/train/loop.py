@@ -20,6 +20,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from .. import __version__
 from ..config import Recipe, TrainConfig, with_absolute_paths
+from ..data.templates import chat_template_of
 from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
@@ -419,6 +420,7 @@ def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: 
             return RunResult(run.path, trainer.loop(), trainer.state)
         if not resume:
             run.create(recipe)
+            run.save_chat_template(chat_template_of(trainer.tokenizer))
         run.clean_staging()
         jsonl = JsonlSink(run.events_file)
         emit.sinks.insert(0, jsonl)
