@@ -81,6 +81,9 @@ FAMILIES = {
                       ("<|return|>", "<|call|>"),
                       special=("<|startoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>",
                                "<|call|>", "<|constrain|>"), reasoning=True),
+    "lfm2.5": Family("LFM2.5-8B-A1B.jinja", "gpt-2", "<|startoftext|>", "<|im_end|>", ("<|im_end|>",),
+                     special=("<|startoftext|>", "<|im_start|>", "<|im_end|>", "<|tool_call_start|>",
+                              "<|tool_call_end|>"), plain=("<think>", "</think>"), reasoning=True),
 }
 
 

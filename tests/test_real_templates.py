@@ -1,4 +1,4 @@
-"""The training mask on real chat templates and real vocabularies (14 model families).
+"""The training mask on real chat templates and real vocabularies (15 model families).
 
 Each case is checked against a reference built without `mlxsft.data.masking` or
 `templates`: for every assistant turn, the test renders the generation prompt itself,
@@ -34,6 +34,7 @@ HEADERS = {
     "smollm3": "<|im_start|>assistant\n",
     "granite3.3": "<|start_of_role|>assistant<|end_of_role|>",
     "gpt-oss": "<|start|>assistant",
+    "lfm2.5": "<|im_start|>assistant\n",
 }
 
 TOOLS = [
@@ -253,3 +254,16 @@ def test_every_bad_row_is_listed_in_one_pass(tokenizers):
     ds = tokenize_dataset(rows, tok, on_bad_row="skip")
     assert [r.line for r in ds.bad_rows] == [3, 7]
     assert {ex.line for ex in ds.examples} == {9}
+
+
+def test_generation_markers_agree_with_the_rule_or_data_check_says_so(tokenizers):
+    from mlxsft.judge.datacheck import token_checks
+
+    tok = _tok(tokenizers, "lfm2.5")  # a template with {% generation %} blocks
+    rows = [_example("lfm2.5", chat, line=n) for n, chat in enumerate(("user_quotes_reply", "tools"), start=1)]
+    _, findings = token_checks(rows, tok, "assistant", 2048)
+    assert [f for f in findings if f.check == "generation_markers"] == []
+    tok.chat_template = tok.chat_template.replace('{{- "<|im_end|>\\n" -}}\n        {%- endgeneration -%}',
+                                                  '{%- endgeneration -%}{{- "<|im_end|>\\n" -}}')
+    _, findings = token_checks(rows[:1], tok, "assistant", 2048)
+    assert [(f.check, f.line) for f in findings] == [("generation_markers", 1)]

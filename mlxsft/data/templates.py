@@ -266,6 +266,40 @@ def _content_start(message: dict, target: str) -> tuple[int, bool]:
     return (at if at >= 0 else after), True
 
 
+# --- {% generation %} markers ------------------------------------------------------------
+
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_markers(hf) -> bool:
+    template = getattr(hf, "chat_template", None)
+    return isinstance(template, str) and bool(_GENERATION_BLOCK.search(template))
+
+
+def marked_replies(hf, example: Example) -> list[str]:
+    """The text inside the template's {% generation %} blocks for the whole chat, each trimmed.
+
+    A cross-check of the generation rule on templates that mark assistant text themselves
+    (transformers' `return_assistant_tokens_mask`).
+    """
+    kwargs = {"tools": example.tools} if example.tools is not None else {}
+    out = hf.apply_chat_template(
+        template_messages(example.messages), tokenize=True, return_dict=True,
+        return_assistant_tokens_mask=True, **kwargs,
+    )
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    runs, start = [], None
+    for t in range(len(ids) + 1):
+        on = t < len(ids) and bool(mask[t])
+        if on and start is None:
+            start = t
+        elif not on and start is not None:
+            before = hf.decode(ids[:start])
+            runs.append(hf.decode(ids[:t])[len(before) :].rstrip())
+            start = None
+    return runs
+
+
 # --- grouping turns into sequences ----------------------------------------------------------
 
 

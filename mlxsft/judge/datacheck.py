@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data.formats import Example, scan_jsonl
 from ..data.masking import tokenize_row
-from ..data.templates import check_turn_order
+from ..data.templates import check_turn_order, has_generation_markers, hf_tokenizer, marked_replies
 from ..errors import DataError, MlxsftError
 
 SPLITS = ("train", "valid", "test", "ood")
@@ -378,6 +378,7 @@ def token_checks(
         lengths += [len(s.ids) for s in sequences]
         trained.append(total)
         findings += _trained_findings(row, mask, limit, n, total, kept)
+        findings += _marker_check(row, tokenizer, tokenized, mask)
         no_trained += kept == 0
         truncated += n > limit
         findings += _round_trip(row, tokenizer)
@@ -422,6 +423,25 @@ def _trained_findings(row: Example, mask: str, limit: int, n: int, total: int, k
             f"{n} tokens > max_seq_length={limit}: truncated, losing {total - kept} of {total} trained tokens",
         )
     return []
+
+
+def _marker_check(row: Example, tokenizer, tokenized, mask: str) -> list[Finding]:
+    """Where the template marks replies with {% generation %}, they must be what the rule trains."""
+    hf = hf_tokenizer(tokenizer)
+    if row.kind != "chat" or mask != "assistant" or tokenized.layout != "one sequence":
+        return []
+    if not has_generation_markers(hf):
+        return []
+    seq = tokenized.plan.sequences[0]
+    trained = [seq.text[s:e] for s, e, _ in seq.spans]
+    marked = marked_replies(hf, row)
+    if marked == trained:
+        return []
+    return [Finding(
+        "warning", "generation_markers", row.path, row.line,
+        f"the template's {{% generation %}} blocks mark {marked!r} but the model generates {trained!r} "
+        "here; mlxsft trains what is generated",
+    )]
 
 
 def template_note(stats: dict, split: str) -> str | None:
