@@ -295,6 +295,28 @@ def test_preview_of_bad_data_is_a_clear_error(tmp_path, tiny_llama):
         preview_dataset(bad, load_preview_tokenizer(tiny_llama))
 
 
+def test_preview_shows_each_sequence_of_a_split_row_and_bad_rows(tmp_path):
+    from tests.real_templates import save_family
+
+    model = save_family("qwen3", tmp_path / "qwen3")
+    rows = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "hello again"}]},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                      {"role": "assistant", "content": "c"}]},
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preview = preview_dataset(data, load_preview_tokenizer(model))
+    assert preview.first_layout == "split into 2 sequences" and preview.split_rows == 1
+    texts = [text for text, _ in preview.first_spans]
+    assert "── sequence 2 of 2 ──\n" in "".join(texts)
+    trained = [text for text, is_trained in preview.first_spans if is_trained]
+    assert trained == ["<think>\n\n</think>\n\nhello<|im_end|>", "<think>\n\n</think>\n\nhello again<|im_end|>"]
+    assert len(preview.bad_rows) == 1 and "train.jsonl:2: two user messages" in preview.bad_rows[0]
+    assert "1 rows split into one sequence per turn" in preview.summary(2048)
+
+
 def test_length_histogram_has_an_edge_at_the_limit_and_counts_every_row():
     lengths = (5, 10, 60, 64, 65, 200)
     bins = length_histogram(lengths, max_seq_length=64)

@@ -105,8 +105,15 @@ def open_bench(run_dir: str | Path, suite: Suite) -> Bench:
 def _tokenize(
     bench: Bench, examples: list[Example], name: str, mask: str
 ) -> list[TokenizedExample]:
+    data = bench.recipe.data  # the run's own data settings: eval sees rows as training did
     ds: TokenizedDataset = tokenize_dataset(
-        examples, bench.tokenizer, mask=mask, max_seq_length=bench.recipe.train.max_seq_length
+        examples,
+        bench.tokenizer,
+        mask=mask,
+        max_seq_length=bench.recipe.train.max_seq_length,
+        multi_turn=data.multi_turn,
+        on_bad_row=data.on_bad_row,
+        train_reasoning=data.train_reasoning,
     )
     if ds.skipped:
         bench.notes.append(f"{name}: {len(ds.skipped)} rows skipped (e.g. {ds.skipped[0]})")
