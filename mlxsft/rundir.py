@@ -138,7 +138,8 @@ class RunDir:
 
     def clean_staging(self) -> list[Path]:
         """Remove the staging folders of checkpoint saves that were killed; return them."""
-        found = sorted(self.checkpoints_dir.glob(".staging-*")) + sorted(self.checkpoints_dir.glob(".old-*"))
+        patterns = (".staging-*", ".old-*", f".{CHECKPOINT_PREFIX}*.old-*")  # the last two: a swap's leftovers
+        found = sorted(p for pattern in patterns for p in self.checkpoints_dir.glob(pattern))
         for child in found:
             shutil.rmtree(child, ignore_errors=True)
         return found

@@ -260,8 +260,10 @@ CASES = [
     C("export-checkpoint-missing", "export {run} --format peft --out {w}/o --checkpoint 99", 2, ["{run}", "no checkpoint at step 99"]),
     C("export-adapter-config-broken", "export {run} --format mlx --out {w}/o --no-verify", 2, ["{run}/adapter_config.json:1:", "not valid JSON"],
       write("run/adapter_config.json", "{")),
-    C("export-no-adapters-yet", "export {run} --format mlx --out {w}/o", 2, ["{run}", "no checkpoint yet"],
-      rm("run/adapters.safetensors")),
+    C("export-root-adapters-lost", "export {run} --format mlx --out {w}/o --no-verify", 0, ["adapters.safetensors is missing", "step 2"],
+      rm("run/adapters.safetensors"), changes=("o", "o/*")),
+    C("export-run-never-saved", "export {run} --format mlx --out {w}/o", 2, ["{run}", "no checkpoint yet"],
+      rm("run/adapters.safetensors"), rm("run/checkpoints/*")),
     C("export-disk-full", "export {run} --format mlx --out {w}/o --no-verify", 2, ["{w}/o", "disk is full", "Nothing was left"], fault="os-write"),
     C("export-force-disk-full", "export {run} --format mlx --out {exp} --force --no-verify", 2,
       ["{exp}", "disk is full", "earlier export at {exp} is untouched"], fault="os-write"),
@@ -422,3 +424,96 @@ def test_bad_input(case: Case, base, tmp_path, monkeypatch, capsys):
     assert not new, f"left behind: {new}"
     for pattern in case.gone:
         assert not list(w.glob(pattern)), f"{pattern} was not removed"
+
+
+# ---------------------------------------------------------------- beyond the table: real faults
+
+
+def test_force_swap_never_leaves_the_path_empty(tmp_path):
+    """`--force` swaps folders in one step: a reader polling the path never finds it missing."""
+    import threading
+
+    from mlxsft.safeio import swap_into_place
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "v").write_text("start")
+    stop, missing = threading.Event(), []
+
+    def watch():
+        while not stop.is_set():
+            if not (target / "v").exists():
+                missing.append(1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for i in range(300):
+            new = tmp_path / f".new-{i}"
+            new.mkdir()
+            (new / "v").write_text(str(i))
+            swap_into_place(new, target)
+    finally:
+        stop.set()
+        watcher.join()
+    assert missing == []
+    assert (target / "v").read_text() == "299"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old folders are gone
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 MB tmpfs (root only): `fill(leave)` then fills it, leaving `leave` bytes free."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root; the injected write errors in CASES cover this path")
+
+    def fill(leave: int) -> None:
+        filler = disk / ".filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        os.truncate(filler, max(filler.stat().st_size - leave, 0))
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_real_full_disk_keeps_the_previous_checkpoint_and_export(base, full_disk, monkeypatch, capsys):
+    """On a full tmpfs: a resumed run's next checkpoint, an export, a forced re-export and a
+    quantized copy each fail with one clear error, and nothing that was there is touched."""
+    disk, fill = full_disk
+    run, exp, store = disk / "run", disk / "exp", disk / "store"
+    shutil.copytree(base["run"], run)
+    shutil.copytree(base["exp"], exp)
+    shutil.rmtree(run / "checkpoints" / "step-0000002")
+    meta(status="stopped")(disk, {})
+    store.mkdir()
+    monkeypatch.setenv("MLXSFT_NO_OPENBLAS", "1")
+    fill(leave=24 * 1024)  # room for run.json and events, not for a checkpoint (~100 KB)
+    before = snapshot(run / "checkpoints", exp, store)
+
+    for argv, code, says in [
+        (["train", "--resume", str(run)], 3, ["disk is full", "step-0000001) is untouched"]),
+        (["export", str(run), "--format", "mlx", "--out", str(disk / "o"), "--no-verify"], 2, ["disk is full"]),
+        (["export", str(run), "--format", "hf", "--out", str(disk / "o"), "--no-verify"], 2, ["disk is full"]),
+        (["export", str(run), "--format", "mlx", "--out", str(exp), "--force", "--no-verify"], 2,
+         ["disk is full", f"earlier export at {exp} is untouched"]),
+        (["models", "quantize", str(base["model"]), "--store", str(store)], 2, ["disk is full"]),
+    ]:
+        got, out, err = run_in_process(argv, capsys)
+        assert got == code, out + err
+        assert "Traceback" not in out + err and "mlxsft: error: " in err, out + err
+        for word in says:
+            assert word in err, err
+        assert snapshot(run / "checkpoints", exp, store) == before
+        leftovers = [p.name for p in disk.iterdir() if p.name not in ("run", "exp", "store", ".filler")]
+        assert leftovers == [], leftovers

@@ -129,6 +129,10 @@ def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path,
                 "give --checkpoint STEP instead.",
                 path=str(run.path),
             )
+    if checkpoint is None and not run.adapters_file.is_file() and steps:
+        # the root copy is only a convenience: the latest checkpoint holds the same weights
+        print(f"{run.adapters_file} is missing; using the latest checkpoint, step {steps[-1]}.")
+        checkpoint = steps[-1]
     if checkpoint is None:
         if not run.adapters_file.is_file():
             raise ExportError(
