@@ -429,8 +429,9 @@ def test_bad_input(case: Case, base, tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- beyond the table: real faults
 
 
-def test_force_swap_never_leaves_the_path_empty(tmp_path):
-    """`--force` swaps folders in one step: a reader polling the path never finds it missing."""
+def test_force_swap_never_leaves_the_path_empty(tmp_path, monkeypatch):
+    """`--force` swaps folders in one step: the path is never missing, neither to a reader
+    polling it nor after any rename the swap makes."""
     import threading
 
     from mlxsft.safeio import swap_into_place
@@ -439,16 +440,23 @@ def test_force_swap_never_leaves_the_path_empty(tmp_path):
     target.mkdir()
     (target / "v").write_text("start")
     stop, missing = threading.Event(), []
+    real_replace = os.replace
+
+    def replace_and_look(src, dst):  # a two-rename swap is caught here, deterministically
+        real_replace(src, dst)
+        if not (target / "v").exists():
+            missing.append(("after os.replace", src, dst))
 
     def watch():
         while not stop.is_set():
             if not (target / "v").exists():
-                missing.append(1)
+                missing.append("seen by a reader")
 
+    monkeypatch.setattr(os, "replace", replace_and_look)
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        for i in range(300):
+        for i in range(100):
             new = tmp_path / f".new-{i}"
             new.mkdir()
             (new / "v").write_text(str(i))
@@ -457,7 +465,7 @@ def test_force_swap_never_leaves_the_path_empty(tmp_path):
         stop.set()
         watcher.join()
     assert missing == []
-    assert (target / "v").read_text() == "299"
+    assert (target / "v").read_text() == "99"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old folders are gone
 
 
