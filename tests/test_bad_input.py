@@ -231,6 +231,7 @@ CASES = [
     C("flag-pull-quantize-bits", "models pull tiny-org/Tiny --quantize 7", 2, ["--quantize must be one of"]),
     C("flag-fit-layers", "models fit {model} --layers some", 2, ["--layers", "some"]),
     C("flag-fit-rank", "models fit {model} --rank 0", 2, ["--rank"]),
+    C("flag-fit-layers-above-blocks", "models fit {model} --layers 9", 2, ["lora.layers", "only 2 transformer blocks"]),
     # ---- run folders (resume, eval, select)
     C("run-resume-empty-checkpoints", "train --resume {run}", 3, ["nothing to resume", "{run}/checkpoints", "Nothing was changed"],
       meta(status="stopped"), rm("run/checkpoints/*")),
