@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from .blas import maybe_reexec_with_openblas
 from .config import iter_fields
@@ -32,15 +33,21 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("recipe keys (each overrides the recipe, like --set KEY=VALUE)")
     for name, _tp, default, help_text, choices in iter_fields():
         extra = f" One of: {', '.join(choices)}." if choices else ""
+        text = f"{help_text}{extra} (default: {default})"
         group.add_argument(
             f"--{name}", dest=f"flag:{name}", metavar="VALUE", default=None,
-            help=f"{help_text}{extra} (default: {default})",
+            help=text.replace("%", "%%"),  # argparse %-formats help text
         )
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     flags = [f"{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("flag:") and v is not None]
     return list(args.set or []) + flags
+
+
+def _flag_labels(args: argparse.Namespace) -> dict[str, str]:
+    """Overridden key -> the flag as typed (`--train.iters many`), for error messages."""
+    return {k[5:]: f"--{k[5:]} {v}" for k, v in vars(args).items() if k.startswith("flag:") and v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +121,7 @@ def cmd_train(args) -> int:
     else:
         if not args.recipe and not _overrides(args):
             raise MlxsftError("give a recipe file, e.g. `mlxsft train recipes/quickstart.yaml`.")
-        recipe = load_recipe(args.recipe, _overrides(args))
+        recipe = load_recipe(args.recipe, _overrides(args), _flag_labels(args))
         result = run_training(recipe, recipe.output, sinks=sinks)
     if os.environ.get("MLX_RANK", "0") == "0":  # under mlx.launch only rank 0 speaks
         print(f"Run {result.status}: {result.run_dir}")
@@ -175,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except FileNotFoundError as exc:
         print(f"mlxsft: error: {exc.filename}: file not found.", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file-system problem no check foresaw: still one line, no traceback
+        from .safeio import describe_write_failure, free_bytes, write_failure
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        failure = write_failure(exc)
+        what = describe_write_failure(failure, free_bytes(Path(exc.filename or "."))) if failure else exc.strerror
+        print(f"mlxsft: error: {where}{what or exc}.", file=sys.stderr)
         return 2
 
 

@@ -158,14 +158,20 @@ def parse_yaml_value(text: str) -> Any:
     return yaml.load(text, Loader=_RecipeLoader)
 
 
-def _key_lines(node, prefix: str = "") -> dict[str, int]:
-    """Map dotted keys to their 1-based line in the YAML source."""
+def _key_lines(node, prefix: str = "", source: str = "<recipe>") -> dict[str, int]:
+    """Map dotted keys to their 1-based line in the YAML source; a key given twice is an error."""
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = f"{prefix}{key_node.value}"
-            lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key + "."))
+            line = key_node.start_mark.line + 1
+            if key in lines:  # PyYAML would keep the last silently
+                raise RecipeError(
+                    f"'{key}' is given twice (also on line {lines[key]}); keep one of them.",
+                    path=source, line=line,
+                )
+            lines[key] = line
+            lines.update(_key_lines(value_node, key + ".", source))
     return lines
 
 
@@ -189,13 +195,16 @@ def read_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError("a recipe must be a mapping of keys (model:, data:, train:, ...).", path=str(path))
-    return raw, _key_lines(node) if node is not None else {}
+    return raw, _key_lines(node, source=str(path)) if node is not None else {}
 
 
 # ---------------------------------------------------------------- validation
 
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+    return _TYPE_WORDS.get(tp) or getattr(tp, "__name__", str(tp))
 
 
 def _coerce(value: Any, tp) -> Any:
@@ -238,8 +247,24 @@ def _coerce(value: Any, tp) -> Any:
     raise TypeError(_type_name(tp))
 
 
-def _build(cls, raw: dict, where: str, lines: dict[str, int], source: str):
-    """Build dataclass `cls` from `raw`, checking every key and type."""
+class _Where:
+    """Where a dotted key was given: a recipe file's line, or the command-line flag that set it."""
+
+    def __init__(self, source: str, lines: dict[str, int] | None = None, origins: dict[str, str] | None = None):
+        self.source, self.lines, self.origins = source, lines or {}, origins or {}
+
+    def __call__(self, key: str) -> dict:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):  # an override of `train` covers `train.iters`
+            origin = self.origins.get(".".join(parts[:n]))
+            if origin is not None:
+                return {"path": origin, "line": None}
+        return {"path": self.source, "line": self.lines.get(key)}
+
+
+def _build(cls, raw: dict, where: str, lines, source: str):
+    """Build dataclass `cls` from `raw`, checking every key and type (`lines`: a dict or a `_Where`)."""
+    locate = lines if isinstance(lines, _Where) else _Where(source, lines)
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
@@ -247,10 +272,7 @@ def _build(cls, raw: dict, where: str, lines: dict[str, int], source: str):
         dotted = f"{where}{key}"
         if key not in names:
             known = ", ".join(names)
-            raise RecipeError(
-                f"unknown key '{dotted}'. Known keys here: {known}.",
-                path=source, line=lines.get(dotted),
-            )
+            raise RecipeError(f"unknown key '{dotted}'. Known keys here: {known}.", **locate(dotted))
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if value is None:
@@ -258,22 +280,17 @@ def _build(cls, raw: dict, where: str, lines: dict[str, int], source: str):
             if not isinstance(value, dict):
                 raise RecipeError(
                     f"'{dotted}' must be a mapping of keys ({', '.join(f.name for f in dataclasses.fields(tp))}).",
-                    path=source, line=lines.get(dotted),
+                    **locate(dotted),
                 )
-            values[key] = _build(tp, value, dotted + ".", lines, source)
+            values[key] = _build(tp, value, dotted + ".", locate, source)
             continue
         try:
             values[key] = _coerce(value, tp)
         except TypeError as exc:
-            raise RecipeError(
-                f"'{dotted}' must be {exc}, got {value!r}.", path=source, line=lines.get(dotted)
-            ) from None
+            raise RecipeError(f"'{dotted}' must be {exc}, got {value!r}.", **locate(dotted)) from None
         choices = names[key].metadata.get("choices")
         if choices and values[key] not in choices:
-            raise RecipeError(
-                f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.",
-                path=source, line=lines.get(dotted),
-            )
+            raise RecipeError(f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.", **locate(dotted))
     return cls(**values)
 
 
@@ -285,6 +302,16 @@ def _normalize_data(raw: dict) -> dict:
     return raw
 
 
+def override_origins(overrides: list[str], labels: dict[str, str] | None = None) -> dict[str, str]:
+    """Dotted key -> how the user wrote it (`--set KEY=VALUE`, or a label such as `--train.iters many`)."""
+    labels = labels or {}
+    origins = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        origins[key] = labels.get(key, f"--set {item}")
+    return origins
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply dotted `key=value` overrides (values parsed as YAML) to a raw recipe dict."""
     raw = _normalize_data(raw)
@@ -292,6 +319,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise RecipeError(f"--set '{item}' must look like section.key=value, e.g. train.learning_rate=2e-4.")
         key, text = item.split("=", 1)
+        try:
+            value = parse_yaml_value(text)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise RecipeError(f"the value of '{key.strip()}' is not valid YAML ({problem}); quote it, "
+                              f"e.g. {key.strip()}='\"{text}\"'.", path=f"--set {item}") from None
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
@@ -300,16 +333,16 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 child = {}
                 node[part] = child
             node = child
-        node[parts[-1]] = parse_yaml_value(text)
+        node[parts[-1]] = value
     return raw
 
 
-def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int] | None = None) -> None:
-    """Value checks that types alone do not catch."""
-    lines = lines or {}
+def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
+    """Value checks that types alone do not catch (`lines`: a dict of key lines or a `_Where`)."""
+    locate = lines if isinstance(lines, _Where) else _Where(source, lines)
 
     def fail(key: str, message: str):
-        raise RecipeError(f"'{key}' {message}", path=source, line=lines.get(key))
+        raise RecipeError(f"'{key}' {message}", **locate(key))
 
     t = recipe.train
     if not recipe.model:
@@ -320,6 +353,9 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int]
         fail("train.iters", f"must be at least 1, got {t.iters}.")
     if t.epochs is not None and t.epochs <= 0:
         fail("train.epochs", f"must be greater than 0, got {t.epochs}.")
+    if t.iters is not None and t.epochs is not None:
+        fail("train.epochs", f"({t.epochs}) and train.iters ({t.iters}) are both set; give one of them "
+                             "(iters: optimizer steps, epochs: passes over the data).")
     for key in ("batch_size", "grad_accumulation", "max_seq_length", "steps_per_report", "steps_per_save"):
         if getattr(t, key) < 1:
             fail(f"train.{key}", f"must be at least 1, got {getattr(t, key)}.")
@@ -354,11 +390,18 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines: dict[str, int]
              "cannot be used with method: full (a quantized base cannot be trained); use lora or dora.")
 
 
-def recipe_from_dict(raw: dict, source: str = "<recipe>", lines: dict[str, int] | None = None) -> Recipe:
-    """Validate a raw dict (from YAML or a UI form) into a Recipe."""
-    lines = lines or {}
-    recipe = _build(Recipe, _normalize_data(raw), "", lines, source)
-    check_recipe(recipe, source, lines)
+def recipe_from_dict(
+    raw: dict, source: str = "<recipe>", lines: dict[str, int] | None = None,
+    origins: dict[str, str] | None = None,
+) -> Recipe:
+    """Validate a raw dict (from YAML or a UI form) into a Recipe.
+
+    `lines` gives each key's line in `source`; `origins` names the command-line flag of
+    each overridden key, so an error blames the flag rather than the recipe's line.
+    """
+    locate = _Where(source, lines, origins)
+    recipe = _build(Recipe, _normalize_data(raw), "", locate, source)
+    check_recipe(recipe, source, locate)
     return recipe
 
 
@@ -368,14 +411,29 @@ def recipe_from_text(text: str, source: str = "<recipe>") -> Recipe:
     return recipe_from_dict(raw, source)
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe; `path=None` starts from defaults."""
+def load_recipe(
+    path: str | Path | None, overrides: list[str] | None = None, labels: dict[str, str] | None = None
+) -> Recipe:
+    """Read, override and validate a recipe; `path=None` starts from defaults.
+
+    `labels` maps an overridden key to the flag that set it (`--train.iters many`); other
+    overrides are named as `--set KEY=VALUE` in errors.
+    """
     raw, lines, source = {}, {}, "<command line>"
     if path is not None:
         raw, lines = read_recipe_file(path)
         source = str(path)
     raw = apply_overrides(raw, overrides or [])
-    return recipe_from_dict(raw, source, lines)
+    return recipe_from_dict(raw, source, lines, override_origins(overrides or [], labels))
+
+
+def check_layers_fit(lora: LoraConfig, num_blocks: int) -> None:
+    """`lora.layers` against the model's block count (known only once the model is loaded)."""
+    if isinstance(lora.layers, int) and lora.layers > num_blocks:
+        raise RecipeError(
+            f"'lora.layers' is {lora.layers}, but this model has only {num_blocks} transformer blocks; "
+            f"set it to a number from 1 to {num_blocks}, or 'all'."
+        )
 
 
 def with_absolute_paths(recipe: Recipe) -> Recipe:

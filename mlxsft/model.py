@@ -17,8 +17,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import LoraConfig, QuantizeConfig, Recipe
+from .config import LoraConfig, QuantizeConfig, Recipe, check_layers_fit
 from .errors import ModelError
+from .safeio import read_json
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -38,6 +39,7 @@ def check_model_dir(path: Path) -> None:
     """Raise ModelError unless `path` holds a config, safetensors weights and a tokenizer."""
     if not (path / "config.json").is_file():
         raise ModelError("this folder has no config.json, so it is not a Hugging Face model folder.", path=str(path))
+    read_json(path / "config.json", ModelError, "the model's config.json")
     if not any(path.glob("*.safetensors")):
         hint = " (found PyTorch .bin weights: convert them to safetensors first)" if any(path.glob("*.bin")) else ""
         raise ModelError(f"no *.safetensors weights in this model folder{hint}.", path=str(path))
@@ -180,7 +182,8 @@ def lora_parameters(lora: LoraConfig, keys: list[str]) -> dict:
 
 def num_adapted_layers(model: nn.Module, lora: LoraConfig) -> int:
     n = len(model.layers)
-    return n if lora.layers == "all" else min(int(lora.layers), n)
+    check_layers_fit(lora, n)
+    return n if lora.layers == "all" else int(lora.layers)
 
 
 def attach_adapters(model: nn.Module, recipe: Recipe) -> dict:

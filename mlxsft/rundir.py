@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import Recipe, dump_recipe, load_recipe
 from .errors import MlxsftError
+from .safeio import read_json, require_creatable, swap_into_place, write_guard
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -76,10 +77,19 @@ class RunDir:
         if not self.exists():
             raise MlxsftError("not a run directory (no recipe.yaml); give the folder a run wrote.", path=str(self.path))
 
-    def create(self, recipe: Recipe) -> None:
+    def require_creatable(self) -> None:
+        """Refuse a new run here before any work: a file in the way, or a run already here."""
+        if self.path.exists() and not self.path.is_dir():
+            raise MlxsftError("the output is a file, not a folder; choose another output (--set output=...).",
+                              path=str(self.path))
+        require_creatable(self.path, MlxsftError, "the run folder")
         self.require_new()
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.recipe_file, dump_recipe(recipe))
+
+    def create(self, recipe: Recipe) -> None:
+        self.require_creatable()
+        with write_guard(self.path, "the run folder", error=MlxsftError):
+            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.recipe_file, dump_recipe(recipe))
 
     def save_chat_template(self, template) -> None:
         """Keep the chat template the run trains with, so every export carries it unchanged."""
@@ -98,7 +108,7 @@ class RunDir:
     def read_meta(self) -> dict:
         if not self.meta_file.is_file():
             return {}
-        return json.loads(self.meta_file.read_text(encoding="utf-8"))
+        return read_json(self.meta_file, MlxsftError, "the run's run.json")
 
     def update_meta(self, **fields) -> dict:
         meta = self.read_meta() | fields
@@ -132,19 +142,15 @@ class RunDir:
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
         target = self.checkpoint_dir(step)
-        if target.exists():
-            # A resumed run re-saving a step: move the old one aside first, so the
-            # rename below never sees a non-empty target.
-            old = target.with_name(f".old-{target.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        # a resumed run re-saving a step swaps the new folder in atomically
+        swap_into_place(staging, target)
         fsync_dir(self.checkpoints_dir)
         return target
 
-    def clean_staging(self) -> None:
-        for child in self.checkpoints_dir.glob(".staging-*"):
+    def clean_staging(self) -> list[Path]:
+        """Remove the staging folders of checkpoint saves that were killed; return them."""
+        patterns = (".staging-*", ".old-*", f".{CHECKPOINT_PREFIX}*.old-*")  # the last two: a swap's leftovers
+        found = sorted(p for pattern in patterns for p in self.checkpoints_dir.glob(pattern))
+        for child in found:
             shutil.rmtree(child, ignore_errors=True)
+        return found

@@ -292,7 +292,7 @@ def test_dropped_connection_resumes_with_a_range_request(
     assert 0 < resumed_at < len(weights)  # only the missing tail was fetched again
 
 
-def test_failed_pull_keeps_finished_files_and_the_next_run_resumes(hub, hub_env, store):
+def test_failed_pull_keeps_finished_files_and_the_next_run_resumes(hub, hub_env, store, capsys):
     hub.fail_get.add("model.safetensors")
     with pytest.raises(ModelError, match="HTTP 500.*run the same command again to resume"):
         pull_model(REPO, store)
@@ -302,7 +302,9 @@ def test_failed_pull_keeps_finished_files_and_the_next_run_resumes(hub, hub_env,
     assert read_source(partial)["hub_id"] == REPO  # `models list` can say what to re-run
 
     hub.fail_get.clear()
+    capsys.readouterr()
     result = pull_model(REPO, store)
+    assert f"Resuming the unfinished download in {partial}" in capsys.readouterr().err  # reported
     assert (result.path / "model.safetensors").is_file() and not partial.exists()
     assert len(hub.gets("tokenizer.json")) == 1  # finished files were not fetched again
     assert len([r for r in hub.gets("model.safetensors")]) == 2  # the 500, then the real one

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..safeio import read_json
 from .keymap import peft_to_mlx
 from .mlx_adapter import ExportError, check_target, staged_output
 
@@ -35,7 +36,7 @@ def read_peft_config(folder: Path) -> dict:
     folder = Path(folder)
     if not (folder / "adapter_config.json").is_file():
         raise ExportError("not a PEFT adapter folder (no adapter_config.json).", path=str(folder))
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "adapter_config.json", ExportError, "the PEFT adapter config")
     _check_supported(config, folder)
     return config
 
@@ -182,9 +183,7 @@ def import_peft_adapter(
             "the adapter does not name its base model; give --base MODEL.", path=str(folder)
         )
     base_path = resolve_model_path(base)
-    num_layers = int(
-        json.loads((base_path / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-    )
+    num_layers = _num_layers(base_path)
     mlx_config, weights = read_peft_adapter(folder, num_layers)
     params = mlx_config["lora_parameters"]
     recipe = Recipe(
@@ -211,6 +210,15 @@ def import_peft_adapter(
         f"`mlxsft train --resume {out}` to continue training)"
     )
     return Path(out)
+
+
+def _num_layers(base_path: Path) -> int:
+    config = read_json(base_path / "config.json", ExportError, "the base model's config")
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int):
+        raise ExportError("config.json has no num_hidden_layers, so the adapter cannot be placed on this base.",
+                          path=str(base_path / "config.json"))
+    return layers
 
 
 def _load_checked(model, weights: dict[str, mx.array]) -> None:
@@ -262,6 +270,7 @@ def _is_untouched_import(path: Path) -> bool:
     if path.is_dir() and not any(path.iterdir()):
         return True
     meta = path / "run.json"
-    return (
-        meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("status") == "imported"
-    )
+    try:
+        return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("status") == "imported"
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: not something --force may replace

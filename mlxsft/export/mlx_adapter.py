@@ -30,6 +30,15 @@ from mlx.utils import tree_flatten
 from ..config import Recipe
 from ..errors import MlxsftError
 from ..rundir import RunDir
+from ..safeio import (
+    read_json,
+    remove_path,
+    remove_stale_staging,
+    require_creatable,
+    staging_prefix,
+    swap_into_place,
+    write_guard,
+)
 
 PARITY_FILE = "parity.json"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
@@ -93,7 +102,7 @@ def resolve_source(run_dir: str | Path, checkpoint: int | str | None = None) -> 
         raise ExportError(
             "this checkpoint lacks adapter_config.json or adapters.safetensors.", path=str(folder)
         )
-    adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = read_json(folder / "adapter_config.json", ExportError, "the adapter config")
     return AdapterSource(run, folder, step, recipe, _base_path(run, recipe), adapter_config)
 
 
@@ -120,6 +129,10 @@ def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path,
                 "give --checkpoint STEP instead.",
                 path=str(run.path),
             )
+    if checkpoint is None and not run.adapters_file.is_file() and steps:
+        # the root copy is only a convenience: the latest checkpoint holds the same weights
+        print(f"{run.adapters_file} is missing; using the latest checkpoint, step {steps[-1]}.")
+        checkpoint = steps[-1]
     if checkpoint is None:
         if not run.adapters_file.is_file():
             raise ExportError(
@@ -152,7 +165,7 @@ def _base_path(run: RunDir, recipe: Recipe) -> Path:
 
 def read_adapter(folder: Path) -> tuple[dict, dict[str, mx.array]]:
     """(adapter_config, weights) of an mlx-lm adapter folder."""
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "adapter_config.json", ExportError, "the adapter config")
     return config, mx.load(str(folder / "adapters.safetensors"))
 
 
@@ -226,6 +239,7 @@ def is_export(path: Path) -> bool:
 def check_target(out: Path, force: bool, replaceable: Callable[[Path], bool] = is_export) -> None:
     """Refuse an existing output without --force, and with it anything mlxsft did not write."""
     if not out.exists() and not out.is_symlink():
+        require_creatable(out, ExportError)
         return
     if not force:
         raise ExportError(
@@ -248,23 +262,37 @@ def staged_output(
     is_file: bool = False,
     replaceable: Callable[[Path], bool] = is_export,
 ):
-    """Yield a temp path beside `out`; on success rename it into place, on any error remove it."""
+    """Yield a temp path beside `out`; on success swap it into place, on any error remove it.
+
+    The temp path carries this process's pid, so the next export to `out` removes what
+    a killed one left (`remove_stale_staging`). A failed write (a full disk) is one
+    `ExportError`; an existing `out` is untouched until the swap.
+    """
     out = Path(out)
     check_target(out, force, replaceable)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if is_file:
-        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(name)
-    else:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    tmp.chmod(_umask_mode(0o666 if is_file else 0o777))  # mkstemp/mkdtemp make them private
+    remove_stale_staging(out, "an interrupted export")
+    with write_guard(out.parent, f"the export {out}", kept=_kept(out), error=ExportError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if is_file:
+            fd, name = tempfile.mkstemp(dir=out.parent, prefix=staging_prefix(out), suffix=".tmp")
+            os.close(fd)
+            tmp = Path(name)
+        else:
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out), suffix=".tmp"))
+        tmp.chmod(_umask_mode(0o666 if is_file else 0o777))  # mkstemp/mkdtemp make them private
     try:
-        yield tmp
-        _commit(tmp, out)
+        with write_guard(out.parent, f"the export {out}", kept=_kept(out), error=ExportError):
+            yield tmp
+            _commit(tmp, out)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
+
+
+def _kept(out: Path) -> str:
+    if out.exists():
+        return f"The earlier export at {out} is untouched; nothing else was left behind."
+    return "Nothing was left behind."
 
 
 def _umask_mode(mode: int) -> int:
@@ -279,21 +307,7 @@ def _commit(tmp: Path, out: Path) -> None:
             if f.is_file():
                 with open(f, "rb") as handle:
                     os.fsync(handle.fileno())
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        _remove(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    swap_into_place(tmp, out)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -132,13 +132,17 @@ def cmd_pull(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from .quantize import quantize_into_store
+    from .quantize import check_quantize_args, quantize_into_store
     from .store import resolve_local
 
+    check_quantize_args(args.bits, args.group_size, bits_flag="--bits")
     root = _root(args)
     src = resolve_local(args.model, root)
     name = args.name or f"{src.name}-{args.bits}bit"
-    print(f"Quantized copy: {quantize_into_store(src, root, name, args.bits, args.group_size)}")
+    if "/" in name or name.startswith("."):
+        raise ModelError(f"--name must be a plain folder name (no '/', not hidden), got {name!r}.")
+    path = quantize_into_store(src, root, name, args.bits, args.group_size, bits_flag="--bits")
+    print(f"Quantized copy: {path}")
     return 0
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from ..safeio import exception_chain, free_bytes  # noqa: F401 - free_bytes is part of this module's API
 from .store import human_bytes
 
 _DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -77,32 +77,14 @@ def have_token() -> bool:
     return bool(os.environ.get("HF_TOKEN") or get_token())
 
 
-def free_bytes(path: Path) -> int:
-    """Free space on the disk holding `path` (or its nearest existing parent)."""
-    for candidate in (path, *path.parents):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return 0
-
-
-def _chain(exc: BaseException | None):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def _is_connection_problem(exc: BaseException) -> bool:
     markers = ("Connect", "Timeout", "OfflineModeIsEnabled", "NetworkError")
     return any(isinstance(e, (ConnectionError, TimeoutError))
-               or any(m in type(e).__name__ for m in markers) for e in _chain(exc))
+               or any(m in type(e).__name__ for m in markers) for e in exception_chain(exc))
 
 
 def _disk_error(exc: BaseException) -> OSError | None:
-    full = (e for e in _chain(exc) if isinstance(e, OSError) and e.errno in _DISK_ERRNOS)
+    full = (e for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in _DISK_ERRNOS)
     return next(full, None)
 
 

@@ -175,6 +175,8 @@ def _download(hub_id: str, root: Path, name: str, revision: str | None, allow_bi
                          "it cannot be downloaded. Pick a local model (`mlxsft models list`).")
     partial = partial_dir(root, name)
     created, start = not partial.exists(), time.monotonic()
+    if not created:
+        _say(f"Resuming the unfinished download in {partial} (files that finished are kept).")
     try:
         commit, wanted, total = _plan(hub_id, revision, allow_bin, hub, root, partial,
                                       quantize_bits)

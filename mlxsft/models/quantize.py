@@ -18,15 +18,16 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..model import check_model_dir
+from ..safeio import write_guard
 from .store import folder_size, human_bytes, partial_dir, read_source, write_source
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 
 
-def check_quantize_args(bits: int, group_size: int) -> None:
+def check_quantize_args(bits: int, group_size: int, bits_flag: str = "--quantize") -> None:
     if bits not in BITS:
-        raise ModelError(f"--quantize must be one of {', '.join(map(str, BITS))} bits, got {bits}.")
+        raise ModelError(f"{bits_flag} must be one of {', '.join(map(str, BITS))} bits, got {bits}.")
     if group_size not in GROUP_SIZES:
         raise ModelError(
             f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}."
@@ -34,26 +35,46 @@ def check_quantize_args(bits: int, group_size: int) -> None:
 
 
 def quantize_into_store(
-    src: Path, root: Path, name: str, bits: int, group_size: int = 64, hub_id: str | None = None
+    src: Path, root: Path, name: str, bits: int, group_size: int = 64, hub_id: str | None = None,
+    bits_flag: str = "--quantize",
 ) -> Path:
-    """Write `root/name` as a `bits`-bit copy of the model folder `src`; return its path."""
-    check_quantize_args(bits, group_size)
+    """Write `root/name` as a `bits`-bit copy of the model folder `src`; return its path.
+
+    A failed write (a full disk) removes the partial copy and says so; the store is
+    otherwise untouched.
+    """
+    check_quantize_args(bits, group_size, bits_flag)
     dest = root / name
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
+        if not _same_copy(dest, src, bits, group_size):
+            raise ModelError(
+                f"the store already holds '{name}' ({dest}), which is not a {bits}-bit copy of {src.name}; "
+                "choose another name with --name (or move that folder away).", path=str(dest))
         check_model_dir(dest)
         print(f"{dest} is already present.", file=sys.stderr)
         return dest
     check_model_dir(src)
     partial = partial_dir(root, name)
-    shutil.rmtree(partial, ignore_errors=True)  # a conversion cannot resume: start it again
+    if partial.exists():  # a conversion cannot resume: start it again
+        print(f"Removing {partial}, left behind by an interrupted quantize.", file=sys.stderr)
+        shutil.rmtree(partial, ignore_errors=True)
     start = time.monotonic()
     print(
         f"Quantizing {src} to {bits} bits (group size {group_size}) into {dest} ...",
         file=sys.stderr,
     )
     try:
-        _convert(src, partial, bits, group_size)
-        check_model_dir(partial)
+        with write_guard(root, f"the quantized copy {dest}", kept="Nothing was left in the store.",
+                         error=ModelError):
+            _convert(src, partial, bits, group_size)
+            check_model_dir(partial)
+            write_source(partial, {
+                "hub_id": hub_id or read_source(src).get("hub_id"),
+                "quantized_from": src.name,
+                "bits": bits,
+                "group_size": group_size,
+                "quantized_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, ModelError) or not isinstance(exc, Exception):
@@ -61,22 +82,19 @@ def quantize_into_store(
         raise ModelError(
             f"quantizing failed ({type(exc).__name__}: {exc}).", path=str(src)
         ) from None
-    write_source(
-        partial,
-        {
-            "hub_id": hub_id or read_source(src).get("hub_id"),
-            "quantized_from": src.name,
-            "bits": bits,
-            "group_size": group_size,
-            "quantized_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
     os.replace(partial, dest)
     print(
         f"Wrote {dest} ({human_bytes(folder_size(dest))} in {time.monotonic() - start:.0f} s).",
         file=sys.stderr,
     )
     return dest
+
+
+def _same_copy(dest: Path, src: Path, bits: int, group_size: int) -> bool:
+    """Is `dest` the copy this command would write (so asking again is a no-op)?"""
+    record = read_source(dest)
+    return (record.get("quantized_from") == src.name and record.get("bits") == bits
+            and record.get("group_size", group_size) == group_size)
 
 
 def _convert(src: Path, out: Path, bits: int, group_size: int) -> None:

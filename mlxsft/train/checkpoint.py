@@ -22,6 +22,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import TrainingError
 from ..rundir import RunDir, atomic_write_text
+from ..safeio import write_guard
 
 
 @dataclass
@@ -50,30 +51,45 @@ def _save_arrays(arrays: dict[str, mx.array], path: Path) -> None:
 def save_checkpoint(
     run: RunDir, model: nn.Module, optimizer: optim.Optimizer, state: TrainerState, adapter_config: dict
 ) -> Path:
-    """Write step `state.step`'s checkpoint (staged, then renamed) and refresh the run's latest adapters."""
+    """Write step `state.step`'s checkpoint (staged, then renamed) and refresh the run's latest adapters.
+
+    A failed write (a full disk) removes the staging folder and raises a `TrainingError`
+    saying so; earlier checkpoints and the run's adapters are untouched.
+    """
     weights = dict(tree_flatten(model.trainable_parameters()))
     opt_arrays = dict(tree_flatten(optimizer.state))
-    staging = run.new_checkpoint_staging()
+    previous = run.latest_checkpoint()
+    kept = (f"The previous checkpoint ({previous.name}) is untouched; resume from it with "
+            f"`mlxsft train --resume {run.path}`." if previous else "No checkpoint was written.")
+    staging = None
     try:
-        _save_arrays(weights, staging / "adapters.safetensors")
-        _save_arrays(opt_arrays, staging / "optimizer.safetensors")
-        (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-        (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
-        target = run.commit_checkpoint(staging, state.step)
+        with write_guard(run.checkpoints_dir, f"checkpoint step {state.step}", kept=kept, error=TrainingError):
+            staging = run.new_checkpoint_staging()
+            _save_arrays(weights, staging / "adapters.safetensors")
+            _save_arrays(opt_arrays, staging / "optimizer.safetensors")
+            (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+            (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+            target = run.commit_checkpoint(staging, state.step)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    _publish_latest(run, target, adapter_config)
+    with write_guard(run.path, "the run's latest adapters", error=TrainingError,
+                     kept=f"The checkpoint itself was saved in {target}."):
+        _publish_latest(run, target, adapter_config)
     return target
 
 
 def _publish_latest(run: RunDir, checkpoint: Path, adapter_config: dict) -> None:
     """Copy a checkpoint's adapters to the run root (temp + rename), for mlx-lm and export."""
     tmp = run.path / ".adapters.tmp.safetensors"
-    shutil.copyfile(checkpoint / "adapters.safetensors", tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, run.adapters_file)
+    try:
+        shutil.copyfile(checkpoint / "adapters.safetensors", tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, run.adapters_file)
+    finally:
+        tmp.unlink(missing_ok=True)
     atomic_write_text(run.adapter_config_file, json.dumps(adapter_config, indent=2))
 
 

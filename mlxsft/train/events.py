@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from ..errors import TrainingError
+from ..safeio import write_guard
+
 
 @dataclass(frozen=True)
 class RunStarted:
@@ -115,6 +118,14 @@ class RunFailed:
 
 
 @dataclass(frozen=True)
+class RunWarning:
+    """Something the user should know before trusting the run (e.g. no validation data)."""
+
+    message: str
+    path: str | None = None  # the file or folder it is about
+
+
+@dataclass(frozen=True)
 class CheckpointEvaluated:
     """`mlxsft eval` measured one checkpoint (step 0 is the base model); RUN/eval/results.json has every metric."""
 
@@ -148,7 +159,7 @@ class SelectionMade:
 
 Event = (
     RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
-    | RunFinished | RunStopped | RunFailed | CheckpointEvaluated | SelectionMade
+    | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -189,13 +200,24 @@ class JsonlSink:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file = open(self.path, "a", encoding="utf-8")
+        self.broken = False  # a write failed (disk full): later events are not written
 
     def __call__(self, event) -> None:
-        self._file.write(json.dumps(event_to_dict(event)) + "\n")
-        self._file.flush()
+        if self.broken:
+            return
+        try:
+            with write_guard(self.path, "the run's events", error=TrainingError):
+                self._file.write(json.dumps(event_to_dict(event)) + "\n")
+                self._file.flush()
+        except TrainingError:
+            self.broken = True
+            raise
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the failed write was already reported
 
 
 def _duration(seconds: float) -> str:
@@ -280,6 +302,8 @@ class StdoutSink:
                 return f"chose step {event.chosen_step}: {event.reason}"
             case RunStopped():
                 return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
+            case RunWarning():
+                return f"Warning: {event.path + ': ' if event.path else ''}{event.message}"
             case RunFailed():
                 return f"Failed at step {event.step}: {event.reason} Last good checkpoint: {event.last_checkpoint}"
         return None

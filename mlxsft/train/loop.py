@@ -39,6 +39,7 @@ from .events import (
     RunFinished,
     RunStarted,
     RunStopped,
+    RunWarning,
     StepReported,
 )
 from .prepare import BatchSource, load_split, pad_token_id, resolve_data_files
@@ -96,7 +97,7 @@ class Trainer:
     def prepare(self, resume: bool) -> None:
         mx.random.seed(self.t.seed)
         self.model, self.tokenizer, self.model_path, _ = load_base(self.recipe)
-        files = resolve_data_files(self.recipe.data)
+        self.files = files = resolve_data_files(self.recipe.data)
         self.pad_id = pad_token_id(self.tokenizer)
         train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
         valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t) if files["valid"] else None
@@ -193,6 +194,23 @@ class Trainer:
             trainable_parameters=counts.trainable, total_parameters=counts.total,
             created=self.run.read_meta().get("created", time.time()), updated=time.time(),
         )
+
+    def warn(self, leftovers: list[Path]) -> None:
+        """Warnings worth an event: no validation data, leftovers of a killed checkpoint save."""
+        if self.valid_src is None:
+            valid = self.files.get("valid")
+            why = (f"every row of {valid} was skipped" if valid else
+                   "no valid.jsonl beside the training data and no data.valid in the recipe")
+            self.emit(RunWarning(
+                message=f"no validation data ({why}): validation loss, best-checkpoint tracking and early "
+                        "stopping are off. Add a valid.jsonl (or set data.valid) to get them.",
+                path=str(valid or self.files["train"]),
+            ))
+        if leftovers:
+            self.emit(RunWarning(
+                message=f"removed {len(leftovers)} unfinished checkpoint folder(s) left by an interrupted save.",
+                path=str(self.run.checkpoints_dir),
+            ))
 
     # ------------------------------------------------------------ stepping
     def _next_batch(self):
@@ -421,11 +439,12 @@ def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: 
         if not resume:
             run.create(recipe)
             run.save_chat_template(chat_template_of(trainer.tokenizer))
-        run.clean_staging()
+        leftovers = run.clean_staging()
         jsonl = JsonlSink(run.events_file)
         emit.sinks.insert(0, jsonl)
         try:
             trainer.announce(resumed=resume)
+            trainer.warn(leftovers)
             status = trainer.loop()
             _emit_outcome(emit, trainer, status, stop)
         except MlxsftError as exc:
@@ -438,13 +457,22 @@ def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: 
 
 
 def _check_run_dir(run: RunDir, resume: bool) -> None:
+    """Refuse, before anything is loaded or written, a run folder this command cannot use."""
     if not resume:
-        run.require_new()
+        run.require_creatable()
         return
     run.require_existing()
     if run.read_meta().get("status") == "finished":
         raise MlxsftError(
             "this run already finished; start a new run (or raise train.iters in a new recipe).",
+            path=str(run.path),
+        )
+    if run.latest_checkpoint() is None:
+        where = "is missing" if not run.checkpoints_dir.is_dir() else "holds no complete checkpoint"
+        raise TrainingError(
+            f"nothing to resume from: {run.checkpoints_dir} {where} (the run stopped before its first "
+            "save, or the folder was removed). Nothing was changed. Start over as a new run: "
+            f"`mlxsft train {run.recipe_file} --set output=NEW_FOLDER`.",
             path=str(run.path),
         )
 
@@ -461,11 +489,15 @@ def _emit_outcome(emit: Emitter, trainer: Trainer, status: str, stop: StopFlag) 
 
 
 def _record_failure(run: RunDir, emit: Emitter, trainer: Trainer, reason: str) -> None:
+    """Record the failure where it can be; on a full disk the error message itself is what counts."""
     state = getattr(trainer, "state", None)
     step = state.step if state else 0
     last = str(trainer.last_checkpoint) if trainer.last_checkpoint else None
-    emit(RunFailed(step=step, reason=reason, last_checkpoint=last))
-    run.update_meta(status="failed", updated=time.time(), error=reason)
+    try:
+        emit(RunFailed(step=step, reason=reason, last_checkpoint=last))
+        run.update_meta(status="failed", updated=time.time(), error=reason)
+    except (OSError, MlxsftError):
+        pass
 
 
 class _stop_on_signals:

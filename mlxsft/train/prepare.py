@@ -6,6 +6,8 @@ resumed run rebuilds the exact batch order from its saved (epoch, cursor).
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,8 +28,15 @@ def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
         folder = train
         files = {name: folder / f"{name}.jsonl" for name in ("train", "valid", "test")}
         if not files["train"].is_file():
-            raise DataError("this data folder has no train.jsonl.", path=str(folder))
-        files = {k: (v if v.is_file() else None) for k, v in files.items()}
+            raise DataError(f"{_not_a_file(files['train'])}; a data folder needs a train.jsonl file.",
+                            path=str(files["train"]))
+        for name in ("valid", "test"):  # absent is fine; present but unusable is not
+            path = files[name]
+            if path.exists() or path.is_symlink():
+                if not path.is_file():
+                    raise DataError(f"{_not_a_file(path)}; make it a JSONL file or remove it.", path=str(path))
+            else:
+                files[name] = None
     else:
         files = {"train": train, "valid": None, "test": None}
     for name in ("valid", "test"):
@@ -36,8 +45,24 @@ def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
             files[name] = Path(given)
     for name, path in files.items():
         if path is not None and not path.is_file():
-            raise DataError(f"{name} data file not found; check data.{name} in the recipe.", path=str(path))
+            raise DataError(f"{_not_a_file(path)}; check data.{name} in the recipe.", path=str(path))
     return files
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a data file, in words."""
+    if path.is_dir():
+        return "this is a folder, not a JSONL file"
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"this is a symlink loop (it points to {os.readlink(path)}, which leads back to itself)"
+            return f"this symlink points to {os.readlink(path)}, which does not exist"
+    if path.exists():
+        return "this is not a regular file"
+    return "data file not found"
 
 
 def load_split(path: Path, tokenizer, data: DataConfig, train: TrainConfig) -> TokenizedDataset:
