@@ -23,6 +23,7 @@ from ..config import Recipe, TrainConfig, with_absolute_paths
 from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
+from ..untrained_tokens import check_tokens, describe, embedding_of
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from .cpu_ops import enable_fast_cpu_ops
@@ -95,6 +96,7 @@ class Trainer:
     def prepare(self, resume: bool) -> None:
         mx.random.seed(self.t.seed)
         self.model, self.tokenizer, self.model_path, _ = load_base(self.recipe)
+        self.untrained_tokens = check_tokens(embedding_of(self.model), self.tokenizer)
         files = resolve_data_files(self.recipe.data)
         self.pad_id = pad_token_id(self.tokenizer)
         train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
@@ -172,6 +174,7 @@ class Trainer:
             num_train_rows=len(self.train_src.dataset.examples), num_valid_rows=valid_rows,
             total_parameters=counts.total, trainable_parameters=counts.trainable,
             resumed=resumed, time=time.time(),
+            warnings=(describe(self.untrained_tokens),) if self.untrained_tokens else (),
         ))
         for split, src in (("train", self.train_src), ("valid", self.valid_src)):
             if src is None:
