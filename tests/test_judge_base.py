@@ -151,6 +151,7 @@ def test_untrained_chat_markers_are_found_at_data_check_and_train_start(tiny_lla
     assert main(["data", "check", str(BASE_TASK), "--model", str(PRETRAINED_BASE)]) == 0
     out = capsys.readouterr().out
     assert "untrained" in out and "<|im_end|>" in out
+    # train start: by default the rows train (and it says so); tests/test_token_rows.py covers the key off
     run = train(tmp_path / "run", "lora", 1, 1, 1e-3)
     started = [e for e in read_events(RunDir(run).events_file) if isinstance(e, RunStarted)][0]
-    assert started.warnings and "<|im_start|>" in started.warnings[0]
+    assert started.warnings and "rows of token ids [1, 2]" in started.warnings[0]

@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten
 from ..config import Recipe
 from ..errors import MlxsftError
 from ..rundir import RunDir
+from ..token_rows import TRAINABLE_TOKENS, attach_token_rows
 
 PARITY_FILE = "parity.json"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
@@ -165,6 +166,7 @@ def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) 
         linear_to_lora_layers(
             model, config["num_layers"], config["lora_parameters"], use_dora=kind == "dora"
         )
+        attach_token_rows(model, config.get(TRAINABLE_TOKENS) or [])
     expected = dict(tree_flatten(model.parameters()))
     problems = []
     for name, w in weights.items():
