@@ -142,6 +142,6 @@ def describe(tokens: list[UntrainedToken]) -> str:
     listed = ", ".join(f"{t.token} (id {t.id}, {t.reason}, norm {t.norm:.3g})" for t in tokens)
     return (
         f"the chat template uses tokens whose base embeddings look untrained: {listed}. LoRA cannot "
-        "train these rows, so the model may never learn to stop; train them with "
-        "lora.train_new_tokens (on by default when such tokens are found), or use the base's own template."
+        "change these rows, so the model may not learn to stop; train them with lora.train_new_tokens "
+        "(auto, the default, or true), or use the base's own template."
     )
