@@ -78,13 +78,16 @@ def test_sensible_run_that_forgets_against_the_base_warns(sensible, capsys):
     assert verdicts[1].verdict == STILL_LEARNING
     first = verdicts[1].numbers
     assert first["dev_gain"] > 0.05 and first["probe_loss_vs_base"] > 0.05
-    assert first["probe_kl_vs_base"] > 0  # KL to the base is reported beside the loss
+    assert first["probe_kl_vs_base"] > 0  # KL to the base is reported beside the loss ...
+    second = verdicts[2].numbers  # ... and its change since the reference (step 10 or the base)
+    ref = {p.step: p for p in history}[verdicts[2].reference_step]
+    assert second["probe_kl_change"] == pytest.approx(history[2].get("probe_kl") - ref.get("probe_kl"))
     assert verdicts[1].warnings and "against the base" in verdicts[1].warnings[0]
     # the threshold is the user's: a looser one silences the warning
     assert not any(v.warnings for v in judge_history(history, Rule(forgetting_threshold=0.5)))
     assert main(["select", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "WARNING step 10: forgetting" in out and "Why:" in out and "probe/base" in out
+    assert "WARNING step 10: forgetting" in out and "Why:" in out and "probe/base" in out and "KL change" in out
     # the event the TUI folds carries the warning in its reason line
     event = [e for e in read_events(RunDir(run).events_file) if isinstance(e, SelectionMade)][-1]
     assert "WARNING step 10: forgetting" in event.reason

@@ -229,13 +229,14 @@ def format_verdicts(verdicts, choice, rule, chosen_written: bool) -> str:
                 fmt(n.get("pass_at_k_change")),
                 _pct_se(n.get("probe_loss_change"), n.get("probe_loss_change_se")),
                 _pct_se(n.get("probe_loss_vs_base"), n.get("probe_loss_vs_base_se")),
+                fmt(n.get("probe_kl_change")),
                 fmt(n.get("probe_kl_vs_base")),
                 ", ".join(v.fired) or MISSING,
                 ", ".join(v.within_noise) or MISSING,
             ]
         )
     headers = ["step", "verdict", "vs step", "dev gain", "ood gain", "entropy", "dist-2", "pass@1", "pass@k"]
-    headers += ["probe", "probe/base", "KL/base", "fired", "within noise"]
+    headers += ["probe", "probe/base", "KL change", "KL/base", "fired", "within noise"]
     out = ["Rule: " + rule.describe(), "", table(headers, rows), ""]
     out += ["Why:"] + ["  " + explain(v) for v in verdicts]
     warnings = [(v.step, w) for v in verdicts for w in v.warnings]

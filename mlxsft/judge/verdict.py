@@ -203,6 +203,8 @@ _CHANGES = {
     "pass_at_1_change": ("pass_at_1", False, 1),
     "pass_at_k_change": ("pass_at_k", False, 1),
     "probe_loss_change": ("probe_loss", True, 1),
+    # KL to the base is what is measured; its change is the drift since the reference
+    "probe_kl_change": ("probe_kl", False, 1),
 }
 
 
