@@ -229,8 +229,9 @@ class _Tests:
     def __init__(self, numbers: dict, z: float):
         self.n, self.z, self.within_noise = numbers, z, []
 
-    def bad(self, name: str, past_tolerance) -> bool | None:
-        """`past_tolerance(change)` says the change points the bad way far enough; then noise decides."""
+    def counts(self, name: str, past_tolerance, record: bool = True) -> bool | None:
+        """Does change `name` count? `past_tolerance(change)` says it points the tested way far
+        enough; then it must also be beyond noise. `record`: list it as within noise if not."""
         change = self.n.get(name)
         if change is None:
             return None
@@ -238,23 +239,24 @@ class _Tests:
             return False
         if beyond_noise(change, self.n.get(name + "_se"), self.z):
             return True
-        self.within_noise.append(name)
+        if record:
+            self.within_noise.append(name)
         return False
 
 
 def _signals(t: _Tests, rule: Rule) -> dict:
     n = t.n
-    p1_falling = t.bad("pass_at_1_change", lambda c: c < 0)
-    entropy = t.bad("entropy_change", lambda c: c < -rule.diversity_tolerance)
+    p1_falling = t.counts("pass_at_1_change", lambda c: c < 0, record=False)  # a condition, not a signal
+    entropy = t.counts("entropy_change", lambda c: c < -rule.diversity_tolerance)
     d2 = n.get("distinct_2_change")
     d2_rising = d2 is not None and d2 > rule.diversity_tolerance
-    pk = t.bad("pass_at_k_change", lambda c: c < -rule.pass_tolerance)
+    pk = t.counts("pass_at_k_change", lambda c: c < -rule.pass_tolerance)
     return {
-        "dev_rising": t.bad("dev_gain", lambda c: c < -rule.dev_tolerance),
-        "ood_worsening": t.bad("ood_gain", lambda c: c < -rule.ood_tolerance),
+        "dev_rising": t.counts("dev_gain", lambda c: c < -rule.dev_tolerance),
+        "ood_worsening": t.counts("ood_gain", lambda c: c < -rule.ood_tolerance),
         "diversity_falling": None if entropy is None else entropy and not d2_rising,
         "pass_k_falling": None if pk is None or n.get("pass_at_1_change") is None else pk and not p1_falling,
-        "regression_worsening": t.bad("probe_loss_change", lambda c: c > rule.regression_tolerance),
+        "regression_worsening": t.counts("probe_loss_change", lambda c: c > rule.regression_tolerance),
     }
 
 
@@ -281,7 +283,7 @@ def judge_point(point: Point, reference: Point, dev: str, rule: Rule, base: Poin
     """The verdict of `point` against its reference (where the dev loss last gained cleanly)."""
     n = _changes(point, reference, dev, rule)
     tests = _Tests(n, rule.noise_z)
-    gained = tests.bad("dev_gain", lambda c: c > rule.dev_tolerance)  # "bad" here means: counts
+    gained = tests.counts("dev_gain", lambda c: c > rule.dev_tolerance)
     signals = _signals(tests, rule)
     fired = [k for k, v in signals.items() if v]
     # SFT lowers entropy and costs some general text while it learns; only a model that
