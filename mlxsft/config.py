@@ -75,6 +75,11 @@ class LoraConfig:
         list(DEFAULT_TARGETS),
         "Module names (suffixes) that get adapters, e.g. q_proj, v_proj, down_proj.",
     )
+    train_new_tokens: bool | str = _field(
+        "auto",
+        "Also train the embedding and LM-head rows of the chat template's tokens: auto (when their base "
+        "embeddings look untrained), true (always), false (never).",
+    )
 
 
 @dataclass
@@ -345,6 +350,8 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
         raise RecipeError(f"'{key}' {message}", **locate(key))
 
     t = recipe.train
+    if isinstance(recipe.lora.train_new_tokens, str) and recipe.lora.train_new_tokens != "auto":
+        fail("lora.train_new_tokens", f"must be auto, true or false, got {recipe.lora.train_new_tokens!r}.")
     if not recipe.model:
         fail("model", "is required: a local model folder or a hub id such as Qwen/Qwen2.5-0.5B-Instruct.")
     if not recipe.data.train:

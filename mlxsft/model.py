@@ -186,9 +186,14 @@ def num_adapted_layers(model: nn.Module, lora: LoraConfig) -> int:
     return n if lora.layers == "all" else int(lora.layers)
 
 
-def attach_adapters(model: nn.Module, recipe: Recipe) -> dict:
-    """Freeze the base and attach LoRA/DoRA (or unfreeze all for full); return the adapter config."""
+def attach_adapters(model: nn.Module, recipe: Recipe, token_ids: list[int] | None = None) -> dict:
+    """Freeze the base and attach LoRA/DoRA (or unfreeze all for full); return the adapter config.
+
+    `token_ids`: tokens whose embedding and LM-head rows train too (token_rows.py).
+    """
     from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from .token_rows import TRAINABLE_TOKENS, attach_token_rows
 
     if recipe.method == "full":
         model.unfreeze()
@@ -198,7 +203,10 @@ def attach_adapters(model: nn.Module, recipe: Recipe) -> dict:
     params = lora_parameters(recipe.lora, keys)
     num_layers = num_adapted_layers(model, recipe.lora)
     linear_to_lora_layers(model, num_layers, params, use_dora=recipe.method == "dora")
-    return {"fine_tune_type": recipe.method, "num_layers": num_layers, "lora_parameters": params}
+    config = {"fine_tune_type": recipe.method, "num_layers": num_layers, "lora_parameters": params}
+    if token_ids:
+        config[TRAINABLE_TOKENS] = attach_token_rows(model, token_ids)
+    return config
 
 
 def count_parameters(model: nn.Module) -> ParameterCounts:

@@ -63,7 +63,8 @@ def test_overshooting_run_is_called_so_and_an_earlier_checkpoint_is_chosen():
     last = verdicts[-1]
     assert last.reference_step == 200
     assert last.signals == {
-        "ood_no_gain": True,
+        "dev_rising": True,
+        "ood_worsening": True,
         "diversity_falling": True,
         "pass_k_falling": True,
         "regression_worsening": True,
@@ -131,7 +132,7 @@ def test_pass_k_falling_needs_pass_1_holding():
     )
     assert judge_history(falling_1)[-1].signals["pass_k_falling"] is False
     # unmeasured signals are None, not False
-    assert judge_history(falling_1)[-1].signals["ood_no_gain"] is None
+    assert judge_history(falling_1)[-1].signals["ood_worsening"] is None
 
 
 def test_choice_prefers_task_metric_among_near_best_dev_then_earliest():
@@ -147,7 +148,11 @@ def test_choice_prefers_task_metric_among_near_best_dev_then_earliest():
     verdicts = judge_history(rows)
     choice = choose(rows, verdicts)
     assert choice.step == 10  # pass@1 ties 10 and 30 within 1%; the earliest wins
-    assert choose(rows, verdicts, Rule(within=0.1)).step == 40
+    # step 40's dev loss rose 6.7% past the reference: overshooting, so only chosen when
+    # nothing is excluded
+    assert verdicts[-1].verdict == OVERSHOOTING and verdicts[-1].signals["dev_rising"]
+    assert choose(rows, verdicts, Rule(within=0.1)).step == 10
+    assert choose(rows, verdicts, Rule(within=0.1, exclude=())).step == 40
     assert choose(rows, verdicts, Rule(prefer=())).step == 10
     assert choose(rows, verdicts, Rule(within=0.0, prefer=())).step == 20  # best dev alone
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ..safeio import read_json
+from ..token_rows import TRAINABLE_TOKENS
 from .keymap import peft_to_mlx
 from .mlx_adapter import ExportError, check_target, staged_output
 
@@ -107,6 +108,8 @@ def _mlx_config(
 ) -> dict:
     indices, keys, ranks, modules, magnitudes = set(), set(), set(), set(), set()
     for name, tensor in weights.items():
+        if name.endswith(".rows"):
+            continue  # trained token rows: trainable_token_indices, below
         match = _BLOCK_PARAM.match(name)
         if match is None:
             raise ExportError(
@@ -147,7 +150,8 @@ def _mlx_config(
         )
     alpha = float(config.get("lora_alpha", rank))
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-    return {
+    tokens = _token_indices(config, weights, folder)
+    return ({TRAINABLE_TOKENS: tokens} if tokens else {}) | {
         "fine_tune_type": "dora" if use_dora else "lora",
         "num_layers": num_model_layers - min(indices),  # mlx-lm adapts the last N blocks
         "lora_parameters": {
@@ -157,6 +161,24 @@ def _mlx_config(
             "keys": sorted(keys),
         },
     }
+
+
+def _token_indices(config: dict, weights: dict, folder: Path) -> list[int]:
+    """trainable_token_indices as one sorted id list (embedding and LM head train the same rows)."""
+    raw = config.get("trainable_token_indices")
+    if not raw:
+        return []
+    lists = list(raw.values()) if isinstance(raw, dict) else [raw]
+    ids = sorted(int(i) for i in lists[0])
+    if any(sorted(int(i) for i in other) != ids for other in lists) or list(lists[0]) != ids:
+        raise ExportError(
+            "cannot import this adapter: its trainable_token_indices differ between layers or are not "
+            "sorted; mlxsft trains one sorted set of token rows.",
+            path=str(folder),
+        )
+    if not any(name.endswith(".rows") for name in weights):
+        raise ExportError("trainable_token_indices is set but the adapter holds no token rows.", path=str(folder))
+    return ids
 
 
 def import_peft_adapter(

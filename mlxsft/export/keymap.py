@@ -25,6 +25,8 @@ _MLX_TO_PEFT = {
     "lora_a": ("lora_A.weight", True),  # (in, r) -> (r, in)
     "lora_b": ("lora_B.weight", True),  # (r, out) -> (out, r)
     "m": ("lora_magnitude_vector", False),  # (out,) both sides
+    # trained token rows (token_rows.py): PEFT's trainable_token_indices, values not deltas
+    "rows": ("token_adapter.trainable_tokens_delta", False),  # (K, D) both sides
 }
 _PEFT_TO_MLX = {suffix: (leaf, transpose) for leaf, (suffix, transpose) in _MLX_TO_PEFT.items()}
 # Older PEFT releases (and in-memory state dicts) spell the magnitude with a `.weight` tail.

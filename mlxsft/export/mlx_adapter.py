@@ -39,6 +39,7 @@ from ..safeio import (
     swap_into_place,
     write_guard,
 )
+from ..token_rows import TRAINABLE_TOKENS, attach_token_rows
 
 PARITY_FILE = "parity.json"
 ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
@@ -178,6 +179,7 @@ def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) 
         linear_to_lora_layers(
             model, config["num_layers"], config["lora_parameters"], use_dora=kind == "dora"
         )
+        attach_token_rows(model, config.get(TRAINABLE_TOKENS) or [])
     expected = dict(tree_flatten(model.parameters()))
     problems = []
     for name, w in weights.items():

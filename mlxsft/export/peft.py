@@ -19,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..token_rows import TRAINABLE_TOKENS
 from .keymap import mlx_to_peft
 from .mlx_adapter import (
     PARITY_FILE,
@@ -73,6 +74,15 @@ def peft_adapter_config(source: AdapterSource, num_model_layers: int) -> dict:
     }
 
 
+def token_indices(adapter_config: dict, weights: dict) -> dict | None:
+    """PEFT's trainable_token_indices for trained token rows: {module name: ids}, or None."""
+    ids = adapter_config.get(TRAINABLE_TOKENS)
+    if not ids:
+        return None
+    modules = [name.rsplit(".", 2)[-2] for name in weights if name.endswith(".rows")]  # embed_tokens, lm_head
+    return {module: list(ids) for module in sorted(modules)}
+
+
 def _base_name(source: AdapterSource) -> str:
     """The recipe's hub id as is; a local folder as an absolute path."""
     model = source.recipe.model
@@ -100,6 +110,8 @@ def check_modules(weights: dict[str, mx.array], base_path: Path, base_config: di
     for name, tensor in weights.items():
         module, _, leaf = name.rpartition(".")
         shape = base.get(f"{module}.weight")
+        if leaf == "rows" and shape is not None and tensor.shape[-1] == shape[-1]:
+            continue  # trained token rows (K, D) of a (V, D) embedding or head
         if shape is None:
             raise ExportError(
                 f"the adapted module {module} has no weight in the base checkpoint under that "
@@ -137,6 +149,7 @@ def export_peft(
     base_config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
     check_modules(weights, source.base_path, base_config)
     config = peft_adapter_config(source, int(base_config["num_hidden_layers"]))
+    config["trainable_token_indices"] = token_indices(source.adapter_config, weights)
     check_target(Path(out), force)
     print(f"Exporting the {source.fine_tune_type} adapter of {source.run.path} as PEFT to {out}")
     if source.recipe.quantize.bits is not None:

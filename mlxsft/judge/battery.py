@@ -38,7 +38,7 @@ from .sampling import (
 )
 from .scoring import RowScore, loss_plan, score_rows, score_rows_with_kl
 from .suite import Suite, check_suite
-from .tasks import TaskChecks, build_checks, check_all, output_metrics
+from .tasks import TaskChecks, build_checks, check_all, output_metrics, per_prompt_values
 from .weights import CheckpointWeights, read_adapter_config
 
 SAMPLES_KEPT = 2  # completions per prompt stored in results.json, for people to read
@@ -105,19 +105,42 @@ def open_bench(run_dir: str | Path, suite: Suite) -> Bench:
 def _tokenize(
     bench: Bench, examples: list[Example], name: str, mask: str
 ) -> list[TokenizedExample]:
+    limit = bench.recipe.train.max_seq_length
     data = bench.recipe.data  # the run's own data settings: eval sees rows as training did
     ds: TokenizedDataset = tokenize_dataset(
         examples,
         bench.tokenizer,
         mask=mask,
-        max_seq_length=bench.recipe.train.max_seq_length,
+        max_seq_length=limit,
         multi_turn=data.multi_turn,
         on_bad_row=data.on_bad_row,
         train_reasoning=data.train_reasoning,
     )
     if ds.skipped:
         bench.notes.append(f"{name}: {len(ds.skipped)} rows skipped (e.g. {ds.skipped[0]})")
+    for ex in ds.examples:
+        if ex.truncated:
+            bench.notes.append(
+                f"{name}: {ex.path} line {ex.line} truncated to max_seq_length={limit} tokens; "
+                "its tail is not scored"
+            )
     return ds.examples
+
+
+def _without_end_marker(examples: list[TokenizedExample], tokenizer) -> list[TokenizedExample]:
+    """Plain-text probes as the text alone: drop the end marker the data layer appends.
+
+    Training rows get EOS appended so the model learns to stop; a general-text probe
+    measures the text. On a base that never saw the chat end marker, scoring it adds
+    about 13 nats per row, and fine-tuning then teaches the marker, hiding forgetting.
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    out = []
+    for ex in examples:
+        if isinstance(eos, int) and len(ex.ids) > 1 and int(ex.ids[-1]) == eos and not ex.truncated:
+            ex = dataclasses.replace(ex, ids=ex.ids[:-1], trained=ex.trained[:-1])
+        out.append(ex)
+    return out
 
 
 def _load_splits(bench: Bench) -> None:
@@ -149,7 +172,7 @@ def _load_splits(bench: Bench) -> None:
         probes = load_jsonl(suite.probes_file())
         if suite.probe_rows is not None:
             probes = probes[: suite.probe_rows]
-        bench.probes = _tokenize(bench, probes, "probes", "none")
+        bench.probes = _without_end_marker(_tokenize(bench, probes, "probes", "none"), bench.tokenizer)
     if (suite.wants("output") or suite.wants("task")) and suite.prompts != 0:
         bench.prompts = _prompts(bench, valid_rows, ood_rows, files["train"])
         if not bench.prompts:
@@ -257,6 +280,25 @@ def _clean(metrics: dict) -> dict:
     }
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(f"{value:.6g}")
+
+
+def _row_values(scores: dict, probes: list[RowScore] | None) -> dict:
+    """Per-row sums of every scored split, for the verdict's bootstrap (noise.py)."""
+    rows = {}
+    for name in ("valid", "ood"):
+        if scores.get(name):
+            rows[name] = {"nll": [_round(r.nll) for r in scores[name]], "tokens": [r.tokens for r in scores[name]]}
+    if probes:
+        rows["probes"] = {
+            "nll": [_round(r.nll) for r in probes],
+            "tokens": [r.tokens for r in probes],
+            "kl": [_round(r.kl) for r in probes],
+        }
+    return rows
+
+
 def evaluate_checkpoint(bench: Bench, step: int) -> dict:
     """The results entry of checkpoint `step` (0: the base model)."""
     start = time.time()
@@ -297,6 +339,11 @@ def evaluate_checkpoint(bench: Bench, step: int) -> dict:
     judge = bench.checks.judge() if bench.checks is not None else None
     if samples:
         metrics |= output_metrics(samples, bench.suite.k, judged, judge)
+    rows = _row_values(scores, probes)
+    if samples:
+        rows["prompts"] = {
+            k: [_round(v) for v in vs] for k, vs in per_prompt_values(samples, bench.suite.k, judged, judge).items()
+        }
     entry = {
         "step": step,
         "label": "base" if step == 0 else f"step {step}",
@@ -306,6 +353,7 @@ def evaluate_checkpoint(bench: Bench, step: int) -> dict:
             {"prompt": p.where, "completions": [s.text[:400] for s in group[:SAMPLES_KEPT]]}
             for p, group in list(zip(bench.prompts, samples, strict=False))[:PROMPTS_KEPT]
         ],
+        "rows": rows,
         "elapsed_s": time.time() - start,
     }
     if bench.checks is not None and bench.checks.verifier_errors:

@@ -117,6 +117,8 @@ def cmd_data_check(args) -> int:
         max_seq_length=args.max_seq_length,
         near_threshold=args.near_threshold,
     )
+    if args.model:
+        report.findings += untrained_token_findings(args.model, tokenizer)
     doc = report.to_dict()
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(doc, indent=2))
@@ -151,6 +153,17 @@ def cmd_data_show(args) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     print(format_row_view(view, color=color))
     return 0
+
+
+def untrained_token_findings(model: str, tokenizer) -> list:
+    """A data-check warning when the template's tokens look untrained in the base (untrained_tokens.py)."""
+    from ..model import resolve_model_path
+    from ..untrained_tokens import check_tokens, describe, read_embedding
+    from .datacheck import Finding
+
+    path = resolve_model_path(model)
+    tokens = check_tokens(read_embedding(path), tokenizer)
+    return [Finding("warning", "untrained_tokens", str(path), None, describe(tokens))] if tokens else []
 
 
 def _tokenizer(model: str):
@@ -262,7 +275,7 @@ def cmd_select(args) -> int:
     from ..train.events import JsonlSink, SelectionMade
     from .report import format_verdicts
     from .results import require_results
-    from .verdict import RuleError, choose, judge_history, points
+    from .verdict import RuleError, choose, explain, judge_history, points
 
     run = RunDir(args.run)
     run.require_existing()
@@ -285,7 +298,7 @@ def cmd_select(args) -> int:
                     chosen_step=choice.step,
                     verdicts=tuple(f"{v.step}: {v.verdict}" for v in verdicts),
                     rule=rule.describe(),
-                    reason="; ".join(choice.reasons),
+                    reason="; ".join(choice.reasons + _warnings(verdicts)),
                 )
             )
         finally:
@@ -297,7 +310,8 @@ def cmd_select(args) -> int:
                     "chosen_step": choice.step,
                     "reasons": list(choice.reasons),
                     "rule": dataclasses.asdict(rule),
-                    "verdicts": [dataclasses.asdict(v) for v in verdicts],
+                    "verdicts": [dataclasses.asdict(v) | {"explanation": explain(v)} for v in verdicts],
+                    "warnings": list(_warnings(verdicts)),
                     "written": written,
                 },
                 indent=2,
@@ -306,3 +320,8 @@ def cmd_select(args) -> int:
     else:
         print(format_verdicts(verdicts, choice, rule, written))
     return 0
+
+
+def _warnings(verdicts) -> tuple[str, ...]:
+    """Every checkpoint's warnings (forgetting against the base), for the event and --json."""
+    return tuple(f"WARNING step {v.step}: {w}" for v in verdicts for w in v.warnings)

@@ -244,45 +244,37 @@ def format_eval(doc: dict) -> str:
 
 
 def format_verdicts(verdicts, choice, rule, chosen_written: bool) -> str:
+    from .verdict import explain
+
     rows = []
     for v in verdicts:
         n = v.numbers
         rows.append(
             [
                 v.step,
-                v.verdict,
+                v.verdict + (" (disagree)" if v.disagree else ""),
                 v.reference_step,
-                _pct(n.get("dev_gain")),
-                _pct(n.get("ood_gain")),
+                _pct_se(n.get("dev_gain"), n.get("dev_gain_se")),
+                _pct_se(n.get("ood_gain"), n.get("ood_gain_se")),
                 _pct(n.get("entropy_change")),
                 _pct(n.get("distinct_2_change")),
                 fmt(n.get("pass_at_1_change")),
                 fmt(n.get("pass_at_k_change")),
-                _pct(n.get("probe_loss_change")),
-                ", ".join(k for k, s in v.signals.items() if s) or MISSING,
+                _pct_se(n.get("probe_loss_change"), n.get("probe_loss_change_se")),
+                _pct_se(n.get("probe_loss_vs_base"), n.get("probe_loss_vs_base_se")),
+                fmt(n.get("probe_kl_change")),
+                fmt(n.get("probe_kl_vs_base")),
+                ", ".join(v.fired) or MISSING,
+                ", ".join(v.within_noise) or MISSING,
             ]
         )
-    out = [
-        "Rule: " + rule.describe(),
-        "",
-        table(
-            [
-                "step",
-                "verdict",
-                "vs step",
-                "dev gain",
-                "ood gain",
-                "entropy",
-                "dist-2",
-                "pass@1",
-                "pass@k",
-                "probe",
-                "signals",
-            ],
-            rows,
-        ),
-        "",
-    ]
+    headers = ["step", "verdict", "vs step", "dev gain", "ood gain", "entropy", "dist-2", "pass@1", "pass@k"]
+    headers += ["probe", "probe/base", "KL change", "KL/base", "fired", "within noise"]
+    out = ["Rule: " + rule.describe(), "", table(headers, rows), ""]
+    out += ["Why:"] + ["  " + explain(v) for v in verdicts]
+    warnings = [(v.step, w) for v in verdicts for w in v.warnings]
+    out += [f"WARNING step {step}: {w}" for step, w in warnings]
+    out.append("")
     if choice.step is None:
         out.append("No checkpoint chosen: " + "; ".join(choice.reasons))
     else:
@@ -293,6 +285,12 @@ def format_verdicts(verdicts, choice, rule, chosen_written: bool) -> str:
                 "otherwise."
             )
     return "\n".join(out)
+
+
+def _pct_se(value: float | None, se: float | None) -> str:
+    if value is None:
+        return MISSING
+    return f"{100 * value:+.1f}%" + (f"±{100 * se:.1f}" if se is not None else "")
 
 
 def _pct(value: float | None) -> str:

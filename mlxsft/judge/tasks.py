@@ -201,3 +201,21 @@ def output_metrics(
         out["pass_at_1"] = M.mean_pass_at_k(counts, 1)
         out["pass_at_k"] = M.mean_pass_at_k(counts, k)
     return out
+
+
+def per_prompt_values(
+    samples: Sequence[Sequence[Sample]],
+    k: int,
+    judged: Sequence[Sequence[dict[str, bool]]] | None = None,
+    judge: str | None = None,
+) -> dict[str, list[float | None]]:
+    """The output metrics of each prompt on its own: the verdict's noise model resamples them."""
+    out: dict[str, list[float | None]] = {
+        "entropy": [M.mean_or_none([h for s in group for h in s.entropies]) for group in samples],
+        "distinct_2": [M.distinct_n([s.ids for s in group], 2) for group in samples],
+    }
+    if judged is not None and judge is not None:
+        counts = [(len(g), sum(r.get(judge, False) for r in g)) for g in judged]
+        out["pass_at_1"] = [M.pass_at_k(n, c, 1) if n >= 1 else None for n, c in counts]
+        out["pass_at_k"] = [M.pass_at_k(n, c, k) if n >= k else None for n, c in counts]
+    return out

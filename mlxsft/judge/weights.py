@@ -19,8 +19,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..errors import MlxsftError
+from ..token_rows import TRAINABLE_TOKENS, attach_token_rows
 
-ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
+ADAPTER_LEAVES = ("lora_a", "lora_b", "m", "rows")  # "rows": trained token rows (token_rows.py)
 
 
 def read_adapter_config(folder: Path) -> dict:
@@ -41,6 +42,7 @@ def _layout(config: dict) -> tuple:
         config.get("fine_tune_type", "lora"),
         config.get("num_layers"),
         json.dumps(config.get("lora_parameters"), sort_keys=True),
+        config.get(TRAINABLE_TOKENS),
     )
 
 
@@ -60,6 +62,7 @@ class CheckpointWeights:
                 adapter_config["lora_parameters"],
                 use_dora=adapter_config.get("fine_tune_type") == "dora",
             )
+            attach_token_rows(model, adapter_config.get(TRAINABLE_TOKENS) or [])
         params = tree_flatten(model.parameters())
         # References, not copies: load_weights rebinds the model's leaves, these stay the base's.
         self.base = {k: v for k, v in params if self.full or k.rsplit(".", 1)[-1] in ADAPTER_LEAVES}

@@ -32,6 +32,7 @@ class RunStarted:
     trainable_parameters: int
     resumed: bool
     time: float
+    warnings: tuple[str, ...] = ()  # e.g. template tokens whose base embeddings look untrained
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ class StdoutSink:
                     f"{event.num_train_rows} train / {event.num_valid_rows} valid rows, "
                     f"trainable {event.trainable_parameters:,} of {event.total_parameters:,} "
                     f"parameters ({share:.2f}%).\nRun directory: {event.run_dir}"
-                )
+                ) + "".join(f"\nWARNING: {w}" for w in event.warnings)
             case DataPrepared():
                 text = (
                     f"Data [{event.split}]: {event.num_rows} rows in {event.num_batches} batches, "

@@ -24,6 +24,8 @@ from ..data.templates import chat_template_of
 from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
+from ..token_rows import TRAINABLE_TOKENS
+from ..untrained_tokens import check_tokens, describe, embedding_of, template_tokens
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
 from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from .cpu_ops import enable_fast_cpu_ops
@@ -97,11 +99,13 @@ class Trainer:
     def prepare(self, resume: bool) -> None:
         mx.random.seed(self.t.seed)
         self.model, self.tokenizer, self.model_path, _ = load_base(self.recipe)
+        self.untrained_tokens = check_tokens(embedding_of(self.model), self.tokenizer)
         self.files = files = resolve_data_files(self.recipe.data)
         self.pad_id = pad_token_id(self.tokenizer)
         train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
         valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t) if files["valid"] else None
-        self.adapter_config = attach_adapters(self.model, self.recipe) | {"model": str(self.model_path)}
+        self.adapter_config = attach_adapters(self.model, self.recipe, self._new_token_ids()) | {
+            "model": str(self.model_path)}
         if self.t.grad_checkpoint:
             enable_grad_checkpoint(self.model)
         if self.t.fast_cpu_ops:
@@ -141,6 +145,25 @@ class Trainer:
         # the budget alone sizes batches: no separate row cap
         return dataclasses.replace(self.t, batch_tokens=int(chosen), batch_size=MAX_ROWS)
 
+    def _new_token_ids(self) -> list[int]:
+        """lora.train_new_tokens: auto trains the rows of template tokens that look untrained."""
+        setting = self.recipe.lora.train_new_tokens
+        if self.recipe.method == "full" or setting is False:
+            return []
+        if setting is True:
+            return sorted(template_tokens(self.tokenizer).values())
+        return [t.id for t in self.untrained_tokens]
+
+    def _token_warnings(self) -> tuple[str, ...]:
+        if self.recipe.method == "full":
+            return ()  # every row trains
+        trained = self.adapter_config.get(TRAINABLE_TOKENS) or []
+        out = (describe(self.untrained_tokens),) if self.untrained_tokens and not trained else ()
+        if trained:
+            out += (f"training the embedding and LM-head rows of token ids {trained} beside the adapter "
+                    f"(lora.train_new_tokens: {self.recipe.lora.train_new_tokens}).",)
+        return out
+
     def _check_data(self, train_file: Path) -> None:
         rows = len(self.train_src.dataset.examples)
         if rows == 0:
@@ -174,6 +197,7 @@ class Trainer:
             num_train_rows=len(self.train_src.dataset.examples), num_valid_rows=valid_rows,
             total_parameters=counts.total, trainable_parameters=counts.trainable,
             resumed=resumed, time=time.time(),
+            warnings=self._token_warnings(),
         ))
         for split, src in (("train", self.train_src), ("valid", self.valid_src)):
             if src is None:
@@ -416,7 +440,7 @@ def run_training(
     """
     world = world or init_world()
     run = RunDir(run_dir or recipe.output or default_output(recipe))
-    stop = stop or StopFlag()
+    stop = stop if stop is not None else StopFlag()  # an unset StopFlag is falsy
     if world.is_main:
         _check_run_dir(run, resume)
     recipe = with_absolute_paths(recipe)
