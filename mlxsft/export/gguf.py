@@ -56,13 +56,32 @@ def _gguf():
 # ---------------------------------------------------------------- what can be exported
 
 
-def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str, bool, str]:
-    """(gguf arch, permute?, tokenizer pre) or a clear ExportError, before any heavy work."""
-    if dtype not in GGUF_DTYPES:
+def quant_for(dtype: str | None, quant: str | None = None) -> str:
+    """The GGUF quantization from --dtype (float32/float16) and/or --quant, refusing a conflict."""
+    from .gguf_quant import QUANT_TYPES
+
+    if dtype is not None and dtype not in GGUF_DTYPES:
         raise ExportError(
-            f"GGUF export writes float32 or float16 (got {dtype}); quantize the file "
-            "afterwards with llama.cpp's llama-quantize."
+            f"GGUF export writes float32 or float16 weights (got --dtype {dtype}), or a "
+            f"quantized file with --quant {'|'.join(QUANT_TYPES)}."
         )
+    if quant is not None and quant not in QUANT_TYPES:
+        raise ExportError(f"--quant must be one of {', '.join(QUANT_TYPES)}, not {quant!r}.")
+    from_dtype = {"float32": "f32", "float16": "f16"}.get(dtype or "")
+    if quant and from_dtype and quant != from_dtype:
+        raise ExportError(f"--dtype {dtype} and --quant {quant} disagree; give only --quant.")
+    return quant or from_dtype or "f16"
+
+
+def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str, bool, str]:
+    """(gguf arch, permute?, tokenizer pre) or a clear ExportError, before any heavy work.
+
+    `quant` is a --quant type (f32, f16, q8_0, q4_0, q4_k_m) or float32/float16.
+    """
+    if quant in GGUF_DTYPES:
+        quant_for(quant)
+    else:
+        quant_for(None, quant)
     model_type = base_config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ExportError(
@@ -81,19 +100,39 @@ def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str
     return arch, permute, tokenizer_pre(base_path)
 
 
+def is_sentencepiece(base_path: Path) -> bool:
+    """A SentencePiece vocabulary (tokenizer.model) and no byte-level BPE tokenizer.json."""
+    if not (base_path / "tokenizer.model").is_file():
+        return False
+    path = base_path / "tokenizer.json"
+    if not path.is_file():
+        return True
+    pre = json.loads(path.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    return "ByteLevel" not in json.dumps(pre)
+
+
 def tokenizer_pre(base_path: Path) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer, or ExportError for one we do not know."""
+    """llama.cpp's name for the tokenizer's pre-tokenizer, or ExportError for one we do not know.
+
+    A SentencePiece tokenizer (Llama-2, Mistral, Phi-3) is "default": llama.cpp's SPM
+    tokenizer has no pre-tokenizer.
+    """
+    if is_sentencepiece(base_path):
+        return "default"
     path = base_path / "tokenizer.json"
     if not path.is_file():
         raise ExportError(
-            "GGUF export needs a tokenizer.json (byte-level BPE); this model has a "
-            "SentencePiece tokenizer. Export --format hf and use llama.cpp's converter."
+            "GGUF export needs a tokenizer.json (byte-level BPE) or a SentencePiece "
+            "tokenizer.model; this model has neither. Export --format hf and use "
+            "llama.cpp's convert_hf_to_gguf.py.",
+            path=str(base_path),
         )
     tok = json.loads(path.read_text(encoding="utf-8"))
     if tok.get("model", {}).get("type") != "BPE":
         raise ExportError(
-            "GGUF export handles byte-level BPE tokenizers only. Export --format hf and "
-            "use llama.cpp's convert_hf_to_gguf.py."
+            "GGUF export handles byte-level BPE and SentencePiece tokenizers, not this "
+            f"{tok.get('model', {}).get('type')} one. Export --format hf and use llama.cpp's "
+            "convert_hf_to_gguf.py."
         )
     pre = tok.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
@@ -226,6 +265,56 @@ def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]
     return tokens, types
 
 
+def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of a SentencePiece vocabulary, as llama.cpp's converter
+    lists them (convert_hf_to_gguf.py `_create_vocab_sentencepiece`): pieces with their
+    scores and kinds, then added tokens (added_tokens.json, tokenizer_config.json's
+    added_tokens_decoder) as user-defined or control tokens with score -1000."""
+    from sentencepiece import SentencePieceProcessor
+
+    gguf = _gguf()
+    T = gguf.TokenType
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(base_path / "tokenizer.model"))
+    if sp.vocab_size() > vocab_size:
+        raise ExportError(
+            f"tokenizer.model has {sp.vocab_size()} pieces but the model only {vocab_size} rows."
+        )
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores, types = [-10000.0] * vocab_size, [T.UNUSED] * vocab_size
+    for i in range(sp.vocab_size()):
+        tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
+        types[i] = (
+            T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i)
+            else T.UNUSED if sp.IsUnused(i) else T.BYTE if sp.IsByte(i) else T.NORMAL
+        )
+    for i, (token, special) in _added_tokens(base_path).items():
+        if i >= vocab_size:
+            raise ExportError(f"added token {token!r} has id {i}, past the model's {vocab_size} rows.")
+        if i < sp.vocab_size() and sp.IdToPiece(i) == token:
+            continue  # <s>, </s>, <unk>: the piece itself, keep its kind and score
+        looks_special = token.startswith("<") and token.endswith(">")
+        special = special or looks_special
+        tokens[i], scores[i] = token if special else token.replace("\u2581", " "), -1000.0
+        types[i] = T.CONTROL if special else T.USER_DEFINED
+    return tokens, scores, types
+
+
+def _added_tokens(base_path: Path) -> dict[int, tuple[str, bool]]:
+    """{id: (text, special?)} from added_tokens.json and tokenizer_config.json."""
+    added: dict[int, tuple[str, bool]] = {}
+    path = base_path / "added_tokens.json"
+    if path.is_file():
+        for token, i in json.loads(path.read_text(encoding="utf-8")).items():
+            added[int(i)] = (token, False)
+    path = base_path / "tokenizer_config.json"
+    if path.is_file():
+        decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+        for i, data in decoder.items():
+            added[int(i)] = (data["content"], bool(data.get("special")))
+    return added
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -234,25 +323,54 @@ def write_gguf(
     weights: dict[str, np.ndarray],
     config: dict,
     base_path: Path,
-    dtype: str,
+    quant: str,
     arch: str,
     pre: str,
     name: str,
     chat_template: str | None = None,
 ) -> None:
-    """Write a GGUF file of `weights` (numpy in their final dtype, HF/MLX names, HF layout)."""
+    """Write a GGUF file of `weights` (float numpy, HF/MLX names, HF layout), each tensor in
+    the ggml type `gguf_quant.tensor_type` picks for `quant` (f32, f16, q8_0, q4_0, q4_k_m)."""
+    from .gguf_quant import file_type, quantize, tensor_type
+
     gguf = _gguf()
-    n_layers = config["num_hidden_layers"]
-    n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    quant = quant_for(quant) if quant in GGUF_DTYPES else quant
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_type("model")
+    extra = _add_hyperparameters(writer, config)
+    writer.add_file_type(file_type(quant))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_vocab(writer, base_path, config["vocab_size"], pre, chat_template)
+
+    n_layers = config["num_hidden_layers"]
+    names = gguf_names(weights, arch, n_layers)
+    has_output = "output.weight" in names.values()
+    for key, w in weights.items():
+        heads = _heads_for(key, config) if ARCHITECTURES[config["model_type"]][1] else None
+        if heads is not None:
+            w = permute_qk(w, heads)
+        qtype = tensor_type(names[key], w.shape, quant, n_layers, has_output)
+        data = quantize(np.ascontiguousarray(w), qtype)
+        raw = None if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else qtype
+        writer.add_tensor(names[key], data, raw_dtype=raw)
+    for key, w in extra.items():
+        writer.add_tensor(key, w)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _add_hyperparameters(writer, config: dict) -> dict[str, np.ndarray]:
+    """`<arch>.*` keys; returns extra tensors (Llama-3 rope factors) the file needs."""
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
     writer.add_vocab_size(config["vocab_size"])
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(config["hidden_size"])
     writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_block_count(n_layers)
+    writer.add_block_count(config["num_hidden_layers"])
     writer.add_head_count(n_head)
     writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
     writer.add_rope_freq_base(rope_theta(config))
@@ -260,33 +378,30 @@ def write_gguf(
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    extra = _rope_scaling(writer, config)
+    return _rope_scaling(writer, config)
 
-    tokens, types = vocab_tokens(base_path, config["vocab_size"])
-    writer.add_tokenizer_model("gpt2")
+
+def add_vocab(writer, base_path: Path, vocab_size: int, pre: str, chat_template: str | None) -> None:
+    """The tokenizer: SentencePiece as "llama" (tokens, scores, types), byte-level BPE as
+    "gpt2" (tokens, types, merges); special ids and add_bos from the tokenizer config, and the
+    chat template the run trained with as `tokenizer.chat_template`."""
+    gguf = _gguf()
+    spm = is_sentencepiece(base_path)
+    if spm:
+        tokens, scores, types = sentencepiece_tokens(base_path, vocab_size)
+        writer.add_tokenizer_model("llama")
+    else:
+        tokens, types = vocab_tokens(base_path, vocab_size)
+        writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
+    if spm:
+        writer.add_token_scores(scores)
     writer.add_token_types(types)
-    special = gguf.SpecialVocab(base_path, load_merges=True, n_vocab=len(tokens))
+    special = gguf.SpecialVocab(base_path, load_merges=not spm, n_vocab=len(tokens))
     if chat_template:
         special.chat_template = chat_template  # the template the run trained with
     special.add_to_gguf(writer, quiet=True)
-
-    names = gguf_names(weights, arch, n_layers)
-    for key, w in weights.items():
-        heads = _heads_for(key, config) if ARCHITECTURES[config["model_type"]][1] else None
-        if heads is not None:
-            w = permute_qk(w, heads)
-        writer.add_tensor(names[key], np.ascontiguousarray(w))
-    for key, w in extra.items():
-        writer.add_tensor(key, w)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def _rope_scaling(writer, config: dict) -> dict[str, np.ndarray]:
@@ -309,43 +424,46 @@ def export_gguf(
     out: str | Path,
     *,
     checkpoint=None,
-    dtype: str = "float16",
+    dtype: str | None = None,
+    quant: str | None = None,
     force: bool = False,
     verify: bool = True,
 ) -> Path:
-    """A GGUF file of the merged (de-quantized) model, read back and checked against the adapter."""
+    """A GGUF file of the merged (de-quantized) model, read back and checked.
+
+    f32/f16 files are checked against the trained adapter; quantized ones (q8_0, q4_0,
+    q4_k_m) against the f16 export they are quantized from, at `QUANT_TOLERANCES`.
+    """
     from .merged import dequantize_all, fused_model
-    from .verify import check_artifact, skipped_report
+    from .verify import skipped_report
 
     out = Path(out)
+    quant = quant_for(dtype, quant)
     source = resolve_source(run_dir, checkpoint)
     config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    arch, _permute, pre = check_supported(config, source.base_path, dtype)
+    arch, _permute, pre = check_supported(config, source.base_path, quant)
     check_target(out, force)
-    print(f"Merging {source.run.path} into GGUF ({arch}, {dtype}, pre-tokenizer {pre}) at {out}")
+    print(f"Merging {source.run.path} into GGUF ({arch}, {quant}, pre-tokenizer {pre}) at {out}")
     trained, reference = fused_model(source, dequantize=True)
     dequantize_all(trained.model)
-    weights = gguf_arrays(trained.model, dtype)
+    if quant not in ("f32", "f16"):
+        from .gguf_quant import check_quantizable, f16_reference
+
+        check_quantizable({k: v.shape for k, v in tree_flatten(trained.model.parameters())}, quant)
+        reference = f16_reference(trained.model, reference)  # quantize from f16, as llama.cpp does
+    weights = gguf_arrays(trained.model, quant)
     del trained
     parity_final = out.with_name(out.name + ".parity.json")
     parity_tmp = out.with_name(f".{out.name}.parity.tmp")
     try:
         with staged_output(out, force, is_file=True) as tmp:
             write_gguf(
-                tmp, weights, config, source.base_path, dtype, arch, pre, name=source.run.path.name,
+                tmp, weights, config, source.base_path, quant, arch, pre, name=source.run.path.name,
                 chat_template=source.run.chat_template(),
             )
             del weights
             if verify:
-                candidate, stored, _ = load_gguf_model(tmp, source.base_path)
-                check_artifact(
-                    reference,
-                    candidate,
-                    fmt="gguf",
-                    dtype=stored,
-                    source=source,
-                    parity_path=parity_tmp,
-                )
+                _check_gguf(tmp, source, reference, quant, parity_tmp)
             else:
                 skipped_report("gguf", source).write(parity_tmp)
         os.replace(parity_tmp, parity_final)
@@ -355,15 +473,28 @@ def export_gguf(
     return out
 
 
-def gguf_arrays(model: nn.Module, dtype: str) -> dict[str, np.ndarray]:
-    """The model's weights as numpy, one tensor at a time in its GGUF dtype.
+def _check_gguf(path: Path, source, reference, quant: str, parity_path: Path) -> None:
+    from .verify import check_artifact
 
-    1-D tensors (norms, biases) stay float32, as llama.cpp expects; the rest are float32
-    or float16. Converting per tensor keeps memory at one float32 copy of one tensor.
+    candidate, stored, _ = load_gguf_model(path, source.base_path)
+    if quant in ("f32", "f16"):
+        check_artifact(
+            reference, candidate, fmt="gguf", dtype=stored, source=source, parity_path=parity_path
+        )
+    else:
+        from .gguf_quant import check_quantized
+
+        check_quantized(reference, candidate, quant, source, parity_path)
+
+
+def gguf_arrays(model: nn.Module, quant: str) -> dict[str, np.ndarray]:
+    """The model's weights as numpy, one tensor at a time: float16 for the 2-D ones of an
+    f16 file, float32 otherwise (1-D tensors always; quantized types quantize from these).
+    Converting per tensor keeps memory at one float32 copy of one tensor.
     """
     arrays = {}
     for name, v in tree_flatten(model.parameters()):
-        target = mx.float32 if dtype == "float32" or v.ndim == 1 else mx.float16
+        target = mx.float16 if quant in ("f16", "float16") and v.ndim > 1 else mx.float32
         arrays[name] = np.array(v.astype(target))
     return arrays
 
@@ -372,7 +503,11 @@ def gguf_arrays(model: nn.Module, dtype: str) -> dict[str, np.ndarray]:
 
 
 def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.array], str]:
-    """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted), and the stored dtype."""
+    """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted, quantized ones
+    through gguf's own dequantization), and how the file stores them (float32, float16 or
+    the --quant type)."""
+    from .gguf_quant import dequantize, quant_name
+
     gguf = _gguf()
     arch, permute = ARCHITECTURES[config["model_type"]]
     inverse = {v: k for k, v in gguf_names(names, arch, config["num_hidden_layers"]).items()}
@@ -382,9 +517,13 @@ def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.arr
         if tensor.name not in inverse:
             continue  # rope_freqs: not a model parameter
         key = inverse[tensor.name]
-        w = np.array(tensor.data)  # numpy order, e.g. (out, in)
-        if w.dtype == np.float16:
-            stored = "float16"
+        if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w = np.array(tensor.data)  # numpy order, e.g. (out, in)
+            if w.dtype == np.float16:
+                stored = "float16" if stored == "float32" else stored
+        else:
+            w = dequantize(np.array(tensor.data), tensor.tensor_type)
+            stored = quant_name(reader)
         heads = _heads_for(key, config) if permute else None
         if heads is not None:
             w = unpermute_qk(w, heads)
