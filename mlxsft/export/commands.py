@@ -127,6 +127,12 @@ def add_commands(sub) -> None:
     )
     imp.set_defaults(handler=cmd_import_adapter)
 
+    push = sub.add_parser("push", help="Upload a run's adapter or an export to the Hugging Face hub.")
+    push.add_argument("target", help="A run directory (its PEFT adapter is uploaded) or an export.")
+    push.add_argument("--repo", required=True, help="Hub repository, user/name.")
+    push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.set_defaults(handler=cmd_push)
+
 
 def cmd_fuse(args) -> int:
     from .merged import fuse_run
@@ -215,4 +221,11 @@ def cmd_import_adapter(args) -> int:
     from .import_adapter import import_peft_adapter
 
     import_peft_adapter(args.peft_dir, args.out, base=args.base, data=args.data, force=args.force)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .push import push
+
+    push(args.target, args.repo, private=args.private)
     return 0
