@@ -112,7 +112,7 @@ def push(
                     "there. Use a token with write access to that user or organisation."
                 ) from None
             raise ExportError(f"the hub answered an error for {repo}: {err}. Nothing was committed.") from None
-        except OSError as err:  # connection refused/reset: requests' errors are OSErrors
+        except _transport_errors() as err:  # connection refused, reset or dropped
             raise ExportError(
                 f"the upload to {repo} did not finish ({err.__class__.__name__}: {err}). The hub "
                 "commits all files or none; run the same push again."
@@ -120,6 +120,20 @@ def push(
     url = getattr(info, "commit_url", None) or str(info)
     print(f"Pushed to {repo}: {url}")
     return url
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures as huggingface_hub's HTTP client raises them (httpx2 in
+    huggingface_hub 2.x, httpx in 1.x, requests' OSErrors before)."""
+    import importlib
+
+    errors: tuple[type[BaseException], ...] = (OSError,)
+    for name in ("httpx2", "httpx"):
+        try:
+            errors += (importlib.import_module(name).TransportError,)
+        except (ImportError, AttributeError):
+            pass
+    return errors
 
 
 def list_files(folder: Path) -> list[str]:
