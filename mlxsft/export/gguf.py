@@ -300,6 +300,14 @@ def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], l
     return tokens, scores, types
 
 
+def _sentencepiece_special_ids(base_path: Path) -> dict[str, int]:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_file=str(base_path / "tokenizer.model"))
+    ids = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id()}
+    return {k: i for k, i in ids.items() if i >= 0}
+
+
 def _added_tokens(base_path: Path) -> dict[int, tuple[str, bool]]:
     """{id: (text, special?)} from added_tokens.json and tokenizer_config.json."""
     added: dict[int, tuple[str, bool]] = {}
@@ -399,6 +407,9 @@ def add_vocab(writer, base_path: Path, vocab_size: int, pre: str, chat_template:
         writer.add_token_scores(scores)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(base_path, load_merges=not spm, n_vocab=len(tokens))
+    if spm:  # without a tokenizer.json the ids config.json lacks come from the model itself
+        for kind, i in _sentencepiece_special_ids(base_path).items():
+            special.special_token_ids.setdefault(kind, i)
     if chat_template:
         special.chat_template = chat_template  # the template the run trained with
     special.add_to_gguf(writer, quiet=True)
