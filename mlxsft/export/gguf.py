@@ -78,10 +78,12 @@ def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str
 
     `quant` is a --quant type (f32, f16, q8_0, q4_0, q4_k_m) or float32/float16.
     """
-    if quant in GGUF_DTYPES:
-        quant_for(quant)
-    else:
+    from .gguf_quant import QUANT_TYPES
+
+    if quant in QUANT_TYPES:
         quant_for(None, quant)
+    else:
+        quant_for(quant)  # float32/float16, or a clear error naming both flags
     model_type = base_config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ExportError(
