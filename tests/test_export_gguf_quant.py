@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from mlxsft.devmodel import TinyModelSpec, build_tiny_model
-from mlxsft.export import ExportError, export_gguf, export_hf
+from mlxsft.export import ExportError, export_gguf, export_hf, verify_export
 from mlxsft.export.gguf import permute_qk, quant_for
 from mlxsft.export.gguf_lora import export_gguf_lora
-from mlxsft.export.gguf_quant import QUANT_TOLERANCES, check_quantizable, quantize, tensor_type
+from mlxsft.export.gguf_quant import QUANT_TOLERANCES, check_quantizable, quantize, row_lengths, tensor_type
 
 from .conftest import quickstart_corpus
 from .export_fixtures import make_run
@@ -75,6 +75,10 @@ def test_quantized_gguf_read_back(wide_run, quant):
     assert rel < (0.01 if quant == "q8_0" else 0.15), rel
     assert field(reader, "general.file_type") == int(gguf.LlamaFileType[
         {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}[quant]])
+    if quant == "q4_k_m":  # `mlxsft verify` re-checks against the f16 reference, same figures
+        again = verify_export(out, run)
+        assert again.passed and again.dtype == quant
+        assert again.max_abs_diff == pytest.approx(parity["max_abs_diff"], rel=1e-4)
 
 
 def field(reader, key):
@@ -88,6 +92,10 @@ def test_quant_refusals(tiny_llama, tmp_path):
         quant_for(None, "q3_k_s")
     with pytest.raises(ExportError, match="multiple of 32.*--quant f16"):
         check_quantizable({"model.layers.0.mlp.up_proj.weight": (96, 40)}, "q4_0")
+    odd = {"hidden_size": 48, "intermediate_size": 128, "num_attention_heads": 4}
+    with pytest.raises(ExportError, match="hidden_size"):
+        check_quantizable(row_lengths(odd), "q8_0")
+    check_quantizable(row_lengths(odd), "f16")  # float files take any width
     # K-quants fall back as llama.cpp does when rows are not a multiple of 256
     assert tensor_type("blk.0.attn_q.weight", (64, 64), "q4_k_m", 2, True) == T.Q5_0
     assert tensor_type("output.weight", (512, 64), "q4_k_m", 2, True) == T.Q8_0
@@ -163,6 +171,7 @@ def test_lora_adapter_gguf_recomputes_merged_weights(request, tmp_path, fixture)
     run = make_run(tmp_path / "run", base, layers=1, steps=(1,))
     out = export_gguf_lora(run, tmp_path / "adapter.gguf")
     assert json.loads((tmp_path / "adapter.gguf.parity.json").read_text())["passed"]
+    assert verify_export(out, run).format == "gguf-lora"
     reader = gguf.GGUFReader(str(out))
     config = json.loads((base / "config.json").read_text())
     assert field(reader, "general.type") == "adapter" and field(reader, "adapter.type") == "lora"

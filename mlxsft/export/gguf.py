@@ -455,6 +455,10 @@ def export_gguf(
     source = resolve_source(run_dir, checkpoint)
     config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
     arch, _permute, pre = check_supported(config, source.base_path, quant)
+    if quant not in ("f32", "f16"):
+        from .gguf_quant import check_quantizable, row_lengths
+
+        check_quantizable(row_lengths(config), quant)
     check_target(out, force)
     print(f"Merging {source.run.path} into GGUF ({arch}, {quant}, pre-tokenizer {pre}) at {out}")
     trained, reference = fused_model(source, dequantize=True)
@@ -561,3 +565,38 @@ def load_gguf_model(path: Path, base_path: Path) -> tuple[nn.Module, str, bool]:
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     return model, stored, False
+
+
+# ---------------------------------------------------------------- `mlxsft verify` of a GGUF
+
+
+def verify_special_gguf(path: Path, source):
+    """`mlxsft verify` of a LoRA adapter GGUF (against the trained adapter) or a quantized
+    GGUF (against the f16 export, at the type's tolerance); None for an f32/f16 model file,
+    which the generic path checks."""
+    from .gguf_quant import QUANT_TOLERANCES, quant_name
+    from .verify import parity_path_for
+
+    reader = _gguf().GGUFReader(str(path))
+    kind = reader.fields["general.type"].contents() if "general.type" in reader.fields else "model"
+    parity = parity_path_for(path)
+    if kind == "adapter":
+        from .gguf_lora import load_lora_gguf_model
+        from .verify import check_artifact, trained_reference
+
+        return check_artifact(
+            trained_reference(source), load_lora_gguf_model(path, source), fmt="gguf-lora",
+            dtype="float32", source=source, parity_path=parity,
+        )
+    quant = quant_name(reader)
+    if quant not in QUANT_TOLERANCES:
+        return None
+    from .gguf_quant import check_quantized, f16_reference
+    from .merged import dequantize_all, fused_model
+
+    trained, reference = fused_model(source, dequantize=True)
+    dequantize_all(trained.model)
+    reference = f16_reference(trained.model, reference)
+    del trained
+    candidate, _, _ = load_gguf_model(path, source.base_path)
+    return check_quantized(reference, candidate, quant, source, parity)

@@ -97,6 +97,18 @@ def check_quantizable(shapes: dict[str, tuple[int, ...]], quant: str) -> None:
         )
 
 
+def row_lengths(config: dict) -> dict[str, tuple[int, int]]:
+    """The input widths of a transformer's 2-D weights, from config.json, as (rows=1, width)
+    pseudo-shapes for `check_quantizable`: checked before anything heavy is loaded."""
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    return {
+        "hidden_size (embeddings, q/k/v, gate/up, head)": (1, config["hidden_size"]),
+        "intermediate_size (down_proj)": (1, config["intermediate_size"]),
+        "heads x head_dim (o_proj)": (1, n_head * head_dim),
+    }
+
+
 def quantize(w: np.ndarray, qtype) -> np.ndarray:
     """`w` (rows, cols) float32 -> the bytes GGUFWriter.add_tensor takes with raw_dtype=qtype."""
     gguf = _gguf()
@@ -228,6 +240,6 @@ def check_quantized(reference, candidate, quant: str, source, parity_path):
     if not report.passed:
         raise ExportError(
             f"the {quant} GGUF strays too far from the f16 export: {report.summary()}. "
-            "Nothing was written; use a wider type (q8_0 or f16)."
+            "Use a wider type (q8_0 or f16)."
         )
     return report
