@@ -197,3 +197,43 @@ def test_lora_adapter_refuses_dora(tiny_llama, tmp_path):
     with pytest.raises(ExportError, match="LoRA only.*--format gguf"):
         export_gguf_lora(run, tmp_path / "a.gguf")
     assert not list(tmp_path.glob("*a.gguf*"))
+
+
+# ---------------------------------------------------------------- Qwen3 (q/k norms)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3(tiny_qwen_llama3, tmp_path_factory):
+    """tiny_qwen_llama3 turned into a Qwen3: no attention biases, per-head q/k RMS norms."""
+    from safetensors.numpy import load_file, save_file
+
+    base = tmp_path_factory.mktemp("qwen3") / "base"
+    shutil.copytree(tiny_qwen_llama3, base)
+    config = json.loads((base / "config.json").read_text())
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    config |= {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": head_dim,
+               "attention_bias": False}
+    (base / "config.json").write_text(json.dumps(config))
+    weights = {k: v for k, v in load_file(str(base / "model.safetensors")).items() if not k.endswith(".bias")}
+    rng = np.random.default_rng(3)
+    for i in range(config["num_hidden_layers"]):
+        for norm in ("q_norm", "k_norm"):
+            weights[f"model.layers.{i}.self_attn.{norm}.weight"] = (
+                1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+    save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+    return base
+
+
+def test_qwen3_gguf_and_adapter(tiny_qwen3, tmp_path):
+    run = make_run(tmp_path / "run", tiny_qwen3, layers=1, steps=(1,))
+    out = export_gguf(run, tmp_path / "q3.gguf", quant="q8_0")
+    assert json.loads((tmp_path / "q3.gguf.parity.json").read_text())["passed"]
+    reader = gguf.GGUFReader(str(out))
+    tensors = {t.name: t for t in reader.tensors}
+    assert field(reader, "general.architecture") == "qwen3"
+    assert tensors["blk.0.attn_q_norm.weight"].tensor_type == T.F32
+    assert "blk.0.attn_q.bias" not in tensors
+    assert field(reader, "qwen3.attention.key_length") == json.loads((tiny_qwen3 / "config.json").read_text())[
+        "head_dim"]
+    adapter = export_gguf_lora(run, tmp_path / "q3-lora.gguf")
+    assert {t.name for t in gguf.GGUFReader(str(adapter)).tensors} >= {"blk.1.attn_k.weight.lora_a"}

@@ -10,8 +10,9 @@ What llama.cpp needs, following its own converter (convert_hf_to_gguf.py):
   merges, special ids, the chat template, and `tokenizer.ggml.pre` naming the
   pre-tokenizer (llama.cpp refuses a file whose pre-tokenizer it does not know).
 
-Architectures: llama, mistral, qwen2. Tokenizers: byte-level BPE whose pre-tokenizer
-is GPT-2's, Llama-3's or Qwen2's. Anything else is refused with a pointer to
+Architectures: llama, mistral, qwen2, qwen3 (q/k norms; written as llama.cpp's converter
+writes them, but not loaded in llama.cpp by the test suite). Tokenizers: byte-level BPE
+whose pre-tokenizer is GPT-2's, Llama-3's or Qwen2's, and SentencePiece. Anything else is refused with a pointer to
 llama.cpp's converter on a `--format hf` export. The parity check reads the file
 back (tensors un-permuted) into MLX.
 """
@@ -31,7 +32,12 @@ from mlx.utils import tree_flatten
 from .mlx_adapter import ExportError, check_target, resolve_source, staged_output
 
 # model_type -> (gguf architecture name, permute q/k for llama.cpp's rope)
-ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
+ARCHITECTURES = {
+    "llama": ("llama", True),
+    "mistral": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+}
 GGUF_DTYPES = ("float32", "float16")
 # Regexes of the Split pre-tokenizer in tokenizer.json -> llama.cpp's pre-tokenizer name.
 _LLAMA3_SPLIT = (
@@ -92,7 +98,7 @@ def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str
         )
     kind = rope_scaling(base_config).get("rope_type")
     if kind not in (None, "default", "linear", "llama3") or (
-        kind == "llama3" and model_type == "qwen2"
+        kind == "llama3" and model_type in ("qwen2", "qwen3")
     ):
         raise ExportError(
             f"GGUF export does not handle rope scaling '{kind}'. Export --format hf and "
