@@ -237,3 +237,52 @@ def test_qwen3_gguf_and_adapter(tiny_qwen3, tmp_path):
         "head_dim"]
     adapter = export_gguf_lora(run, tmp_path / "q3-lora.gguf")
     assert {t.name for t in gguf.GGUFReader(str(adapter)).tensors} >= {"blk.1.attn_k.weight.lora_a"}
+
+
+# ---------------------------------------------------------------- Phi-3 (fused projections)
+
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def tiny_phi3(tiny_llama, tmp_path_factory):
+    """tiny_llama turned into a Phi-3: q/k/v fused into qkv_proj, gate/up into gate_up_proj."""
+    from safetensors.numpy import load_file, save_file
+
+    base = tmp_path_factory.mktemp("phi3") / "base"
+    shutil.copytree(tiny_llama, base)
+    config = json.loads((base / "config.json").read_text())
+    config |= {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 1024,
+               "partial_rotary_factor": 1.0}
+    (base / "config.json").write_text(json.dumps(config))
+    w = load_file(str(base / "model.safetensors"))
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [w.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + "mlp.gate_proj.weight"),
+                                                           w.pop(p + "mlp.up_proj.weight")])
+    save_file(w, str(base / "model.safetensors"), metadata={"format": "pt"})
+    return base
+
+
+def test_phi3_gguf_and_adapter(tiny_phi3, tmp_path):
+    run = make_run(tmp_path / "run", tiny_phi3, layers=1, steps=(1,), targets=PHI3_TARGETS)
+    out = export_gguf(run, tmp_path / "phi3.gguf", quant="f16")
+    assert json.loads((tmp_path / "phi3.gguf.parity.json").read_text())["passed"]
+    reader = gguf.GGUFReader(str(out))
+    config = json.loads((tiny_phi3 / "config.json").read_text())
+    tensors = {t.name: t for t in reader.tensors}
+    assert field(reader, "general.architecture") == "phi3"
+    assert field(reader, "phi3.attention.sliding_window") == 1024
+    hidden, ff = config["hidden_size"], config["intermediate_size"]
+    assert tuple(tensors["blk.0.attn_qkv.weight"].data.shape) == (hidden + 2 * hidden // 2, hidden)
+    assert tuple(tensors["blk.0.ffn_up.weight"].data.shape) == (2 * ff, hidden)
+    adapter = export_gguf_lora(run, tmp_path / "phi3-lora.gguf")
+    names = {t.name for t in gguf.GGUFReader(str(adapter)).tensors}
+    assert {"blk.1.attn_qkv.weight.lora_a", "blk.1.ffn_up.weight.lora_b"} <= names
+    longrope = config | {"rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}}
+    with pytest.raises(ExportError, match="rope scaling 'longrope'"):
+        from mlxsft.export.gguf import check_supported
+
+        check_supported(longrope, tiny_phi3, "f16")

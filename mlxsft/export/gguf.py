@@ -10,8 +10,9 @@ What llama.cpp needs, following its own converter (convert_hf_to_gguf.py):
   merges, special ids, the chat template, and `tokenizer.ggml.pre` naming the
   pre-tokenizer (llama.cpp refuses a file whose pre-tokenizer it does not know).
 
-Architectures: llama, mistral, qwen2, qwen3 (q/k norms; written as llama.cpp's converter
-writes them, but not loaded in llama.cpp by the test suite). Tokenizers: byte-level BPE
+Architectures: llama, mistral, qwen2, qwen3 (q/k norms) and phi3 (fused qkv and gate_up,
+partial rotary, sliding window; Phi-3's longrope scaling is refused). qwen3 and phi3 are
+written as llama.cpp's converter writes them but were not loaded in llama.cpp here. Tokenizers: byte-level BPE
 whose pre-tokenizer is GPT-2's, Llama-3's or Qwen2's, and SentencePiece. Anything else is refused with a pointer to
 llama.cpp's converter on a `--format hf` export. The parity check reads the file
 back (tensors un-permuted) into MLX.
@@ -37,6 +38,7 @@ ARCHITECTURES = {
     "mistral": ("llama", True),
     "qwen2": ("qwen2", False),
     "qwen3": ("qwen3", False),
+    "phi3": ("phi3", False),  # fused qkv_proj / gate_up_proj, NEOX rope
 }
 GGUF_DTYPES = ("float32", "float16")
 # Regexes of the Split pre-tokenizer in tokenizer.json -> llama.cpp's pre-tokenizer name.
@@ -391,9 +393,11 @@ def _add_hyperparameters(writer, config: dict) -> dict[str, np.ndarray]:
     writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
     writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
+    if config["model_type"] == "phi3" and config.get("sliding_window"):
+        writer.add_sliding_window(int(config["sliding_window"]))
     return _rope_scaling(writer, config)
 
 
