@@ -44,6 +44,7 @@ def test_modelfile_reproduces_real_templates(family, layout, default_system, pre
     assert "{{- range .Messages }}" in text and "{{ .Content }}" in text
     if default_system:
         assert '(ne (index .Messages 0).Role "system")' in text and default_system in text
+    assert ('SYSTEM """' in text) == (default_system is not None and not prefixed)
 
 
 @pytest.mark.parametrize("family", ["mistral-nemo", "gpt-oss", "granite3.3"])
@@ -71,6 +72,19 @@ def test_ollama_and_lmstudio_folders(tiny_llama, tmp_path):
     assert gguf_path.is_file() and (tmp_path / "lms" / "parity.json").is_file()
     assert [p.name for p in gguf_path.parent.iterdir()] == ["my-run-Q4_0.gguf"]
     assert gguf.GGUFReader(str(gguf_path)).fields["tokenizer.chat_template"].contents()
+
+    # both folders push as they are, nested paths included, with a card for their use
+    from mlxsft.export.push import push
+
+    from .upload_hub import UploadHub
+
+    with UploadHub() as hub:
+        push(out, "me/ollama", token="hf_test", endpoint=hub.endpoint)
+    assert hub.files["Modelfile"] == (out / "Modelfile").read_bytes()
+    assert "ollama create my-model -f model/Modelfile" in hub.files["README.md"].decode()
+    with UploadHub() as hub:
+        push(tmp_path / "lms", "me/lms", token="hf_test", endpoint=hub.endpoint)
+    assert hub.files["mlxsft/my-run/my-run-Q4_0.gguf"] == gguf_path.read_bytes()
 
 
 def test_ollama_refuses_before_writing(tmp_path, tiny_llama):

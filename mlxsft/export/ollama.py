@@ -168,7 +168,12 @@ def modelfile(fmt: ChatFormat, generation: dict, gguf_name: str = GGUF_NAME) -> 
     template = fmt.go_template()
     if '"""' in template:
         raise ExportError('the chat template contains """, which a Modelfile TEMPLATE cannot hold.')
+    if "{{" in (fmt.default_system or "") + fmt.system_prefix:
+        raise ExportError("the template's default system prompt contains '{{', which Go templates would run.")
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
+    if fmt.default_system and not fmt.system_prefix:
+        # shown by `ollama show --system`; sent as a system message, it renders as the default does
+        lines.append(f'SYSTEM """{fmt.default_system}"""')
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in fmt.layout.stops]
     for key, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                       ("repetition_penalty", "repeat_penalty")):

@@ -225,8 +225,12 @@ def _parity_lines(parity: dict) -> list[str]:
 def _usage(repo: str, base: str, files: list[str]) -> list[str]:
     gguf = [f for f in files if f.endswith(".gguf")]
     if gguf:
-        return ["llama.cpp:", "", "```sh", f"llama-cli -hf {repo} -p 'Hello'",
-                f"# or: huggingface-cli download {repo} {gguf[0]} && llama-cli -m {gguf[0]}", "```"]
+        lines = ["llama.cpp:", "", "```sh", f"llama-cli -hf {repo} -p 'Hello'",
+                 f"# or: huggingface-cli download {repo} {gguf[0]} && llama-cli -m {gguf[0]}", "```"]
+        if "Modelfile" in files:
+            lines += ["", "Ollama:", "", "```sh", f"huggingface-cli download {repo} --local-dir model",
+                      "ollama create my-model -f model/Modelfile && ollama run my-model", "```"]
+        return lines
     if "adapter_config.json" in files:
         return ["transformers + PEFT:", "", "```python",
                 "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
