@@ -65,3 +65,23 @@ def test_push_refused_and_dropped(adapter_gguf, monkeypatch):
     assert hub.files == {} and adapter_gguf.read_bytes() == before
     with pytest.raises(ExportError, match="user/name"):
         push(adapter_gguf, "no-slash", token="hf_test")
+
+
+def test_cli_push_and_quant_errors(adapter_gguf, tiny_llama, tmp_path, monkeypatch, capsys):
+    from mlxsft.cli import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["push", str(adapter_gguf), "--repo", "me/x"]) != 0
+    err = capsys.readouterr().err
+    assert "needs a Hugging Face token" in err and "Traceback" not in err
+    run = make_run(tmp_path / "run", tiny_llama, layers=1, steps=(1,))
+    assert main(["export", str(run), "--format", "peft", "--quant", "q8_0", "--out", str(tmp_path / "p")]) != 0
+    assert "--quant applies to GGUF-based formats" in capsys.readouterr().err
+    lora = ["export", str(run), "--format", "gguf-lora", "--quant", "q8_0", "--out", str(tmp_path / "a.gguf")]
+    assert main(lora) != 0
+    assert "adapter file is float32" in capsys.readouterr().err
+    out = tmp_path / "m.gguf"
+    assert main(["export", str(run), "--format", "gguf", "--quant", "q8_0", "--out", str(out)]) == 0
+    assert json.loads(out.with_name("m.gguf.parity.json").read_text())["dtype"] == "q8_0"
+    assert not list(tmp_path.glob("p*")) and not (tmp_path / "a.gguf").exists()
