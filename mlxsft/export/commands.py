@@ -1,6 +1,6 @@
-"""CLI wiring of `mlxsft fuse | export | verify | import-adapter`: thin handlers over the API.
+"""CLI wiring of `mlxsft fuse | export | verify | import-adapter | push`: thin handlers over the API.
 
-`add_commands(sub)` adds the four subparsers to the CLI's argparse subparsers and
+`add_commands(sub)` adds the five subparsers to the CLI's argparse subparsers and
 sets `handler=` on each; the CLI dispatches `args.handler(args)` and turns an
 `MlxsftError` into one message and a non-zero exit.
 """

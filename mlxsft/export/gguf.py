@@ -515,13 +515,14 @@ def _check_gguf(path: Path, source, reference, quant: str, parity_path: Path) ->
 
 
 def gguf_arrays(model: nn.Module, quant: str) -> dict[str, np.ndarray]:
-    """The model's weights as numpy, one tensor at a time: float16 for the 2-D ones of an
-    f16 file, float32 otherwise (1-D tensors always; quantized types quantize from these).
-    Converting per tensor keeps memory at one float32 copy of one tensor.
+    """The model's weights as numpy, one tensor at a time: 2-D ones in float16 (what an f16
+    file stores, and what a quantized file is quantized from, as llama-quantize does) unless
+    the file is f32; 1-D ones in float32. Converting per tensor keeps memory at one float32
+    copy of one tensor, and the whole model at 2 bytes a weight.
     """
     arrays = {}
     for name, v in tree_flatten(model.parameters()):
-        target = mx.float16 if quant in ("f16", "float16") and v.ndim > 1 else mx.float32
+        target = mx.float32 if quant in ("f32", "float32") or v.ndim == 1 else mx.float16
         arrays[name] = np.array(v.astype(target))
     return arrays
 
