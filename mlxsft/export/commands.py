@@ -131,6 +131,7 @@ def add_commands(sub) -> None:
     push.add_argument("target", help="A run directory (its PEFT adapter is uploaded) or an export.")
     push.add_argument("--repo", required=True, help="Hub repository, user/name.")
     push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.add_argument("--checkpoint", metavar="STEP", help="For a run: the checkpoint to upload (default: chosen).")
     push.set_defaults(handler=cmd_push)
 
 
@@ -227,5 +228,5 @@ def cmd_import_adapter(args) -> int:
 def cmd_push(args) -> int:
     from .push import push
 
-    push(args.target, args.repo, private=args.private)
+    push(args.target, args.repo, private=args.private, checkpoint=args.checkpoint)
     return 0

@@ -54,13 +54,13 @@ def _run_of(target: Path) -> tuple[RunDir, Path | None]:
     return RunDir(run) if run else RunDir(target), target
 
 
-def stage_upload(target: Path, folder: Path) -> tuple[RunDir, dict]:
+def stage_upload(target: Path, folder: Path, checkpoint=None) -> tuple[RunDir, dict]:
     """Fill `folder` with what to upload; return the run and the parity report."""
     run, export = _run_of(target)
     if export is None:
         from .peft import export_peft
 
-        export = export_peft(run.path, folder / "adapter")
+        export = export_peft(run.path, folder / "adapter", checkpoint=checkpoint)
         for f in export.iterdir():
             shutil.move(f, folder / f.name)
         export.rmdir()
@@ -83,8 +83,10 @@ def push(
     private: bool = False,
     token: str | None = None,
     endpoint: str | None = None,
+    checkpoint=None,
 ) -> str:
-    """Upload a run's adapter or an export to `repo`; returns the commit URL."""
+    """Upload a run's adapter (at `checkpoint`, default the chosen one) or an export to `repo`;
+    returns the commit URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -97,7 +99,7 @@ def push(
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     with tempfile.TemporaryDirectory(prefix="mlxsft-push-") as tmp:
         folder = Path(tmp)
-        run, report = stage_upload(target, folder)
+        run, report = stage_upload(target, folder, checkpoint)
         (folder / "README.md").write_text(model_card(run, report, repo, list_files(folder)), encoding="utf-8")
         api = HfApi(endpoint=endpoint, token=token)
         print(f"Uploading {target} to {repo} ({'private' if private else 'public'}) ...")
@@ -195,21 +197,41 @@ def _hyperparameters(recipe: dict) -> list[tuple[str, object]]:
 
 
 def _eval_lines(run: RunDir, meta: dict) -> list[str]:
+    """The chosen checkpoint, `mlxsft select`'s verdicts, and `mlxsft eval`'s metrics per checkpoint."""
     lines = []
     if meta.get("chosen_step") is not None:
         lines.append(f"Chosen checkpoint: step {meta['chosen_step']} ({meta.get('chosen_rule', 'rule not recorded')}).")
     elif meta.get("best_step") is not None:
         lines.append(f"Best checkpoint by validation loss: step {meta['best_step']}.")
+    selection = _last_selection(run)
+    if selection:
+        lines += [f"Verdicts: {', '.join(selection.get('verdicts', []))}.", f"Why: {selection.get('reason', '')}", ""]
     path = run.path / "eval" / "results.json"
-    if path.is_file():
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        for entry in doc.get("checkpoints", []):
-            numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in list(numbers.items())[:8])
-            lines.append(f"- step {entry.get('step')}: {shown or 'see eval/results.json'}")
-        if entry_notes := doc.get("notes"):
-            lines += [f"- note: {n}" for n in entry_notes]
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    entries = doc.get("checkpoints", [])
+    names = sorted({k for e in entries for k, v in (e.get("metrics") or {}).items() if isinstance(v, (int, float))})
+    if names:
+        names = names[:8]
+        lines += ["| checkpoint | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for e in entries:
+            values = [(e.get("metrics") or {}).get(n) for n in names]
+            cells = [f"{v:.4g}" if isinstance(v, (int, float)) else "" for v in values]
+            lines.append(f"| {e.get('label', e.get('step'))} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _last_selection(run: RunDir) -> dict | None:
+    """The last SelectionMade event of the run's events.jsonl (written by `mlxsft select`)."""
+    if not run.events_file.is_file():
+        return None
+    found = None
+    for line in run.events_file.read_text(encoding="utf-8").splitlines():
+        if '"SelectionMade"' in line:
+            try:
+                found = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+    return found
 
 
 def _parity_lines(parity: dict) -> list[str]:
