@@ -153,8 +153,10 @@ def test_sentencepiece_gguf(spm_base, tmp_path):
         assert tokens[i] == sp.IdToPiece(i) and scores[i] == pytest.approx(sp.GetScore(i))
     assert types[0] == gguf.TokenType.UNKNOWN and types[1] == gguf.TokenType.CONTROL
     assert types[sp.PieceToId("<0x41>")] == gguf.TokenType.BYTE
-    # a user-defined piece reads as NORMAL through sentencepiece's API, as in convert_hf_to_gguf.py
-    assert types[sp.PieceToId("<|im_start|>")] == gguf.TokenType.NORMAL
+    # user-defined pieces must be USER_DEFINED, or llama.cpp splits <|im_start|> into characters
+    assert types[sp.PieceToId("<|im_start|>")] == gguf.TokenType.USER_DEFINED
+    assert sum(t == gguf.TokenType.NORMAL for t in types) > 100  # the merged pieces
+    assert field(reader, "tokenizer.ggml.add_space_prefix") is True
     assert all(t == gguf.TokenType.UNUSED for t in types[sp.vocab_size():])
     assert field(reader, "tokenizer.ggml.bos_token_id") == 1
     assert field(reader, "tokenizer.chat_template") == (spm_base / "chat_template.jinja").read_text()

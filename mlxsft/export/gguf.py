@@ -292,9 +292,10 @@ def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], l
         )
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     scores, types = [-10000.0] * vocab_size, [T.UNUSED] * vocab_size
+    kinds = _piece_types(base_path)
     for i in range(sp.vocab_size()):
         tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
-        types[i] = (
+        types[i] = T(kinds[i]) if kinds else (
             T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i)
             else T.UNUSED if sp.IsUnused(i) else T.BYTE if sp.IsByte(i) else T.NORMAL
         )
@@ -308,6 +309,32 @@ def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], l
         tokens[i], scores[i] = token if special else token.replace("\u2581", " "), -1000.0
         types[i] = T.CONTROL if special else T.USER_DEFINED
     return tokens, scores, types
+
+
+def _sentencepiece_proto(base_path: Path):
+    """The tokenizer.model's ModelProto, or None without protobuf."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:  # sentencepiece ships it, but it needs the protobuf package
+        return None
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((base_path / "tokenizer.model").read_bytes())
+    return proto
+
+
+def _piece_types(base_path: Path) -> list[int] | None:
+    """Each piece's type from the model itself: sentencepiece's enum (NORMAL 1, UNKNOWN 2,
+    CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6) is gguf.TokenType's. Its Python API cannot
+    tell USER_DEFINED from NORMAL, and llama.cpp must know: it matches user-defined pieces
+    (e.g. <|im_start|>) whole in the text, and splits a NORMAL one into characters."""
+    proto = _sentencepiece_proto(base_path)
+    return [piece.type for piece in proto.pieces] if proto is not None else None
+
+
+def add_space_prefix(base_path: Path) -> bool:
+    """Whether SentencePiece adds a dummy prefix space (llama.cpp: tokenizer.ggml.add_space_prefix)."""
+    proto = _sentencepiece_proto(base_path)
+    return bool(proto.normalizer_spec.add_dummy_prefix) if proto is not None else True
 
 
 def _sentencepiece_special_ids(base_path: Path) -> dict[str, int]:
@@ -417,6 +444,7 @@ def add_vocab(writer, base_path: Path, vocab_size: int, pre: str, chat_template:
     writer.add_token_list(tokens)
     if spm:
         writer.add_token_scores(scores)
+        writer.add_add_space_prefix(add_space_prefix(base_path))
     writer.add_token_types(types)
     special = gguf.SpecialVocab(base_path, load_merges=not spm, n_vocab=len(tokens))
     if spm:  # without a tokenizer.json the ids config.json lacks come from the model itself
