@@ -11,8 +11,8 @@ What llama.cpp needs, following its own converter (convert_hf_to_gguf.py):
   pre-tokenizer (llama.cpp refuses a file whose pre-tokenizer it does not know).
 
 Architectures: llama, mistral, qwen2, qwen3 (q/k norms) and phi3 (fused qkv and gate_up,
-partial rotary, sliding window; Phi-3's longrope scaling is refused). qwen3 and phi3 are
-written as llama.cpp's converter writes them but were not loaded in llama.cpp here. Tokenizers: byte-level BPE
+partial rotary, sliding window; Phi-3's longrope scaling is refused). All but qwen3 were
+loaded in real llama.cpp by scripts/check_gguf_in_llamacpp.py (its llama.cpp predates qwen3). Tokenizers: byte-level BPE
 whose pre-tokenizer is GPT-2's, Llama-3's or Qwen2's, and SentencePiece. Anything else is refused with a pointer to
 llama.cpp's converter on a `--format hf` export. The parity check reads the file
 back (tensors un-permuted) into MLX.
