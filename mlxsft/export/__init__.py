@@ -3,7 +3,11 @@
     fuse_run(run, out, dequantize=False)        merged MLX model (mlxsft fuse)
     export_peft(run, out)                       PEFT adapter folder
     export_hf(run, out, dtype="bfloat16")       merged Hugging Face model
-    export_gguf(run, out, dtype="float16")      GGUF file for llama.cpp / Ollama
+    export_gguf(run, out, quant="q4_k_m")       GGUF file for llama.cpp (f32, f16, q8_0, q4_0, q4_k_m)
+    export_gguf_lora(run, out)                  llama.cpp LoRA adapter GGUF (--lora)
+    export_ollama(run, out, quant=)             GGUF + Modelfile folder
+    export_lmstudio(run, out, quant=)           LM Studio publisher/model/ folder
+    push(run_or_export, repo)                   upload to the Hugging Face hub with a model card
     export_mlx_adapter(run, out)                mlx-lm adapter folder
     verify_export(export, against=run)          parity of any export vs the trained adapter
     import_peft_adapter(peft_dir, out, base=)   a PEFT adapter as a run
@@ -14,8 +18,8 @@ only an earlier export), writes into a temp path beside the output and renames i
 into place after the parity check passed. Problems raise `ExportError`.
 
 Modules: keymap (mlx-lm <-> PEFT tensor names), mlx_adapter (the run side, staging,
-mlx export), peft, merged (fuse, hf), gguf, verify (parity), import_adapter,
-commands (CLI handlers).
+mlx export), peft, merged (fuse, hf), gguf, gguf_quant (quantization types and bytes),
+gguf_lora, ollama, lmstudio, push, verify (parity), import_adapter, commands (CLI handlers).
 """
 
 # Names resolve on first use, so `mlxsft --help` (which imports .commands) stays light.
@@ -24,6 +28,9 @@ _EXPORTS = {
     "ExportError": "mlx_adapter",
     "ParityReport": "verify",
     "export_gguf": "gguf",
+    "export_gguf_lora": "gguf_lora",
+    "export_lmstudio": "lmstudio",
+    "export_ollama": "ollama",
     "export_hf": "merged",
     "export_mlx_adapter": "mlx_adapter",
     "export_peft": "peft",
@@ -32,6 +39,7 @@ _EXPORTS = {
     "load_trained": "mlx_adapter",
     "mlx_to_peft": "keymap",
     "peft_to_mlx": "keymap",
+    "push": "push",
     "read_peft_adapter": "import_adapter",
     "resolve_source": "mlx_adapter",
     "verify_export": "verify",

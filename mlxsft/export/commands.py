@@ -1,6 +1,6 @@
-"""CLI wiring of `mlxsft fuse | export | verify | import-adapter`: thin handlers over the API.
+"""CLI wiring of `mlxsft fuse | export | verify | import-adapter | push`: thin handlers over the API.
 
-`add_commands(sub)` adds the four subparsers to the CLI's argparse subparsers and
+`add_commands(sub)` adds the five subparsers to the CLI's argparse subparsers and
 sets `handler=` on each; the CLI dispatches `args.handler(args)` and turns an
 `MlxsftError` into one message and a non-zero exit.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 
-FORMATS = ("peft", "hf", "gguf", "mlx")
+FORMATS = ("peft", "hf", "gguf", "mlx", "gguf-lora", "ollama", "lmstudio")
+QUANT_CHOICES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.I)
 
@@ -68,8 +69,9 @@ def add_commands(sub) -> None:
         "--format",
         required=True,
         choices=FORMATS,
-        help="peft: PEFT adapter; hf: merged Hugging Face model; gguf: llama.cpp/Ollama "
-        "file; mlx: mlx-lm adapter folder.",
+        help="peft: PEFT adapter; hf: merged Hugging Face model; gguf: llama.cpp file; "
+        "mlx: mlx-lm adapter folder; gguf-lora: llama.cpp --lora adapter file; ollama: "
+        "folder with GGUF + Modelfile; lmstudio: LM Studio's publisher/model/ folder layout.",
     )
     export.add_argument(
         "--out", required=True, help="Output folder (a .gguf file for --format gguf)."
@@ -78,6 +80,11 @@ def add_commands(sub) -> None:
         "--dtype",
         choices=DTYPE_CHOICES,
         help="hf: weight dtype (default: the base's); gguf: float32 or float16 (default).",
+    )
+    export.add_argument(
+        "--quant",
+        choices=QUANT_CHOICES,
+        help="gguf, ollama, lmstudio: llama.cpp quantization of the merged model (default: f16).",
     )
     export.add_argument(
         "--max-shard-size",
@@ -120,6 +127,13 @@ def add_commands(sub) -> None:
     )
     imp.set_defaults(handler=cmd_import_adapter)
 
+    push = sub.add_parser("push", help="Upload a run's adapter or an export to the Hugging Face hub.")
+    push.add_argument("target", help="A run directory (its PEFT adapter is uploaded) or an export.")
+    push.add_argument("--repo", required=True, help="Hub repository, user/name.")
+    push.add_argument("--private", action="store_true", help="Create the repository private.")
+    push.add_argument("--checkpoint", metavar="STEP", help="For a run: the checkpoint to upload (default: chosen).")
+    push.set_defaults(handler=cmd_push)
+
 
 def cmd_fuse(args) -> int:
     from .merged import fuse_run
@@ -138,6 +152,10 @@ def cmd_fuse(args) -> int:
 
 def cmd_export(args) -> int:
     common = dict(checkpoint=args.checkpoint, force=args.force, verify=args.verify)
+    if getattr(args, "quant", None) and args.format in ("peft", "mlx", "hf"):
+        from .mlx_adapter import ExportError
+
+        raise ExportError(f"--quant applies to GGUF-based formats (gguf, ollama, lmstudio), not {args.format}.")
     if args.format == "peft":
         from .peft import export_peft
 
@@ -154,11 +172,33 @@ def cmd_export(args) -> int:
         export_hf(
             args.run, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size, **common
         )
-    else:
+    elif args.format == "gguf":
         from .gguf import export_gguf
 
-        export_gguf(args.run, args.out, dtype=args.dtype or "float16", **common)
+        export_gguf(args.run, args.out, dtype=args.dtype, quant=args.quant, **common)
+    else:
+        _deploy_export(args, common)
     return 0
+
+
+def _deploy_export(args, common: dict) -> None:
+    """gguf-lora, ollama and lmstudio (export/gguf_lora.py, ollama.py, lmstudio.py)."""
+    _no_dtype(args)
+    if args.format == "gguf-lora":
+        from .gguf_lora import export_gguf_lora
+        from .mlx_adapter import ExportError
+
+        if args.quant:
+            raise ExportError("--quant applies to merged GGUF exports; the adapter file is float32.")
+        export_gguf_lora(args.run, args.out, **common)
+    elif args.format == "ollama":
+        from .ollama import export_ollama
+
+        export_ollama(args.run, args.out, quant=args.quant, **common)
+    else:
+        from .lmstudio import export_lmstudio
+
+        export_lmstudio(args.run, args.out, quant=args.quant, **common)
 
 
 def _no_dtype(args) -> None:
@@ -166,8 +206,8 @@ def _no_dtype(args) -> None:
 
     if args.dtype:
         raise ExportError(
-            f"--dtype applies to --format hf and gguf; a {args.format} adapter keeps "
-            "the dtype it was trained in."
+            f"--dtype applies to --format hf and gguf; for {args.format} use --quant "
+            "(GGUF-based formats) or nothing (adapters keep the dtype they were trained in)."
         )
 
 
@@ -182,4 +222,11 @@ def cmd_import_adapter(args) -> int:
     from .import_adapter import import_peft_adapter
 
     import_peft_adapter(args.peft_dir, args.out, base=args.base, data=args.data, force=args.force)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .push import push
+
+    push(args.target, args.repo, private=args.private, checkpoint=args.checkpoint)
     return 0

@@ -10,8 +10,10 @@ What llama.cpp needs, following its own converter (convert_hf_to_gguf.py):
   merges, special ids, the chat template, and `tokenizer.ggml.pre` naming the
   pre-tokenizer (llama.cpp refuses a file whose pre-tokenizer it does not know).
 
-Architectures: llama, mistral, qwen2. Tokenizers: byte-level BPE whose pre-tokenizer
-is GPT-2's, Llama-3's or Qwen2's. Anything else is refused with a pointer to
+Architectures: llama, mistral, qwen2, qwen3 (q/k norms) and phi3 (fused qkv and gate_up,
+partial rotary, sliding window; Phi-3's longrope scaling is refused). All but qwen3 were
+loaded in real llama.cpp by scripts/check_gguf_in_llamacpp.py (its llama.cpp predates qwen3). Tokenizers: byte-level BPE
+whose pre-tokenizer is GPT-2's, Llama-3's or Qwen2's, and SentencePiece. Anything else is refused with a pointer to
 llama.cpp's converter on a `--format hf` export. The parity check reads the file
 back (tensors un-permuted) into MLX.
 """
@@ -31,7 +33,13 @@ from mlx.utils import tree_flatten
 from .mlx_adapter import ExportError, check_target, resolve_source, staged_output
 
 # model_type -> (gguf architecture name, permute q/k for llama.cpp's rope)
-ARCHITECTURES = {"llama": ("llama", True), "mistral": ("llama", True), "qwen2": ("qwen2", False)}
+ARCHITECTURES = {
+    "llama": ("llama", True),
+    "mistral": ("llama", True),
+    "qwen2": ("qwen2", False),
+    "qwen3": ("qwen3", False),
+    "phi3": ("phi3", False),  # fused qkv_proj / gate_up_proj, NEOX rope
+}
 GGUF_DTYPES = ("float32", "float16")
 # Regexes of the Split pre-tokenizer in tokenizer.json -> llama.cpp's pre-tokenizer name.
 _LLAMA3_SPLIT = (
@@ -56,13 +64,34 @@ def _gguf():
 # ---------------------------------------------------------------- what can be exported
 
 
-def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str, bool, str]:
-    """(gguf arch, permute?, tokenizer pre) or a clear ExportError, before any heavy work."""
-    if dtype not in GGUF_DTYPES:
+def quant_for(dtype: str | None, quant: str | None = None) -> str:
+    """The GGUF quantization from --dtype (float32/float16) and/or --quant, refusing a conflict."""
+    from .gguf_quant import QUANT_TYPES
+
+    if dtype is not None and dtype not in GGUF_DTYPES:
         raise ExportError(
-            f"GGUF export writes float32 or float16 (got {dtype}); quantize the file "
-            "afterwards with llama.cpp's llama-quantize."
+            f"GGUF export writes float32 or float16 weights (got --dtype {dtype}), or a "
+            f"quantized file with --quant {'|'.join(QUANT_TYPES)}."
         )
+    if quant is not None and quant not in QUANT_TYPES:
+        raise ExportError(f"--quant must be one of {', '.join(QUANT_TYPES)}, not {quant!r}.")
+    from_dtype = {"float32": "f32", "float16": "f16"}.get(dtype or "")
+    if quant and from_dtype and quant != from_dtype:
+        raise ExportError(f"--dtype {dtype} and --quant {quant} disagree; give only --quant.")
+    return quant or from_dtype or "f16"
+
+
+def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str, bool, str]:
+    """(gguf arch, permute?, tokenizer pre) or a clear ExportError, before any heavy work.
+
+    `quant` is a --quant type (f32, f16, q8_0, q4_0, q4_k_m) or float32/float16.
+    """
+    from .gguf_quant import QUANT_TYPES
+
+    if quant in QUANT_TYPES:
+        quant_for(None, quant)
+    else:
+        quant_for(quant)  # float32/float16, or a clear error naming both flags
     model_type = base_config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ExportError(
@@ -71,7 +100,7 @@ def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str
         )
     kind = rope_scaling(base_config).get("rope_type")
     if kind not in (None, "default", "linear", "llama3") or (
-        kind == "llama3" and model_type == "qwen2"
+        kind == "llama3" and model_type in ("qwen2", "qwen3")
     ):
         raise ExportError(
             f"GGUF export does not handle rope scaling '{kind}'. Export --format hf and "
@@ -81,19 +110,39 @@ def check_supported(base_config: dict, base_path: Path, dtype: str) -> tuple[str
     return arch, permute, tokenizer_pre(base_path)
 
 
+def is_sentencepiece(base_path: Path) -> bool:
+    """A SentencePiece vocabulary (tokenizer.model) and no byte-level BPE tokenizer.json."""
+    if not (base_path / "tokenizer.model").is_file():
+        return False
+    path = base_path / "tokenizer.json"
+    if not path.is_file():
+        return True
+    pre = json.loads(path.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    return "ByteLevel" not in json.dumps(pre)
+
+
 def tokenizer_pre(base_path: Path) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer, or ExportError for one we do not know."""
+    """llama.cpp's name for the tokenizer's pre-tokenizer, or ExportError for one we do not know.
+
+    A SentencePiece tokenizer (Llama-2, Mistral, Phi-3) is "default": llama.cpp's SPM
+    tokenizer has no pre-tokenizer.
+    """
+    if is_sentencepiece(base_path):
+        return "default"
     path = base_path / "tokenizer.json"
     if not path.is_file():
         raise ExportError(
-            "GGUF export needs a tokenizer.json (byte-level BPE); this model has a "
-            "SentencePiece tokenizer. Export --format hf and use llama.cpp's converter."
+            "GGUF export needs a tokenizer.json (byte-level BPE) or a SentencePiece "
+            "tokenizer.model; this model has neither. Export --format hf and use "
+            "llama.cpp's convert_hf_to_gguf.py.",
+            path=str(base_path),
         )
     tok = json.loads(path.read_text(encoding="utf-8"))
     if tok.get("model", {}).get("type") != "BPE":
         raise ExportError(
-            "GGUF export handles byte-level BPE tokenizers only. Export --format hf and "
-            "use llama.cpp's convert_hf_to_gguf.py."
+            "GGUF export handles byte-level BPE and SentencePiece tokenizers, not this "
+            f"{tok.get('model', {}).get('type')} one. Export --format hf and use llama.cpp's "
+            "convert_hf_to_gguf.py."
         )
     pre = tok.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
@@ -226,6 +275,91 @@ def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]
     return tokens, types
 
 
+def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of a SentencePiece vocabulary, as llama.cpp's converter
+    lists them (convert_hf_to_gguf.py `_create_vocab_sentencepiece`): pieces with their
+    scores and kinds, then added tokens (added_tokens.json, tokenizer_config.json's
+    added_tokens_decoder) as user-defined or control tokens with score -1000."""
+    from sentencepiece import SentencePieceProcessor
+
+    gguf = _gguf()
+    T = gguf.TokenType
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(base_path / "tokenizer.model"))
+    if sp.vocab_size() > vocab_size:
+        raise ExportError(
+            f"tokenizer.model has {sp.vocab_size()} pieces but the model only {vocab_size} rows."
+        )
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores, types = [-10000.0] * vocab_size, [T.UNUSED] * vocab_size
+    kinds = _piece_types(base_path)
+    for i in range(sp.vocab_size()):
+        tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
+        types[i] = T(kinds[i]) if kinds else (
+            T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i)
+            else T.UNUSED if sp.IsUnused(i) else T.BYTE if sp.IsByte(i) else T.NORMAL
+        )
+    for i, (token, special) in _added_tokens(base_path).items():
+        if i >= vocab_size:
+            raise ExportError(f"added token {token!r} has id {i}, past the model's {vocab_size} rows.")
+        if i < sp.vocab_size() and sp.IdToPiece(i) == token:
+            continue  # <s>, </s>, <unk>: the piece itself, keep its kind and score
+        looks_special = token.startswith("<") and token.endswith(">")
+        special = special or looks_special
+        tokens[i], scores[i] = token if special else token.replace("\u2581", " "), -1000.0
+        types[i] = T.CONTROL if special else T.USER_DEFINED
+    return tokens, scores, types
+
+
+def _sentencepiece_proto(base_path: Path):
+    """The tokenizer.model's ModelProto, or None without protobuf."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError:  # sentencepiece ships it, but it needs the protobuf package
+        return None
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((base_path / "tokenizer.model").read_bytes())
+    return proto
+
+
+def _piece_types(base_path: Path) -> list[int] | None:
+    """Each piece's type from the model itself: sentencepiece's enum (NORMAL 1, UNKNOWN 2,
+    CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6) is gguf.TokenType's. Its Python API cannot
+    tell USER_DEFINED from NORMAL, and llama.cpp must know: it matches user-defined pieces
+    (e.g. <|im_start|>) whole in the text, and splits a NORMAL one into characters."""
+    proto = _sentencepiece_proto(base_path)
+    return [piece.type for piece in proto.pieces] if proto is not None else None
+
+
+def add_space_prefix(base_path: Path) -> bool:
+    """Whether SentencePiece adds a dummy prefix space (llama.cpp: tokenizer.ggml.add_space_prefix)."""
+    proto = _sentencepiece_proto(base_path)
+    return bool(proto.normalizer_spec.add_dummy_prefix) if proto is not None else True
+
+
+def _sentencepiece_special_ids(base_path: Path) -> dict[str, int]:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_file=str(base_path / "tokenizer.model"))
+    ids = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id()}
+    return {k: i for k, i in ids.items() if i >= 0}
+
+
+def _added_tokens(base_path: Path) -> dict[int, tuple[str, bool]]:
+    """{id: (text, special?)} from added_tokens.json and tokenizer_config.json."""
+    added: dict[int, tuple[str, bool]] = {}
+    path = base_path / "added_tokens.json"
+    if path.is_file():
+        for token, i in json.loads(path.read_text(encoding="utf-8")).items():
+            added[int(i)] = (token, False)
+    path = base_path / "tokenizer_config.json"
+    if path.is_file():
+        decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+        for i, data in decoder.items():
+            added[int(i)] = (data["content"], bool(data.get("special")))
+    return added
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -234,59 +368,91 @@ def write_gguf(
     weights: dict[str, np.ndarray],
     config: dict,
     base_path: Path,
-    dtype: str,
+    quant: str,
     arch: str,
     pre: str,
     name: str,
     chat_template: str | None = None,
 ) -> None:
-    """Write a GGUF file of `weights` (numpy in their final dtype, HF/MLX names, HF layout)."""
+    """Write a GGUF file of `weights` (float numpy, HF/MLX names, HF layout), each tensor in
+    the ggml type `gguf_quant.tensor_type` picks for `quant` (f32, f16, q8_0, q4_0, q4_k_m)."""
+    from .gguf_quant import file_type, quantize, tensor_type
+
     gguf = _gguf()
-    n_layers = config["num_hidden_layers"]
-    n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    quant = quant_for(quant) if quant in GGUF_DTYPES else quant
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(name)
     writer.add_type("model")
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_block_count(n_layers)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
-    writer.add_rope_freq_base(rope_theta(config))
-    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    file_type = gguf.LlamaFileType.ALL_F32 if dtype == "float32" else gguf.LlamaFileType.MOSTLY_F16
-    writer.add_file_type(file_type)
+    extra = _add_hyperparameters(writer, config)
+    writer.add_file_type(file_type(quant))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    extra = _rope_scaling(writer, config)
+    add_vocab(writer, base_path, config["vocab_size"], pre, chat_template)
 
-    tokens, types = vocab_tokens(base_path, config["vocab_size"])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(base_path, load_merges=True, n_vocab=len(tokens))
-    if chat_template:
-        special.chat_template = chat_template  # the template the run trained with
-    special.add_to_gguf(writer, quiet=True)
-
+    n_layers = config["num_hidden_layers"]
     names = gguf_names(weights, arch, n_layers)
+    has_output = "output.weight" in names.values()
     for key, w in weights.items():
         heads = _heads_for(key, config) if ARCHITECTURES[config["model_type"]][1] else None
         if heads is not None:
             w = permute_qk(w, heads)
-        writer.add_tensor(names[key], np.ascontiguousarray(w))
+        qtype = tensor_type(names[key], w.shape, quant, n_layers, has_output)
+        data = quantize(np.ascontiguousarray(w), qtype)
+        raw = None if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else qtype
+        writer.add_tensor(names[key], data, raw_dtype=raw)
     for key, w in extra.items():
         writer.add_tensor(key, w)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _add_hyperparameters(writer, config: dict) -> dict[str, np.ndarray]:
+    """`<arch>.*` keys; returns extra tensors (Llama-3 rope factors) the file needs."""
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
+    writer.add_rope_freq_base(rope_theta(config))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    if config["model_type"] == "phi3" and config.get("sliding_window"):
+        writer.add_sliding_window(int(config["sliding_window"]))
+    return _rope_scaling(writer, config)
+
+
+def add_vocab(writer, base_path: Path, vocab_size: int, pre: str, chat_template: str | None) -> None:
+    """The tokenizer: SentencePiece as "llama" (tokens, scores, types), byte-level BPE as
+    "gpt2" (tokens, types, merges); special ids and add_bos from the tokenizer config, and the
+    chat template the run trained with as `tokenizer.chat_template`."""
+    gguf = _gguf()
+    spm = is_sentencepiece(base_path)
+    if spm:
+        tokens, scores, types = sentencepiece_tokens(base_path, vocab_size)
+        writer.add_tokenizer_model("llama")
+    else:
+        tokens, types = vocab_tokens(base_path, vocab_size)
+        writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    if spm:
+        writer.add_token_scores(scores)
+        writer.add_add_space_prefix(add_space_prefix(base_path))
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(base_path, load_merges=not spm, n_vocab=len(tokens))
+    if spm:  # without a tokenizer.json the ids config.json lacks come from the model itself
+        for kind, i in _sentencepiece_special_ids(base_path).items():
+            special.special_token_ids.setdefault(kind, i)
+    if chat_template:
+        special.chat_template = chat_template  # the template the run trained with
+    special.add_to_gguf(writer, quiet=True)
 
 
 def _rope_scaling(writer, config: dict) -> dict[str, np.ndarray]:
@@ -309,43 +475,50 @@ def export_gguf(
     out: str | Path,
     *,
     checkpoint=None,
-    dtype: str = "float16",
+    dtype: str | None = None,
+    quant: str | None = None,
     force: bool = False,
     verify: bool = True,
 ) -> Path:
-    """A GGUF file of the merged (de-quantized) model, read back and checked against the adapter."""
+    """A GGUF file of the merged (de-quantized) model, read back and checked.
+
+    f32/f16 files are checked against the trained adapter; quantized ones (q8_0, q4_0,
+    q4_k_m) against the f16 export they are quantized from, at `QUANT_TOLERANCES`.
+    """
     from .merged import dequantize_all, fused_model
-    from .verify import check_artifact, skipped_report
+    from .verify import skipped_report
 
     out = Path(out)
+    quant = quant_for(dtype, quant)
     source = resolve_source(run_dir, checkpoint)
     config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    arch, _permute, pre = check_supported(config, source.base_path, dtype)
+    arch, _permute, pre = check_supported(config, source.base_path, quant)
+    if quant not in ("f32", "f16"):
+        from .gguf_quant import check_quantizable, row_lengths
+
+        check_quantizable(row_lengths(config), quant)
     check_target(out, force)
-    print(f"Merging {source.run.path} into GGUF ({arch}, {dtype}, pre-tokenizer {pre}) at {out}")
+    print(f"Merging {source.run.path} into GGUF ({arch}, {quant}, pre-tokenizer {pre}) at {out}")
     trained, reference = fused_model(source, dequantize=True)
     dequantize_all(trained.model)
-    weights = gguf_arrays(trained.model, dtype)
+    if quant not in ("f32", "f16"):
+        from .gguf_quant import check_quantizable, f16_reference
+
+        check_quantizable({k: v.shape for k, v in tree_flatten(trained.model.parameters())}, quant)
+        reference = f16_reference(trained.model, reference)  # quantize from f16, as llama.cpp does
+    weights = gguf_arrays(trained.model, quant)
     del trained
     parity_final = out.with_name(out.name + ".parity.json")
     parity_tmp = out.with_name(f".{out.name}.parity.tmp")
     try:
         with staged_output(out, force, is_file=True) as tmp:
             write_gguf(
-                tmp, weights, config, source.base_path, dtype, arch, pre, name=source.run.path.name,
+                tmp, weights, config, source.base_path, quant, arch, pre, name=source.run.path.name,
                 chat_template=source.run.chat_template(),
             )
             del weights
             if verify:
-                candidate, stored, _ = load_gguf_model(tmp, source.base_path)
-                check_artifact(
-                    reference,
-                    candidate,
-                    fmt="gguf",
-                    dtype=stored,
-                    source=source,
-                    parity_path=parity_tmp,
-                )
+                _check_gguf(tmp, source, reference, quant, parity_tmp)
             else:
                 skipped_report("gguf", source).write(parity_tmp)
         os.replace(parity_tmp, parity_final)
@@ -355,15 +528,29 @@ def export_gguf(
     return out
 
 
-def gguf_arrays(model: nn.Module, dtype: str) -> dict[str, np.ndarray]:
-    """The model's weights as numpy, one tensor at a time in its GGUF dtype.
+def _check_gguf(path: Path, source, reference, quant: str, parity_path: Path) -> None:
+    from .verify import check_artifact
 
-    1-D tensors (norms, biases) stay float32, as llama.cpp expects; the rest are float32
-    or float16. Converting per tensor keeps memory at one float32 copy of one tensor.
+    candidate, stored, _ = load_gguf_model(path, source.base_path)
+    if quant in ("f32", "f16"):
+        check_artifact(
+            reference, candidate, fmt="gguf", dtype=stored, source=source, parity_path=parity_path
+        )
+    else:
+        from .gguf_quant import check_quantized
+
+        check_quantized(reference, candidate, quant, source, parity_path)
+
+
+def gguf_arrays(model: nn.Module, quant: str) -> dict[str, np.ndarray]:
+    """The model's weights as numpy, one tensor at a time: 2-D ones in float16 (what an f16
+    file stores, and what a quantized file is quantized from, as llama-quantize does) unless
+    the file is f32; 1-D ones in float32. Converting per tensor keeps memory at one float32
+    copy of one tensor, and the whole model at 2 bytes a weight.
     """
     arrays = {}
     for name, v in tree_flatten(model.parameters()):
-        target = mx.float32 if dtype == "float32" or v.ndim == 1 else mx.float16
+        target = mx.float32 if quant in ("f32", "float32") or v.ndim == 1 else mx.float16
         arrays[name] = np.array(v.astype(target))
     return arrays
 
@@ -372,7 +559,11 @@ def gguf_arrays(model: nn.Module, dtype: str) -> dict[str, np.ndarray]:
 
 
 def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.array], str]:
-    """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted), and the stored dtype."""
+    """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted, quantized ones
+    through gguf's own dequantization), and how the file stores them (float32, float16 or
+    the --quant type)."""
+    from .gguf_quant import dequantize, quant_name
+
     gguf = _gguf()
     arch, permute = ARCHITECTURES[config["model_type"]]
     inverse = {v: k for k, v in gguf_names(names, arch, config["num_hidden_layers"]).items()}
@@ -382,9 +573,13 @@ def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.arr
         if tensor.name not in inverse:
             continue  # rope_freqs: not a model parameter
         key = inverse[tensor.name]
-        w = np.array(tensor.data)  # numpy order, e.g. (out, in)
-        if w.dtype == np.float16:
-            stored = "float16"
+        if tensor.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w = np.array(tensor.data)  # numpy order, e.g. (out, in)
+            if w.dtype == np.float16:
+                stored = "float16" if stored == "float32" else stored
+        else:
+            w = dequantize(np.array(tensor.data), tensor.tensor_type)
+            stored = quant_name(reader)
         heads = _heads_for(key, config) if permute else None
         if heads is not None:
             w = unpermute_qk(w, heads)
@@ -409,3 +604,38 @@ def load_gguf_model(path: Path, base_path: Path) -> tuple[nn.Module, str, bool]:
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     return model, stored, False
+
+
+# ---------------------------------------------------------------- `mlxsft verify` of a GGUF
+
+
+def verify_special_gguf(path: Path, source):
+    """`mlxsft verify` of a LoRA adapter GGUF (against the trained adapter) or a quantized
+    GGUF (against the f16 export, at the type's tolerance); None for an f32/f16 model file,
+    which the generic path checks."""
+    from .gguf_quant import QUANT_TOLERANCES, quant_name
+    from .verify import parity_path_for
+
+    reader = _gguf().GGUFReader(str(path))
+    kind = reader.fields["general.type"].contents() if "general.type" in reader.fields else "model"
+    parity = parity_path_for(path)
+    if kind == "adapter":
+        from .gguf_lora import load_lora_gguf_model
+        from .verify import check_artifact, trained_reference
+
+        return check_artifact(
+            trained_reference(source), load_lora_gguf_model(path, source), fmt="gguf-lora",
+            dtype="float32", source=source, parity_path=parity,
+        )
+    quant = quant_name(reader)
+    if quant not in QUANT_TOLERANCES:
+        return None
+    from .gguf_quant import check_quantized, f16_reference
+    from .merged import dequantize_all, fused_model
+
+    trained, reference = fused_model(source, dequantize=True)
+    dequantize_all(trained.model)
+    reference = f16_reference(trained.model, reference)
+    del trained
+    candidate, _, _ = load_gguf_model(path, source.base_path)
+    return check_quantized(reference, candidate, quant, source, parity)

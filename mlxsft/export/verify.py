@@ -313,6 +313,12 @@ def verify_export(export: str | Path, against: str | Path, checkpoint=None) -> P
         against, checkpoint if checkpoint is not None else _recorded_checkpoint(path)
     )
     print(f"Verifying {path} ({fmt}) against {source.run.path}")
+    if fmt == "gguf":  # adapter and quantized GGUFs have their own references (export/gguf.py)
+        from .gguf import verify_special_gguf
+
+        special = verify_special_gguf(path, source)
+        if special is not None:
+            return special
     reference = trained_reference(source)
     candidate, dtype, requantized = load_artifact(fmt, path, source)
     logits = model_logits(candidate, reference.prompts)
