@@ -19,7 +19,7 @@ from mlxsft.tui import runs as runs_mod
 from mlxsft.tui.checkpoint_table import checkpoint_rows, read_eval_results
 from mlxsft.tui.dataset import length_histogram, load_preview_tokenizer, preview_dataset
 from mlxsft.tui.estimate import ModelShape, estimate_run, read_shape
-from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file
+from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file, push_args
 from mlxsft.tui.recipes import (
     PICKED_FIELDS,
     build_recipe,
@@ -401,8 +401,17 @@ def test_export_args_per_format():
         "--dequantize",
         "--no-verify",
     ]
+    assert export_args(run, ExportOptions("lmstudio", out, quant="q8_0", dtype="float16")) == [
+        "export", "runs/r", "--format", "lmstudio", "--out", str(out), "--quant", "q8_0",
+    ]
+    assert export_args(run, ExportOptions("peft", out, quant="q8_0"))[-1] == str(out)  # no --quant for peft
+    assert push_args(Path("runs/r"), "me/x", private=True, checkpoint="40") == [
+        "push", "runs/r", "--repo", "me/x", "--private", "--checkpoint", "40",
+    ]
     assert parity_file(Path("a/m.gguf"), "gguf") == Path("a/m.gguf.parity.json")
+    assert parity_file(Path("a/l.gguf"), "gguf-lora") == Path("a/l.gguf.parity.json")
     assert parity_file(out, "mlx") == out / "parity.json"
+    assert parity_file(out, "ollama") == out / "parity.json"
 
 
 def test_parity_description_says_pass_or_mismatch():

@@ -328,6 +328,19 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         screen.query_one("#export-format", Select).value = "gguf"
         await pilot.pause()
         assert "--format gguf --out runs/quickstart-lora/exports/quickstart-lora.gguf" in command()
+        assert screen.query_one("#row-quant").display and not screen.query_one("#row-dtype").display
+        screen.query_one("#export-quant", Select).value = "q4_k_m"
+        await pilot.pause()
+        assert command().endswith("--quant q4_k_m")
+        screen.query_one("#export-format", Select).value = "ollama"
+        await pilot.pause()
+        assert "--format ollama --out runs/quickstart-lora/exports/ollama --quant q4_k_m" in command()
+        screen.query_one("#export-format", Select).value = "gguf-lora"
+        await pilot.pause()
+        assert "--format gguf-lora --out runs/quickstart-lora/exports/quickstart-lora-lora.gguf" in command()
+        assert not screen.query_one("#row-quant").display
+        screen.query_one("#export-format", Select).value = "hf"
+        await pilot.pause()
         assert screen.query_one("#row-dtype").display
         screen.query_one("#export-format", Select).value = "fused"
         screen.query_one("#export-dequantize", Checkbox).value = True
@@ -355,6 +368,30 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         assert any(
             "error" in line for line in lines[1:]
         )  # the exporter's own message, no weights here
+
+
+@run_async
+async def test_push_runs_mlxsft_push_and_reports_a_missing_token(project, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(project / "no-hf-home"))  # no stored login either
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    async with app_for(project, "runs/quickstart-lora").run_test(size=(100, 40)) as pilot:
+        await pilot.press("e")
+        screen = pilot.app.screen
+        await pilot.press("ctrl+u")
+        assert screen.child is None  # no repo given: nothing started
+        screen.query_one("#push-repo", Input).value = "someone/tuned"
+        await pilot.pause()
+        await pilot.press("ctrl+u")
+        await wait_for(
+            pilot,
+            lambda: screen.child is None and "push failed" in str(screen.query_one("#export-state", Static).render()),
+            timeout=90,
+            what="the push",
+        )
+        text = " ".join(line.text for line in screen.query_one("#export-log", RichLog).lines)  # lines wrap
+        assert text.startswith("$ mlxsft push ") and "--repo someone/tuned" in text
+        assert "token" in text.lower() and "Traceback" not in text
 
 
 @run_async

@@ -13,16 +13,22 @@ from pathlib import Path
 
 from .runs import python_command
 
-FORMATS = ("peft", "hf", "gguf", "mlx", "fused")
+FORMATS = ("peft", "hf", "gguf", "gguf-lora", "ollama", "lmstudio", "mlx", "fused")
 FORMAT_HELP = {
     "peft": "PEFT LoRA/DoRA adapter (transformers + peft)",
     "hf": "merged Hugging Face model (safetensors)",
-    "gguf": "llama.cpp / Ollama file",
+    "gguf": "merged llama.cpp file, f16 or quantized",
+    "gguf-lora": "llama.cpp --lora adapter for the base GGUF",
+    "ollama": "GGUF + Modelfile (ollama create)",
+    "lmstudio": "LM Studio's publisher/model folder",
     "mlx": "mlx-lm adapter folder",
     "fused": "merged MLX model (mlxsft fuse)",
 }
 DTYPES = ("float32", "float16", "bfloat16")
-USES_DTYPE = ("hf", "gguf", "fused")
+USES_DTYPE = ("hf", "fused")
+QUANTS = ("f16", "q8_0", "q4_k_m", "q4_0", "f32")
+USES_QUANT = ("gguf", "ollama", "lmstudio")
+GGUF_FILES = ("gguf", "gguf-lora")  # formats whose output is one .gguf file
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,16 @@ class ExportOptions:
     dequantize: bool = False  # fused only
     verify: bool = True
     force: bool = False
+    quant: str | None = None  # gguf, ollama, lmstudio: llama.cpp quantization
 
 
 def default_out(run_dir: Path, fmt: str) -> Path:
     exports = Path(run_dir) / "exports"
-    return exports / f"{Path(run_dir).name}.gguf" if fmt == "gguf" else exports / fmt
+    if fmt == "gguf":
+        return exports / f"{Path(run_dir).name}.gguf"
+    if fmt == "gguf-lora":
+        return exports / f"{Path(run_dir).name}-lora.gguf"
+    return exports / fmt
 
 
 def export_args(run_dir: Path, opts: ExportOptions) -> list[str]:
@@ -54,6 +65,8 @@ def export_args(run_dir: Path, opts: ExportOptions) -> list[str]:
             args += ["--max-shard-size", opts.max_shard_size]
     if opts.dtype and opts.format in USES_DTYPE:
         args += ["--dtype", opts.dtype]
+    if opts.quant and opts.format in USES_QUANT:
+        args += ["--quant", opts.quant]
     if opts.checkpoint:
         args += ["--checkpoint", opts.checkpoint]
     if opts.force:
@@ -67,9 +80,19 @@ def export_command(run_dir: Path, opts: ExportOptions) -> list[str]:
     return python_command(*export_args(run_dir, opts))
 
 
+def push_args(target: Path, repo: str, *, private: bool = False, checkpoint: str | None = None) -> list[str]:
+    """CLI arguments for `mlxsft push`: a run (its PEFT adapter) or an export folder/file."""
+    args = ["push", str(target), "--repo", repo]
+    if private:
+        args.append("--private")
+    if checkpoint:
+        args += ["--checkpoint", checkpoint]
+    return args
+
+
 def parity_file(out: Path, fmt: str) -> Path:
     out = Path(out)
-    return out.with_name(out.name + ".parity.json") if fmt == "gguf" else out / "parity.json"
+    return out.with_name(out.name + ".parity.json") if fmt in GGUF_FILES else out / "parity.json"
 
 
 def read_parity(out: Path, fmt: str) -> dict | None:

@@ -1,4 +1,4 @@
-"""Export: pick a format and options, run `mlxsft export`/`fuse` as a child, show its parity."""
+"""Export: pick a format and options, run `mlxsft export`/`fuse`/`push` as a child, show its parity."""
 
 from __future__ import annotations
 
@@ -31,15 +31,18 @@ from ..export_job import (
     DTYPES,
     FORMAT_HELP,
     FORMATS,
+    QUANTS,
     USES_DTYPE,
+    USES_QUANT,
     ExportOptions,
     default_out,
     describe_parity,
     export_command,
+    push_args,
     read_parity,
 )
 from ..processes import StreamingChild
-from ..runs import read_meta
+from ..runs import python_command, read_meta
 
 
 class ExportScreen(Screen):
@@ -49,11 +52,13 @@ class ExportScreen(Screen):
         "its "
         "output. Every export is checked against the trained adapter (logits on fixed prompts) and "
         "writes parity.json; the result appears under the form. The checkpoint defaults to the one "
-        "chosen on the Checkpoints screen."
+        "chosen on the Checkpoints screen. Push uploads the run's PEFT adapter (or the export at "
+        "'out') to the Hugging Face hub with a model card; it needs HF_TOKEN or `hf auth login`."
     )
     BINDINGS = [
         Binding("ctrl+e", "export", "Export", priority=True),
         Binding("ctrl+x", "cancel", "Cancel export", priority=True),
+        Binding("ctrl+u", "push", "Push to hub", priority=True),
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
@@ -107,6 +112,9 @@ class ExportScreen(Screen):
                     id="export-dtype",
                     compact=True,
                 )
+            with Horizontal(classes="field-row", id="row-quant"):
+                yield Label("quantization", classes="field-label")
+                yield Select([(q, q) for q in QUANTS], value="f16", allow_blank=False, id="export-quant", compact=True)
             with Horizontal(classes="field-row", id="row-shard"):
                 yield Label("max shard size", classes="field-label")
                 yield Input("5GB", id="export-shard", compact=True)
@@ -116,6 +124,13 @@ class ExportScreen(Screen):
                 yield Checkbox("dequantize", False, id="export-dequantize", compact=True)
             yield Static("", id="export-command")
             yield Button("Export (ctrl+e)", variant="primary", id="export-start")
+            with Horizontal(classes="field-row"):
+                yield Label("hub repo", classes="field-label")
+                yield Input(placeholder="user/name", id="push-repo", compact=True)
+            with Horizontal(classes="field-row checks"):
+                yield Checkbox("private", False, id="push-private", compact=True)
+                yield Checkbox("push the export at out", False, id="push-export", compact=True)
+            yield Button("Push to hub (ctrl+u)", id="push-start")
         with Horizontal(id="export-status-row"):
             yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="export-bar")
             yield Static("ready", id="export-state")
@@ -142,11 +157,13 @@ class ExportScreen(Screen):
             dequantize=self.query_one("#export-dequantize", Checkbox).value,
             verify=self.query_one("#export-verify", Checkbox).value,
             force=self.query_one("#export-force", Checkbox).value,
+            quant=str(self.query_one("#export-quant", Select).value),
         )
 
     def update_form(self) -> None:
         opts = self.options()
         self.query_one("#row-dtype").display = opts.format in USES_DTYPE
+        self.query_one("#row-quant").display = opts.format in USES_QUANT
         self.query_one("#row-shard").display = opts.format == "hf"
         self.query_one("#export-dequantize").display = opts.format == "fused"
         command = export_command(Path(self.app.display_path(self.run_dir)), opts)
@@ -170,6 +187,8 @@ class ExportScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "export-start":
             self.action_export()
+        elif event.button.id == "push-start":
+            self.action_push()
 
     # ------------------------------------------------------------ running
     def action_export(self) -> None:
@@ -190,14 +209,38 @@ class ExportScreen(Screen):
         self.set_running(True, f"exporting {opts.format}…")
         self.run_export(command, out, opts.format)
 
+    def action_push(self) -> None:
+        if self.child is not None:
+            self.notify("A command is already running (ctrl+x cancels it).", severity="warning")
+            return
+        repo = self.query_one("#push-repo", Input).value.strip()
+        if "/" not in repo:
+            self.notify("Give the hub repository as user/name.", severity="warning")
+            return
+        opts = self.options()
+        out = opts.out if opts.out.is_absolute() else self.app.project_dir / opts.out
+        if self.query_one("#push-export", Checkbox).value:
+            args = push_args(out, repo, private=self.query_one("#push-private", Checkbox).value)
+        else:
+            args = push_args(
+                self.run_dir.resolve(), repo,
+                private=self.query_one("#push-private", Checkbox).value, checkpoint=opts.checkpoint,
+            )
+        command = python_command(*args)
+        self.query_one("#parity-result", Static).update("")
+        self.query_one("#export-log", RichLog).write("$ mlxsft " + shlex.join(args))
+        self.set_running(True, f"pushing to {repo}…")
+        self.run_export(command, out, None)
+
     def set_running(self, running: bool, state: str) -> None:
         self.query_one("#export-bar").display = running
         self.query_one("#export-start", Button).disabled = running
+        self.query_one("#push-start", Button).disabled = running
         self.query_one("#export-state", Static).update(state)
         self.started_at = time.time() if running else None
 
     @work(thread=True, exclusive=True, group="export")
-    def run_export(self, command: list[str], out: Path, fmt: str) -> None:
+    def run_export(self, command: list[str], out: Path, fmt: str | None) -> None:
         worker = get_current_worker()
         child = self.child = StreamingChild(command, cwd=self.app.project_dir)
         for line in child.lines():
@@ -208,9 +251,14 @@ class ExportScreen(Screen):
         code = child.wait()
         self.app.call_from_thread(self.finished, code, out, fmt)
 
-    def finished(self, code: int, out: Path, fmt: str) -> None:
+    def finished(self, code: int, out: Path, fmt: str | None) -> None:
         elapsed = time.time() - (self.started_at or time.time())
         self.child = None
+        if fmt is None:  # a push: the log says where it went
+            done = code == 0
+            self.set_running(False, "pushed" if done else f"push failed (exit code {code}); see the log")
+            self.notify("Pushed to the hub." if done else "Push failed.", severity="information" if done else "error")
+            return
         parity = read_parity(out, fmt)
         result = self.query_one("#parity-result", Static)
         result.set_class(False, "parity-ok")
