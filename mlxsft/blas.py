@@ -67,6 +67,8 @@ def describe_backend() -> dict[str, str]:
             blas = f"OpenBLAS preloaded ({lib})"
         else:
             blas = f"OpenBLAS found but not preloaded ({lib}); the mlxsft command preloads it"
+    from .kernel_cache import use_persistent_kernel_cache
+
     return {
         "mlxsft": __version__,
         "mlx": mx.__version__,
@@ -74,5 +76,6 @@ def describe_backend() -> dict[str, str]:
         "device": str(mx.default_device()),
         "metal": str(mx.metal.is_available()),
         "blas": blas,
+        "kernel cache": use_persistent_kernel_cache().describe(),
         "python": sys.version.split()[0],
     }
