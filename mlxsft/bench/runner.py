@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..blas import find_openblas
+from ..blas import openblas_env
 from ..errors import MlxsftError
 from .spec import BenchResult, BenchSpec
 from .worker import ERROR_MARKER, RESULT_MARKER
@@ -29,17 +29,14 @@ BLAS_NAMES = ("blas", "lapack", "mkl")
 
 
 def mlx_env(base: dict | None = None) -> dict:
-    """What `mlxsft train` runs with: OpenBLAS preloaded when the machine has it."""
-    env = dict(os.environ if base is None else base)
-    lib = find_openblas()
-    if lib and lib not in env.get("LD_PRELOAD", "") and not env.get("MLXSFT_NO_OPENBLAS"):
-        env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
-    return env
+    """What `mlxsft train` runs with: OpenBLAS preloaded (with the right kernels) when the machine has it."""
+    return openblas_env(dict(os.environ if base is None else base))
 
 
 def torch_env(base: dict | None = None) -> dict:
     """What a PyTorch user runs with: no preloaded BLAS, none of this project's variables."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("MLXSFT_")}
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("MLXSFT_") and k != "OPENBLAS_CORETYPE"}
     kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
             if p and not any(name in Path(p).name.lower() for name in BLAS_NAMES)]
     if kept:

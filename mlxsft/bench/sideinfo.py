@@ -13,7 +13,8 @@ import sys
 from importlib import metadata
 
 BLAS_LIB = re.compile(r"(blas|mkl|lapack|accelerate|gomp|iomp)", re.IGNORECASE)
-STEERING_VARS = ("LD_PRELOAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MLXSFT_NO_OPENBLAS",
+STEERING_VARS = ("LD_PRELOAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
+                 "MLXSFT_NO_OPENBLAS",
                  "MLXSFT_NO_KERNEL_CACHE", "TMPDIR")
 
 
@@ -45,13 +46,18 @@ def _versions(*names: str) -> dict[str, str]:
     return out
 
 
-def _openblas_threads() -> int | None:
+def _openblas(name: str):
+    """Call an OpenBLAS query in this process, if OpenBLAS is loaded."""
     import ctypes
 
     try:
-        return int(ctypes.CDLL(None).openblas_get_num_threads())
+        fn = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
+    if name == "openblas_get_corename":
+        fn.restype = ctypes.c_char_p
+        return (fn() or b"").decode()
+    return int(fn())
 
 
 def mlx_side_info(kernel_cache: str | None = None) -> dict:
@@ -60,7 +66,9 @@ def mlx_side_info(kernel_cache: str | None = None) -> dict:
     return {
         "versions": _versions("mlx", "mlx-lm"),
         "device": str(mx.default_device()),
-        "threads": {"openblas": _openblas_threads(), "cores": cores()},
+        "threads": {"openblas": _openblas("openblas_get_num_threads"), "cores": cores()},
+        "blas": f"OpenBLAS ({_openblas('openblas_get_corename')} kernels)" if _openblas("openblas_get_corename")
+        else "MLX's bundled reference BLAS",
         "blas_loaded": loaded_blas_libraries(),
         "env": {k: os.environ[k] for k in STEERING_VARS if k in os.environ},
         "kernel_cache": kernel_cache,
