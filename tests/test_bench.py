@@ -53,6 +53,7 @@ def test_bench_missing_data_or_model_is_a_clear_error(tiny_llama, tmp_path):
     assert "no-such-model-here: model folder not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_against_mlx_lm_and_peft(tiny_llama, tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("peft")
@@ -87,6 +88,7 @@ def test_bench_against_mlx_lm_and_peft(tiny_llama, tmp_path):
     assert "environments:" in result.stdout and "peft: python" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_cold_runs_pay_the_compile_once(tiny_llama, tmp_path):
     out = tmp_path / "cold.json"
     result = bench("--model", tiny_llama, "--data", QUICKSTART_DATA, "--batch-size", 4, "--max-seq-length", 64,

@@ -134,3 +134,18 @@ def test_first_use_message_only_when_the_cache_is_empty(tmp_path, kernels, expec
     if message:
         assert str(tmp_path) in message and "once" in message
     assert kc.first_use_message(kc.KernelCacheStatus(None, tmp_path, 0, "off: x")) is None
+
+
+def test_cli_announces_the_one_time_compile_only_while_the_cache_is_empty(tmp_path, monkeypatch, capsys):
+    from mlxsft.cli import _use_kernel_cache
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "t"))
+    monkeypatch.setenv("MLXSFT_KERNEL_CACHE", str(tmp_path / "c"))
+    monkeypatch.delenv("MLXSFT_NO_KERNEL_CACHE", raising=False)
+    _use_kernel_cache(announce=True)
+    assert "compiling MLX's CPU kernels once" in capsys.readouterr().err
+    mlx_dir = kc.mlx_kernel_dir(mx.__version__, {"TMPDIR": str(tmp_path / "t")})
+    assert mlx_dir.is_symlink()
+    (mlx_dir / "libK.so").write_bytes(b"")  # a kernel is cached now (through MLX's folder)
+    _use_kernel_cache(announce=True)
+    assert capsys.readouterr().err == ""
