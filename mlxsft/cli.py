@@ -167,10 +167,20 @@ def cmd_doctor(_args) -> int:
 COMMANDS = {"train": cmd_train, "recipe": cmd_recipe, "demo": cmd_demo, "doctor": cmd_doctor}
 
 
+def _use_kernel_cache(announce: bool) -> None:
+    """Keep MLX's compiled CPU kernels across reboots; say so when this run will build them."""
+    from .kernel_cache import first_use_message, use_persistent_kernel_cache
+
+    message = first_use_message(use_persistent_kernel_cache())
+    if announce and message:
+        print(message, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     maybe_reexec_with_openblas(argv)
     args = build_parser().parse_args(argv)
+    _use_kernel_cache(announce=args.command == "train")
     try:
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)

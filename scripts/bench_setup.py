@@ -4,8 +4,9 @@
     mlxsft bench --model bench/s256 --data bench/data-multi --batch-size 8 --max-seq-length 512 \\
                  --steps 10 --warmup 3 --against mlx-lm --against peft
 
-s256: Llama, hidden 256 x 8 layers, vocab ~800 (tokenizer trained on the data).
-m384: Llama, hidden 384 x 12 layers, vocab padded to 32000 (a realistic LM head).
+s256: Llama, hidden 256 x 8 layers, vocab 2000 (tokenizer trained on the data), 7.3M parameters.
+m384: Llama, hidden 384 x 12 layers, vocab padded to 32000 (a realistic LM head), 43M parameters.
+l768: Llama, hidden 768 x 12 layers (12 heads, 4 KV heads), MLP 2048, vocab padded to 32000, 125M parameters.
 data-multi: 400 chats of 2-4 turns (133-498 tokens, mean ~309); data-single: 400 one-turn chats.
 """
 
@@ -63,7 +64,10 @@ def main(out: str) -> None:
     build_tiny_model(root / "m384", TinyModelSpec(hidden_size=384, num_layers=12, num_heads=6, num_kv_heads=2,
                                                   intermediate_size=1024, vocab_size=2000, model_vocab_size=32000),
                      corpus=texts)
-    print(f"Wrote models s256, m384 and data-multi, data-single under {root}")
+    build_tiny_model(root / "l768", TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
+                                                  intermediate_size=2048, vocab_size=2000, model_vocab_size=32000),
+                     corpus=texts)
+    print(f"Wrote models s256, m384, l768 and data-multi, data-single under {root}")
 
 
 if __name__ == "__main__":

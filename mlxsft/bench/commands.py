@@ -26,6 +26,9 @@ def add_commands(sub) -> None:
     p.add_argument("--against", action="append", default=[], choices=("mlx-lm", "peft"),
                    help="Also run this trainer on the same work (repeatable).")
     p.add_argument("--repeats", type=int, default=1, help="Runs per side; the fastest counts.")
+    p.add_argument("--cold", action="store_true",
+                   help="First run each side in an empty temp dir (and, for ours, an empty kernel cache: a first "
+                        "run after install), and ours once more after a simulated reboot; report cold and warm.")
     p.add_argument("--json", dest="json_out", default=None, help="Write the results here as JSON.")
     p.set_defaults(handler=cmd_bench)
 
@@ -38,7 +41,7 @@ def cmd_bench(args) -> int:
                      max_seq_length=args.max_seq_length, steps=args.steps, warmup=args.warmup, rank=args.rank,
                      alpha=2.0 * args.rank, layers=layers, pack=args.pack, batch_tokens=args.batch_tokens,
                      grad_checkpoint=args.grad_checkpoint)
-    results = run_benchmark(spec, args.against, repeats=args.repeats)
+    results = run_benchmark(spec, args.against, repeats=args.repeats, cold=args.cold)
     print(format_table(results))
     if args.json_out:
         atomic_write_text(Path(args.json_out), json.dumps(summary(spec, results), indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -18,6 +19,7 @@ import mlx.optimizers as optim
 from ..model import lora_parameters, resolve_targets
 from ..train.prepare import resolve_data_files
 from .ours import spec_to_recipe
+from .sideinfo import mlx_side_info
 from .spec import BenchResult, BenchSpec
 
 
@@ -29,8 +31,11 @@ class _Reports:
         self.seconds = 0.0
         self.trained = 0
         self.peak = 0.0
+        self.warmup_steps: list[float] = []
 
     def on_train_loss_report(self, info: dict) -> None:
+        if info["iteration"] <= self.warmup:
+            self.warmup_steps.append(1.0 / info["iterations_per_second"])
         if info["iteration"] == self.warmup:
             mx.reset_peak_memory()
         elif info["iteration"] > self.warmup:
@@ -49,6 +54,7 @@ def run_mlx_lm(spec: BenchSpec) -> BenchResult:
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
+    start = time.perf_counter()
     mx.random.seed(spec.seed)
     model, tokenizer = load(spec.model)
     recipe = spec_to_recipe(spec)
@@ -74,11 +80,14 @@ def run_mlx_lm(spec: BenchSpec) -> BenchResult:
             adapter_file=str(Path(tmp) / "adapters.safetensors"), grad_checkpoint=spec.grad_checkpoint,
         )
         optimizer = optim.AdamW(learning_rate=spec.learning_rate, weight_decay=0.0)
+        prepare_s = time.perf_counter() - start
         train(model, optimizer, dataset, None, args=args, iterate_batches=counting_batches,
               training_callback=reports)
     timed = positions[spec.warmup: spec.warmup + spec.steps]
     return BenchResult(
         "mlx-lm", spec.steps, reports.seconds, tokens=sum(t for _, t in timed), trained_tokens=reports.trained,
-        padded_positions=sum(p for p, _ in timed), peak_memory_gb=reports.peak,
+        padded_positions=sum(p for p, _ in timed), peak_memory_gb=reports.peak, prepare_s=prepare_s,
+        first_step_s=reports.warmup_steps[0] if reports.warmup_steps else 0.0, warmup_s=sum(reports.warmup_steps),
+        info=mlx_side_info(),
         notes=["mlx-lm ChatDataset(mask_prompt=True): trains the last assistant turn only"],
     )

@@ -8,9 +8,11 @@ import time
 import mlx.core as mx
 
 from ..config import recipe_from_dict
+from ..kernel_cache import use_persistent_kernel_cache
 from ..rundir import RunDir
 from ..train.events import Emitter
 from ..train.loop import StopFlag, Trainer
+from .sideinfo import mlx_side_info
 from .spec import BenchResult, BenchSpec
 
 
@@ -27,13 +29,24 @@ def spec_to_recipe(spec: BenchSpec, method: str | None = None):
     })
 
 
+def _timed_steps(trainer: Trainer, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        trainer.one_step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def run_ours(spec: BenchSpec) -> BenchResult:
+    cache = use_persistent_kernel_cache()  # as the `mlxsft` command does at start
     recipe = spec_to_recipe(spec)
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         trainer = Trainer(recipe, RunDir(tmp), Emitter([]), StopFlag())
         trainer.prepare(resume=False)
-        for _ in range(spec.warmup):
-            trainer.one_step()
+        prepare_s = time.perf_counter() - start
+        warmup = _timed_steps(trainer, spec.warmup)
         mx.reset_peak_memory()
         tokens = trained = positions = 0
         start = time.perf_counter()
@@ -43,4 +56,6 @@ def run_ours(spec: BenchSpec) -> BenchResult:
             trained += trainer.last_step_tokens[1]
             positions += trainer.last_batch_positions
         seconds = time.perf_counter() - start
-    return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9)
+    return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9,
+                       prepare_s=prepare_s, first_step_s=warmup[0] if warmup else 0.0, warmup_s=sum(warmup),
+                       info=mlx_side_info(cache.describe()))

@@ -1,5 +1,9 @@
 """Time PyTorch + PEFT on the same work: what a Linux CPU user would otherwise pick.
 
+It runs as a PyTorch user would run it: the runner starts it without this project's
+OpenBLAS preload (which would replace the BLAS PyTorch calls and slow it about 4x),
+and it uses `torch.set_num_threads(cores)` with PyTorch's own BLAS.
+
 Same model folder (loaded by transformers), same LoRA shape (PEFT LoraConfig with
 the same rank, alpha, targets and layers), the same batches as this project plans
 (so the comparison is about the compute, not the batching), AdamW, eager PyTorch
@@ -15,6 +19,7 @@ from ..rundir import RunDir
 from ..train.events import Emitter
 from ..train.loop import StopFlag, Trainer
 from .ours import spec_to_recipe
+from .sideinfo import cores, torch_side_info
 from .spec import BenchResult, BenchSpec
 
 
@@ -42,6 +47,8 @@ def run_peft(spec: BenchSpec) -> BenchResult:
         raise MlxsftError(f"--against peft needs torch, transformers and peft installed ({exc}).") from None
     import resource
 
+    start = time.perf_counter()
+    torch.set_num_threads(cores())
     batches = _batches(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=torch.float32)
@@ -64,8 +71,12 @@ def run_peft(spec: BenchSpec) -> BenchResult:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    prepare_s = time.perf_counter() - start
+    warmup = []
     for batch in batches[: spec.warmup]:
+        start = time.perf_counter()
         step(batch)
+        warmup.append(time.perf_counter() - start)
     start = time.perf_counter()
     for batch in batches[spec.warmup:]:
         step(batch)
@@ -75,7 +86,8 @@ def run_peft(spec: BenchSpec) -> BenchResult:
     return BenchResult(
         "peft", len(timed), seconds, tokens=sum(b.num_tokens for b in timed),
         trained_tokens=sum(b.num_trained for b in timed), padded_positions=sum(b.inputs.size for b in timed),
-        peak_memory_gb=peak_gb,
+        peak_memory_gb=peak_gb, prepare_s=prepare_s, first_step_s=warmup[0] if warmup else 0.0,
+        warmup_s=sum(warmup), info=torch_side_info(),
         notes=["PyTorch eager + PEFT on this project's batches; peak is the process's max RSS, "
                "not comparable with MLX's allocator peak"],
     )

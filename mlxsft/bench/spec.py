@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,13 @@ class BenchResult:
     padded_positions: int  # all positions, padding included
     peak_memory_gb: float
     notes: list[str] = field(default_factory=list)
+    # cold vs warm: load + prepare, the first step (compiles), all warm-up steps, the whole child process
+    prepare_s: float = 0.0
+    first_step_s: float = 0.0
+    warmup_s: float = 0.0
+    wall_s: float = 0.0
+    run: str = "warm"  # "warm", "first-install" (empty temp dir and kernel cache) or "after-reboot" (empty temp dir)
+    info: dict = field(default_factory=dict)  # versions, threads, BLAS (sideinfo.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -72,5 +79,5 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, raw: dict) -> BenchResult:
-        names = {"name", "steps", "seconds", "tokens", "trained_tokens", "padded_positions", "peak_memory_gb", "notes"}
+        names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in names})

@@ -1,6 +1,9 @@
 """Child-process entry: run one side of a benchmark and print its result as JSON.
 
     python -m mlxsft.bench.worker SIDE SPEC_JSON
+
+A user-facing error (bad model or data path) is printed as one marked line for the
+parent to show as it is; anything else is a bug, and its traceback goes to stderr.
 """
 
 from __future__ import annotations
@@ -8,7 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import MlxsftError
 from .spec import BenchSpec
+
+RESULT_MARKER = "MLXSFT_BENCH_RESULT "
+ERROR_MARKER = "MLXSFT_BENCH_ERROR "
 
 
 def run_side(side: str, spec: BenchSpec):
@@ -27,11 +34,16 @@ def run_side(side: str, spec: BenchSpec):
     raise ValueError(f"unknown benchmark side {side!r}")
 
 
-def main() -> None:
+def main() -> int:
     side, raw = sys.argv[1], sys.argv[2]
-    result = run_side(side, BenchSpec.from_dict(json.loads(raw)))
-    print("MLXSFT_BENCH_RESULT " + json.dumps(result.to_dict()), flush=True)
+    try:
+        result = run_side(side, BenchSpec.from_dict(json.loads(raw)))
+    except MlxsftError as exc:
+        print(ERROR_MARKER + json.dumps({"message": str(exc), "exit_code": exc.exit_code}), flush=True)
+        return exc.exit_code
+    print(RESULT_MARKER + json.dumps(result.to_dict()), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
