@@ -53,7 +53,14 @@ def cpu_flags() -> set[str]:
 
 
 def openblas_core(lib: str) -> str:
-    """The kernel set OpenBLAS picked for this CPU (e.g. "SkylakeX", "Haswell", "Prescott")."""
+    """The kernel set OpenBLAS picks on its own for this CPU (e.g. "SkylakeX", "Haswell", "Prescott")."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        # this process's copy was forced at load time: ask a fresh process what OpenBLAS picks itself
+        return _core_in_fresh_process(lib)
+    return _core_name(lib)
+
+
+def _core_name(lib: str) -> str:
     import ctypes
 
     try:
@@ -62,6 +69,18 @@ def openblas_core(lib: str) -> str:
         return "unknown"
     fn.restype = ctypes.c_char_p
     return (fn() or b"unknown").decode()
+
+
+def _core_in_fresh_process(lib: str) -> str:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "LD_PRELOAD")}
+    code = f"from mlxsft.blas import _core_name; print(_core_name({lib!r}))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def better_coretype(detected: str, flags: set[str]) -> str | None:
@@ -120,7 +139,7 @@ def describe_backend() -> dict[str, str]:
         if lib is None:
             blas = "reference BLAS (slow): apt-get install libopenblas0-pthread"
         elif openblas_preloaded():
-            blas = f"OpenBLAS preloaded ({lib}), kernels {openblas_core(lib)}"
+            blas = f"OpenBLAS preloaded ({lib}), kernels {_core_name(lib)}"
         else:
             blas = f"OpenBLAS found but not preloaded ({lib}); the mlxsft command preloads it"
     from .kernel_cache import use_persistent_kernel_cache

@@ -177,8 +177,10 @@ def _use_kernel_cache(announce: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    maybe_reexec_with_openblas(argv)
+    if argv is None:  # the program itself: restart once with OpenBLAS set up (never in-process callers)
+        argv = list(sys.argv[1:])
+        maybe_reexec_with_openblas(argv)
+    argv = list(argv)
     args = build_parser().parse_args(argv)
     _use_kernel_cache(announce=args.command == "train")
     try:

@@ -101,3 +101,21 @@ def test_recipe_command_prints_resolved_recipe():
                      cwd=QUICKSTART_DATA.parents[2])
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["train"]["iters"] == 7
+
+
+def test_in_process_main_never_replaces_the_calling_process(monkeypatch, capsys):
+    """Only the `mlxsft` program re-executes itself for OpenBLAS; `main(argv)` from Python (tests,
+    scripts) must run in place, or a caller such as pytest would be replaced and end with exit 0."""
+    import os
+
+    from mlxsft.cli import main
+
+    def no_exec(*_args):
+        raise AssertionError("main(argv) tried to re-execute the calling process")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MLXSFT_BLAS_REEXEC", raising=False)
+    assert main(["recipe", "recipes/quickstart.yaml"]) == 0
+    assert "model:" in capsys.readouterr().out
