@@ -101,3 +101,17 @@ def test_cli_push_and_quant_errors(adapter_gguf, tiny_llama, tmp_path, monkeypat
     assert main(["export", str(run), "--format", "gguf", "--quant", "q8_0", "--out", str(out)]) == 0
     assert json.loads(out.with_name("m.gguf.parity.json").read_text())["dtype"] == "q8_0"
     assert not list(tmp_path.glob("p*")) and not (tmp_path / "a.gguf").exists()
+
+
+def test_push_reads_offline_mode_when_it_runs_not_at_import(adapter_gguf, monkeypatch):
+    """HF_HUB_OFFLINE set now refuses; unset now pushes, even after an offline pull set huggingface_hub's
+    import-time constant in this process."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match="HF_HUB_OFFLINE is set"):
+        push(adapter_gguf, "me/x", token="hf_test", endpoint="http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as a pull with HF_HUB_OFFLINE=1 leaves it
+    with UploadHub() as hub:
+        assert "me/x" in push(adapter_gguf, "me/x", token="hf_test", endpoint=hub.endpoint)

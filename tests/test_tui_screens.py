@@ -374,7 +374,7 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
 async def test_push_runs_mlxsft_push_and_reports_a_missing_token(project, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(project / "no-hf-home"))  # no stored login either
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # never the real hub (refused before any call)
     async with app_for(project, "runs/quickstart-lora").run_test(size=(100, 40)) as pilot:
         await pilot.press("e")
         screen = pilot.app.screen

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..models.hub import HubSettings
 from ..rundir import RunDir
 from .mlx_adapter import ExportError
 
@@ -96,6 +97,10 @@ def push(
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise ExportError(f"--repo must be user/name (or org/name), got {repo!r}.")
     token = find_token(token)
+    hub = HubSettings.from_env()  # read now, not at import: a long-lived process sees changes
+    if hub.offline:
+        raise ExportError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push.")
+    hub.apply()
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     with tempfile.TemporaryDirectory(prefix="mlxsft-push-") as tmp:
         folder = Path(tmp)
