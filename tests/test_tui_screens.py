@@ -430,11 +430,14 @@ async def test_new_run_form_loads_a_recipe_estimates_and_refuses_bad_values(proj
         values = screen.values()
         assert values["train.iters"] == "120" and values["lora.rank"] == "8"
         assert values["data.train"] == "recipes/data/quickstart"
-        estimate = str(screen.query_one("#estimate", Static).render())
-        assert "0.07M trainable" in estimate and "120 steps" in estimate
+        def estimate() -> str:
+            return str(screen.query_one("#estimate", Static).render())
+
+        # the estimate follows the form's values one refresh later: wait for it, not a fixed pause
+        await wait_for(pilot, lambda: "trainable" in estimate(), what="the estimate")
+        assert "0.07M trainable" in estimate() and "120 steps" in estimate()
         screen.query_one("#field-train--batch-size", Input).value = "eight"
-        await pilot.pause()
-        assert "train.batch_size" in str(screen.query_one("#estimate", Static).render())
+        await wait_for(pilot, lambda: "train.batch_size" in estimate(), what="the form error in the estimate")
         await pilot.press("ctrl+s")
         assert "train.batch_size" in str(screen.query_one("#form-error", Static).render())
         assert isinstance(pilot.app.screen, NewRunScreen) and not pilot.app.trainers
