@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from mlxsft.cli import main
-from mlxsft.config import recipe_from_dict
 from mlxsft.data.formats import load_jsonl
 from mlxsft.data.masking import tokenize_dataset
 from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
@@ -25,37 +24,18 @@ from mlxsft.judge.suite import Suite
 from mlxsft.judge.verdict import OVERSHOOTING, PLATEAU, STILL_LEARNING, Rule, choose, judge_history, points
 from mlxsft.rundir import RunDir
 from mlxsft.train.events import RunStarted, SelectionMade, StepReported, read_events
-from mlxsft.train.loop import run_training
 from mlxsft.untrained_tokens import check_tokens, read_embedding
 
 from .conftest import BASE_TASK, PRETRAINED_BASE
+from .test_judge_eval import train as train_run
 
 PROBES = PRETRAINED_BASE / "heldout.jsonl"
 SUITE = Suite(k=3, max_tokens=16, prompts=4, regex=r"^\w+: ", probes=str(PROBES), probe_rows=40)
 
 
 def train(out, method, iters, every, lr):
-    recipe = recipe_from_dict(
-        {
-            "model": str(PRETRAINED_BASE),
-            "data": {"train": str(BASE_TASK), "ood": str(BASE_TASK / "ood.jsonl")},
-            "output": str(out),
-            "method": method,
-            "lora": {"rank": 8, "alpha": 16},
-            "train": {
-                "iters": iters,
-                "batch_size": 4,
-                "learning_rate": lr,
-                "lr_schedule": "constant",
-                "max_seq_length": 128,
-                "steps_per_report": every,
-                "steps_per_eval": every,
-                "steps_per_save": every,
-            },
-        }
-    )
-    run_training(recipe)
-    return out
+    """A run on the pretrained base and its narrow task (the same recipe as test_judge_eval's)."""
+    return train_run(PRETRAINED_BASE, BASE_TASK, out, iters, every, method=method, lr=lr)
 
 
 @pytest.fixture(scope="module")
