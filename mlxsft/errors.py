@@ -15,6 +15,7 @@ class MlxsftError(Exception):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
         self.path = path
         self.line = line
+        self.detail = message  # the message without its "path:line: " location (for reports that list it)
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "

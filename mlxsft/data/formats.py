@@ -60,7 +60,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
         more = "\n".join(f"  {p}" for p in problems[1:_SHOWN])
         rest = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         raise DataError(
-            f"{_bare(first)}\n{len(problems) - 1} more rows have problems:\n{more}{rest}",
+            f"{first.detail}\n{len(problems) - 1} more rows have problems:\n{more}{rest}",
             path=first.path,
             line=first.line,
         )
@@ -124,12 +124,6 @@ def _read_line(raw: bytes, where: str, line_no: int, file_kind) -> Example | Non
             line=line_no,
         )
     return _make_example(kind, row, where, line_no)
-
-
-def _bare(exc: DataError) -> str:
-    """The error's message without its "path:line: " prefix."""
-    prefix = f"{exc.path}:{exc.line}: " if exc.line is not None else f"{exc.path}: "
-    return str(exc).removeprefix(prefix)
 
 
 def _decode_line(raw: bytes, where: str, line_no: int) -> str:

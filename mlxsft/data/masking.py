@@ -33,8 +33,6 @@ from ..errors import DataError
 from .formats import Example
 from .templates import RowPlan, SequencePlan, check_turn_order, hf_tokenizer, plan_chat, render
 
-MASKS = MASK_MODES
-
 _SHOWN = 20  # bad rows quoted in one error message
 
 
@@ -141,7 +139,7 @@ def tokenize_dataset(
         try:
             row = tokenize_row(example, tokenizer, mask=mask, multi_turn=multi_turn, train_reasoning=train_reasoning)
         except DataError as exc:
-            bad.append(SkippedRow(example.path, example.line, _reason(exc)))
+            bad.append(SkippedRow(example.path, example.line, exc.detail))
             continue
         layouts[row.layout] += 1
         if row.layout.startswith("split"):
@@ -169,12 +167,6 @@ def bad_rows_error(bad: list[SkippedRow]) -> DataError:
     )
 
 
-def _reason(exc: DataError) -> str:
-    text = str(exc)
-    prefix = f"{exc.path}:{exc.line}: " if exc.path is not None else ""
-    return text[len(prefix) :] if text.startswith(prefix) else text
-
-
 def _skip_reason(row: TokenizedRow, example, mask, max_seq_length) -> str:
     full_trained = sum(s.num_trained for s in row.sequences)
     if full_trained == 0:
@@ -199,8 +191,8 @@ def tokenize_row(
     train_reasoning: bool = True,
 ) -> TokenizedRow:
     """The training sequences of one row (untruncated); raises `DataError` for a bad row."""
-    if mask not in MASKS:
-        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    if mask not in MASK_MODES:
+        raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
     hf = hf_tokenizer(tokenizer)
     if example.kind != "chat":
         ids, trained = _tokenize_plain(hf, example)

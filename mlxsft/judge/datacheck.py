@@ -94,21 +94,15 @@ def data_files(data: str | Path) -> dict[str, Path]:
     )
 
 
-def _message(exc: MlxsftError) -> str:
-    """The error's text without its "path:line: " prefix (a Finding carries those)."""
-    prefix = f"{exc.path}:{exc.line}: " if exc.line is not None else f"{exc.path}: "
-    return str(exc).removeprefix(prefix)
-
-
 def _load(path: Path, report: DataReport) -> list[Example] | None:
     """The file's valid rows; every bad row becomes a schema finding and the rest are still checked."""
     try:
         rows, problems = scan_jsonl(path)
     except DataError as exc:
-        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, _message(exc)))
+        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, exc.detail))
         return None
     for exc in problems:
-        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, _message(exc)))
+        report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, exc.detail))
     return rows
 
 
@@ -355,6 +349,8 @@ def token_checks(
     truncated = no_trained = 0
     layouts: Counter = Counter()
     extra = trailing = 0
+    hf = hf_tokenizer(tokenizer)
+    marked = has_generation_markers(hf)  # the template marks replies with {% generation %}
     for row in rows:
         if row.kind == "chat" and (problem := check_turn_order(row.messages)):
             findings.append(
@@ -365,7 +361,7 @@ def token_checks(
         try:
             tokenized = tokenize_row(row, tokenizer, mask=mask, multi_turn=multi_turn)
         except DataError as exc:
-            findings.append(Finding("error", "template", row.path, row.line, _message(exc)))
+            findings.append(Finding("error", "template", row.path, row.line, exc.detail))
             continue
         layouts[tokenized.layout] += 1
         if tokenized.layout.startswith("split"):
@@ -378,7 +374,8 @@ def token_checks(
         lengths += [len(s.ids) for s in sequences]
         trained.append(total)
         findings += _trained_findings(row, mask, limit, n, total, kept)
-        findings += _marker_check(row, tokenizer, tokenized, mask)
+        if marked:
+            findings += _marker_check(row, hf, tokenized, mask)
         no_trained += kept == 0
         truncated += n > limit
         findings += _round_trip(row, tokenizer)
@@ -425,12 +422,9 @@ def _trained_findings(row: Example, mask: str, limit: int, n: int, total: int, k
     return []
 
 
-def _marker_check(row: Example, tokenizer, tokenized, mask: str) -> list[Finding]:
+def _marker_check(row: Example, hf, tokenized, mask: str) -> list[Finding]:
     """Where the template marks replies with {% generation %}, they must be what the rule trains."""
-    hf = hf_tokenizer(tokenizer)
     if row.kind != "chat" or mask != "assistant" or tokenized.layout != "one sequence":
-        return []
-    if not has_generation_markers(hf):
         return []
     seq = tokenized.plan.sequences[0]
     trained = [seq.text[s:e] for s, e, _ in seq.spans]
