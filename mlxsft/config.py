@@ -27,6 +27,8 @@ BAD_ROW_POLICIES = ("error", "skip")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OBJECTIVES = ("sft", "dpo", "orpo")
+PREFERENCE_LOSSES = ("sigmoid", "ipo")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -89,6 +91,18 @@ class QuantizeConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    beta: float = _field(0.1, "DPO: strength of the pull towards the reference (higher = stay closer); "
+                              "ORPO: weight of the odds-ratio term beside the chosen replies' NLL.")
+    label_smoothing: float = _field(0.0, "DPO sigmoid: assumed share of pairs whose preference is flipped "
+                                         "(conservative DPO), in [0, 0.5).")
+    loss_type: str = _field("sigmoid", "DPO loss: sigmoid (the DPO paper) or ipo.", PREFERENCE_LOSSES)
+    cache_reference: bool = _field(
+        True, "DPO: compute the reference log-probs once before training and keep them in the run dir "
+              "(else one extra forward pass per batch).")
+
+
+@dataclass
 class TrainConfig:
     iters: int | None = _field(None, "Optimizer steps to run (give iters or epochs).")
     epochs: float | None = _field(None, "Passes over the training data (used when iters is not set).")
@@ -128,6 +142,13 @@ class Recipe:
     model: str = _field("", "Local model folder or Hugging Face hub id.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data files and masking."})
     method: str = _field("lora", "Fine-tuning method.", METHODS)
+    objective: str = _field(
+        "sft", "Training objective: sft (replies), dpo or orpo (preference pairs: prompt, chosen, rejected).",
+        OBJECTIVES)
+    init: str | None = _field(None, "Start from a finished run's adapter (a run folder, e.g. runs/sft-x) "
+                                    "instead of a fresh one.")
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig,
+                                         metadata={"help": "DPO/ORPO settings (objective: dpo or orpo)."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter shape."})
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig, metadata={"help": "QLoRA base quantization."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization and schedule."})
@@ -387,6 +408,14 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
         fail("lora.layers", f"must be 'all' or a number of blocks >= 1, got {layers!r}.")
     if not recipe.lora.targets:
         fail("lora.targets", "must name at least one module, e.g. [q_proj, v_proj].")
+    pref = recipe.preference
+    if not pref.beta > 0:
+        fail("preference.beta", f"must be greater than 0, got {pref.beta}.")
+    if not 0 <= pref.label_smoothing < 0.5:
+        fail("preference.label_smoothing", f"must be in [0, 0.5), got {pref.label_smoothing}.")
+    if recipe.objective != "sft" and t.pack:
+        fail("train.pack", f"cannot be used with objective: {recipe.objective} (each batch row is one side of a "
+                           "pair); set it to false.")
     q = recipe.quantize
     if q.bits is not None and q.bits not in (2, 3, 4, 5, 6, 8):
         fail("quantize.bits", f"must be 2, 3, 4, 5, 6 or 8, got {q.bits}.")
@@ -457,7 +486,7 @@ def with_absolute_paths(recipe: Recipe) -> Recipe:
         recipe.data, train=absolute(recipe.data.train), valid=absolute(recipe.data.valid),
         test=absolute(recipe.data.test), ood=absolute(recipe.data.ood),
     )
-    return dataclasses.replace(recipe, model=absolute(recipe.model), data=data,
+    return dataclasses.replace(recipe, model=absolute(recipe.model), data=data, init=absolute(recipe.init),
                                output=absolute(recipe.output) if recipe.output else recipe.output)
 
 

@@ -127,6 +127,22 @@ class RunWarning:
 
 
 @dataclass(frozen=True)
+class PreferenceReported:
+    """DPO/ORPO metrics, means per pair: over the report window (train) or the validation set."""
+
+    step: int
+    split: str  # train | valid
+    loss: float
+    rewards_chosen: float
+    rewards_rejected: float
+    margin: float  # rewards_chosen - rewards_rejected
+    accuracy: float  # share of pairs whose chosen reward beats the rejected one
+    logps_chosen: float  # summed log-prob of the chosen reply
+    logps_rejected: float
+    kl: float | None = None  # valid only: mean per-token KL(policy || reference) on the replies
+
+
+@dataclass(frozen=True)
 class CheckpointEvaluated:
     """`mlxsft eval` measured one checkpoint (step 0 is the base model); RUN/eval/results.json has every metric."""
 
@@ -160,7 +176,7 @@ class SelectionMade:
 
 Event = (
     RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
-    | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade
+    | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade | PreferenceReported
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -299,6 +315,13 @@ class StdoutSink:
                     ("valid loss", event.valid_loss), ("ood loss", event.ood_loss),
                     ("entropy", event.entropy), ("distinct-2", event.distinct_2)) if value is not None]
                 return f"evaluated {event.label}: " + ", ".join(parts)
+            case PreferenceReported():
+                kl = f"  kl {event.kl:.4f}" if event.kl is not None else ""
+                return (
+                    f"step {event.step}  {event.split} pref acc {100 * event.accuracy:.1f}%  "
+                    f"margin {event.margin:.4f}  rewards {event.rewards_chosen:.4f}/{event.rewards_rejected:.4f}  "
+                    f"logps {event.logps_chosen:.2f}/{event.logps_rejected:.2f}{kl}"
+                )
             case SelectionMade():
                 return f"chose step {event.chosen_step}: {event.reason}"
             case RunStopped():

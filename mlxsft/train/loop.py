@@ -44,6 +44,8 @@ from .events import (
     RunWarning,
     StepReported,
 )
+from .init_from import load_init_adapter
+from .preference_run import PreferenceHook
 from .prepare import BatchSource, load_split, pad_token_id, resolve_data_files
 from .schedule import build_optimizer
 from .step import build_steps, enable_grad_checkpoint
@@ -94,6 +96,8 @@ class Trainer:
         self.evaluations: list[EvalFinished] = []  # this session's, for the early-stop rule
         self.restore_ops = lambda: None  # undoes enable_fast_cpu_ops
         self.early_stop_reason: str | None = None
+        # objective dpo/orpo: the hook supplies data, batches, loss, reference and metrics
+        self.preference = PreferenceHook(recipe) if recipe.objective != "sft" else None
 
     # ------------------------------------------------------------ setup
     def prepare(self, resume: bool) -> None:
@@ -102,20 +106,27 @@ class Trainer:
         self.untrained_tokens = check_tokens(embedding_of(self.model), self.tokenizer)
         self.files = files = resolve_data_files(self.recipe.data)
         self.pad_id = pad_token_id(self.tokenizer)
-        train_ds = load_split(files["train"], self.tokenizer, self.recipe.data, self.t)
-        valid_ds = load_split(files["valid"], self.tokenizer, self.recipe.data, self.t) if files["valid"] else None
+        load = self.preference.load_split if self.preference else load_split
+        train_ds = load(files["train"], self.tokenizer, self.recipe.data, self.t)
+        valid_ds = load(files["valid"], self.tokenizer, self.recipe.data, self.t) if files["valid"] else None
         self.adapter_config = attach_adapters(self.model, self.recipe, self._new_token_ids()) | {
             "model": str(self.model_path)}
+        if self.recipe.init:
+            load_init_adapter(self.model, self.recipe.init, self.adapter_config, self.model_path)
         if self.t.grad_checkpoint:
             enable_grad_checkpoint(self.model)
         if self.t.fast_cpu_ops:
             self.restore_ops = enable_fast_cpu_ops(self.model)
         if self.t.batch_tokens == "auto":
             self.t = self._resolve_auto_budget(resume)
-        self.train_src = BatchSource(train_ds, self.t, self.pad_id, shuffle=True)
+        source = self.preference.source if self.preference else BatchSource
+        self.train_src = source(train_ds, self.t, self.pad_id, shuffle=True)
         has_valid = valid_ds is not None and bool(valid_ds.examples)
-        self.valid_src = BatchSource(valid_ds, self.t, self.pad_id, shuffle=False) if has_valid else None
+        self.valid_src = source(valid_ds, self.t, self.pad_id, shuffle=False) if has_valid else None
         self._check_data(files["train"])
+        if self.preference:  # the reference is the model as it starts: before any checkpoint is loaded
+            self.preference.start(self.model, {"train": self.train_src, "valid": self.valid_src}, self.run.path,
+                                  resume)
         self.total_steps = total_steps(self.recipe, self.train_src.batches_per_epoch())
         self.optimizer = build_optimizer(self.t, self.total_steps)
         self.state = TrainerState()
@@ -127,7 +138,7 @@ class Trainer:
             self.state = sync_from_main(self.world, self.model, self.optimizer, self.state)
         self.start_step = self.state.step
         self.steps = build_steps(self.model, self.optimizer, self.t.max_grad_norm, packed=self.t.pack,
-                                 world=self.world)
+                                 world=self.world, plan=self.preference.plan() if self.preference else None)
 
     def _resolve_auto_budget(self, resume: bool) -> TrainConfig:
         """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
@@ -190,6 +201,9 @@ class Trainer:
             self.run.update_meta(batch_tokens_chosen=self.t.batch_tokens)
         if self.world.distributed:
             self.run.update_meta(world_size=self.world.size)
+        if self.preference:
+            self.preference.write_cache(self.run.path)
+            self.run.update_meta(objective=self.recipe.objective)
         valid_rows = len(self.valid_src.dataset.examples) if self.valid_src else 0
         self.emit(RunStarted(
             run_dir=str(self.run.path), model=self.recipe.model, method=self.recipe.method,
@@ -258,22 +272,26 @@ class Trainer:
         self.last_batch_positions = 0
         if self.t.grad_accumulation == 1:
             batch = self._next_batch()
-            loss_sum, ntok = self.steps.train_step(*self._arrays(batch))
+            loss_sum, ntok, *aux = self.steps.train_step(*self._arrays(batch))
             tokens, trained = batch.num_tokens, batch.num_trained
             self.last_batch_positions = batch.inputs.size
         else:
             grads = loss_sum = ntok = None
+            aux = []
             for _ in range(self.t.grad_accumulation):
                 batch = self._next_batch()
-                ls, nt, g = self.steps.grad_step(*self._arrays(batch))
+                ls, nt, g, *a = self.steps.grad_step(*self._arrays(batch))
+                aux = a if not aux else [x + y for x, y in zip(aux, a, strict=True)]
                 grads = g if grads is None else _tree_add(grads, g)
                 loss_sum = ls if loss_sum is None else loss_sum + ls
                 ntok = nt if ntok is None else ntok + nt
                 tokens, trained = tokens + batch.num_tokens, trained + batch.num_trained
                 self.last_batch_positions += batch.inputs.size
-                mx.eval(grads, loss_sum, ntok)  # bound memory: one micro-batch graph at a time
+                mx.eval(grads, loss_sum, ntok, aux)  # bound memory: one micro-batch graph at a time
             self.steps.apply_grads(grads, ntok)
-        mx.eval(loss_sum, ntok, self.model.state, self.optimizer.state)
+        mx.eval(loss_sum, ntok, aux, self.model.state, self.optimizer.state)
+        if self.preference:
+            self.preference.add(aux)
         self.last_step_tokens = (tokens, trained)
         self.window_tokens += tokens
         self.window_trained += trained
@@ -293,6 +311,8 @@ class Trainer:
     def evaluate(self) -> EvalFinished | None:
         if self.valid_src is None:
             return None
+        if self.preference:
+            return self._evaluate_preference()
         start = time.time()
         n = self.valid_src.batches_per_epoch()
         if self.t.val_batches > 0:
@@ -312,6 +332,16 @@ class Trainer:
             step=self.state.step, split="valid", loss=mean, perplexity=math.exp(min(mean, 50)),
             token_accuracy=correct / max(tokens, 1), num_tokens=int(tokens), elapsed_s=time.time() - start,
         )
+
+    def _evaluate_preference(self) -> EvalFinished:
+        self.model.eval()  # no dropout, as for SFT
+        try:
+            evaluation, metrics = self.preference.evaluate(self.model, self.valid_src, self.world, self.state.step,
+                                                           self.t.val_batches)
+        finally:
+            self.model.train()
+        self.emit(metrics)
+        return evaluation
 
     def save(self, val_loss: float | None, is_best: bool) -> None:
         self._check_finite_weights()
@@ -353,6 +383,8 @@ class Trainer:
                 now = time.time()
                 s.elapsed_s = now - run_start
                 self._report(self._flush_token_counts(), now - window_start)
+                if self.preference:
+                    self.emit(self.preference.report(s.step, window_tok.item(), s.last_loss))
                 window_loss, window_tok = mx.array(0.0), mx.array(0.0)
                 window_start = now
             evaluation = None

@@ -228,17 +228,23 @@ class StepFunctions:
 
 
 def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool,
-                gather_head: bool = True, world=None) -> StepFunctions:
+                gather_head: bool = True, world=None, plan=None) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state.
 
     With a distributed `world`, gradient sums, loss sums and token counts are summed over
     ranks inside the compiled step, so every rank applies the same update.
+
+    `plan` replaces SFT's `LossPlan` (e.g. DPO's `PreferencePlan`): its `loss` returns
+    (loss sum, count, *aux); the gradient is divided by the count, and the aux arrays
+    (metrics, no gradient) are returned after (loss sum, count) by `train_step` and
+    after the gradients by `grad_step`. SFT's plan has no aux, so its steps return as before.
     """
     from .distributed import World
 
     world = world or World(None)
-    split = split_head(model) if gather_head else None
-    plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
+    if plan is None:
+        split = split_head(model) if gather_head else None
+        plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
     loss_and_grad = nn.value_and_grad(model, plan.loss)
 
     def update(grads, ntok):
@@ -251,16 +257,16 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
 
     @partial(mx.compile, inputs=state, outputs=state)
     def train_step(*arrays):
-        (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
-        loss_sum, ntok, grads = world.all_sum((loss_sum, ntok, grads))
+        (loss_sum, ntok, *aux), grads = loss_and_grad(model, *arrays)
+        loss_sum, ntok, grads, aux = world.all_sum((loss_sum, ntok, grads, aux))
         update(grads, ntok)
-        return loss_sum, ntok
+        return (loss_sum, ntok, *aux)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def grad_step(*arrays):
-        (loss_sum, ntok), grads = loss_and_grad(model, *arrays)
-        loss_sum, ntok = world.all_sum((loss_sum, ntok))
-        return loss_sum, ntok, grads
+        (loss_sum, ntok, *aux), grads = loss_and_grad(model, *arrays)
+        loss_sum, ntok, aux = world.all_sum((loss_sum, ntok, aux))
+        return (loss_sum, ntok, grads, *aux)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply_grads(grads, ntok):

@@ -1,0 +1,231 @@
+"""What the trainer needs to run DPO or ORPO instead of SFT: one hook object.
+
+`PreferenceHook` gives the loop, for `objective: dpo|orpo`, the data split loader,
+the batch source (each pair kept together: a batch of N pairs is 2N rows), the
+loss plan for the compiled step (`build_steps(plan=...)`), the reference log-probs
+(cached in the run dir or computed per batch, see `reference`), the per-report
+metrics and the validation pass. Everything else (schedule, optimizer, checkpoints,
+exact resume, events, early stop) is the SFT loop's own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..config import Recipe, TrainConfig
+from ..data.batching import Batch, padding_waste, plan_batches
+from ..data.preference import PreferenceDataset, collate_pairs, load_pairs
+from .events import EvalFinished, PreferenceReported
+from .preference import PreferenceLoss, pair_loss, sequence_logps, summarize, token_kl, token_logps
+from .reference import Reference, compute_cache, load_cache, save_cache
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """N pairs as 2N rows (chosen first), with their reference log-probs (2N,)."""
+
+    batch: Batch
+    indices: tuple[int, ...]
+    ref: np.ndarray
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.batch.inputs
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch.num_tokens
+
+    @property
+    def num_trained(self) -> int:
+        return self.batch.num_trained
+
+
+def logps_of(model, inputs, targets, weights) -> mx.array:
+    return sequence_logps(model, inputs, targets, weights)[0]
+
+
+def batch_arrays(batch: Batch) -> list[mx.array]:
+    return [mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.weights)]
+
+
+@dataclass(frozen=True)
+class PreferencePlan:
+    """The step's loss for pairs (the `LossPlan` interface `build_steps` compiles)."""
+
+    cfg: PreferenceLoss
+    packed: bool = False
+
+    def arrays(self, pb: PairBatch) -> list[mx.array]:
+        return [*batch_arrays(pb.batch), mx.array(pb.ref)]
+
+    def loss(self, model, inputs, targets, weights, ref):
+        """(loss summed over pairs, pairs, metrics vector summed over pairs)."""
+        logps, counts = sequence_logps(model, inputs, targets, weights)
+        return pair_loss(self.cfg, logps, counts, ref)
+
+    metrics = loss
+
+
+@dataclass
+class PairSource:
+    """Pair batches of one split in a deterministic per-epoch order (as `BatchSource`)."""
+
+    dataset: PreferenceDataset
+    train: TrainConfig
+    pad_id: int
+    shuffle: bool
+    ref_logps: Callable[[tuple[int, ...], Batch], np.ndarray] = field(
+        default=lambda idx, b: np.zeros(b.inputs.shape[0], np.float32))
+
+    def __post_init__(self):
+        self.lengths = [max(len(p.chosen.ids), len(p.rejected.ids)) for p in self.dataset.pairs]
+        self.plan = lru_cache(maxsize=2)(self._make_plan)
+
+    def _make_plan(self, epoch: int):
+        budget = self.train.batch_tokens
+        return plan_batches(
+            self.lengths, batch_size=self.train.batch_size,
+            batch_tokens=budget // 2 if isinstance(budget, int) else None,  # two rows per pair
+            max_seq_length=self.train.max_seq_length, pack=False, shuffle=self.shuffle,
+            seed=self.train.seed + epoch,
+        )
+
+    def batches_per_epoch(self) -> int:
+        return len(self.plan(0))
+
+    def pair_indices(self, epoch: int, index: int, world=None) -> tuple[int, ...]:
+        rows = self.plan(epoch)[index]
+        if world is not None and world.distributed:
+            from .distributed import shard_rows
+
+            rows = shard_rows(rows, world)
+        return tuple(i for row in rows for i in row)
+
+    def batch(self, epoch: int, index: int, world=None) -> PairBatch:
+        indices = self.pair_indices(epoch, index, world)
+        if not indices:  # an empty shard: one padding pair, no trained token
+            from .distributed import empty_batch
+
+            pad = empty_batch(self.pad_id)
+            batch = Batch(*(np.concatenate([a, a]) for a in (pad.inputs, pad.targets, pad.weights, pad.segments)),
+                          num_sequences=0, num_tokens=0, num_trained=0)
+            return PairBatch(batch, (), np.zeros(2, np.float32))
+        batch = collate_pairs(self.dataset.pairs, indices, self.pad_id)
+        return PairBatch(batch, indices, np.asarray(self.ref_logps(indices, batch), np.float32))
+
+    def padding_waste(self) -> float:
+        return padding_waste([self.batch(0, i).batch for i in range(self.batches_per_epoch())])
+
+    def trained_tokens(self) -> int:
+        return int(sum(p.chosen.num_trained + p.rejected.num_trained for p in self.dataset.pairs))
+
+
+class PreferenceHook:
+    """The DPO/ORPO parts of one run (see module doc)."""
+
+    def __init__(self, recipe: Recipe):
+        p = recipe.preference
+        self.cfg = PreferenceLoss(recipe.objective, p.beta, p.label_smoothing, p.loss_type)
+        self.cache_reference = p.cache_reference and self.cfg.needs_reference
+        self.caches: dict[str, np.ndarray] = {}
+        self.window = None  # summed metrics since the last report
+
+    def load_split(self, path: Path, tokenizer, data, train: TrainConfig) -> PreferenceDataset:
+        return load_pairs(path, tokenizer, max_seq_length=train.max_seq_length, on_bad_row=data.on_bad_row)
+
+    def source(self, dataset, train: TrainConfig, pad_id: int, shuffle: bool) -> PairSource:
+        return PairSource(dataset, train, pad_id, shuffle)
+
+    def plan(self) -> PreferencePlan:
+        return PreferencePlan(self.cfg)
+
+    # ------------------------------------------------------------ the reference
+    def start(self, model: nn.Module, sources: dict[str, PairSource | None], run_path: Path, resume: bool) -> None:
+        """Take the reference (call before a checkpoint is loaded) and give each source its log-probs."""
+        self.reference = Reference(model)
+        if not self.cfg.needs_reference:
+            return
+        if not self.cache_reference:
+            for src in sources.values():
+                if src is not None:
+                    src.ref_logps = lambda idx, b: np.array(self.reference.logps(logps_of, *batch_arrays(b)))
+            return
+        cached = load_cache(run_path) if resume else None
+        for split, src in sources.items():
+            if src is None:
+                continue
+            cache = (cached or {}).get(split)
+            if cache is None or len(cache) != len(src.dataset.pairs):
+                batches = ((src.pair_indices(0, i), batch_arrays(src.batch(0, i).batch))
+                           for i in range(src.batches_per_epoch()))
+                cache = compute_cache(self.reference, logps_of, batches)
+            self.caches[split] = cache
+            src.ref_logps = lambda idx, b, c=cache: np.concatenate([c[list(idx), 0], c[list(idx), 1]])
+
+    def write_cache(self, run_path: Path) -> None:
+        if self.caches:
+            save_cache(run_path, self.caches)
+
+    # ------------------------------------------------------------ metrics
+    def add(self, aux) -> None:
+        """Add one step's summed metrics (lazy) to the report window."""
+        if aux:
+            self.window = aux[0] if self.window is None else self.window + aux[0]
+
+    def report(self, step: int, pairs: float, loss: float) -> PreferenceReported | None:
+        if self.window is None:
+            return None
+        values = summarize(np.array(self.window), pairs)
+        self.window = None
+        return PreferenceReported(step=step, split="train", loss=loss, **values)
+
+    def evaluate(self, model: nn.Module, src: PairSource, world, step: int, val_batches: int):
+        """(EvalFinished, PreferenceReported) of one pass over the validation pairs (model in eval mode).
+
+        EvalFinished carries the preference loss (best checkpoint and early stop use it),
+        the perplexity and token accuracy of the chosen replies.
+        """
+        start = time.time()
+        n = src.batches_per_epoch() if val_batches <= 0 else min(val_batches, src.batches_per_epoch())
+        totals = None
+        for i in range(n):
+            pb = src.batch(0, i, world)
+            sums = world.all_sum(self._eval_sums(model, pb))
+            mx.eval(sums)
+            totals = sums if totals is None else totals + sums
+        t = np.array(totals)  # [loss, pairs, metrics..., kl, kl positions, chosen nll, chosen tokens, correct]
+        loss, pairs, metrics = t[0] / max(t[1], 1), t[1], t[2:7]
+        kl = t[7] / max(t[8], 1)
+        chosen_nll, chosen_tokens = t[9], max(t[10], 1)
+        evaluation = EvalFinished(step=step, split="valid", loss=float(loss),
+                                  perplexity=float(np.exp(min(chosen_nll / chosen_tokens, 50))),
+                                  token_accuracy=float(t[11] / chosen_tokens), num_tokens=int(t[10]),
+                                  elapsed_s=time.time() - start)
+        return evaluation, PreferenceReported(step=step, split="valid", loss=float(loss), kl=float(kl),
+                                              **summarize(metrics, pairs))
+
+    def _eval_sums(self, model, pb: PairBatch) -> mx.array:
+        inputs, targets, weights = batch_arrays(pb.batch)
+        logits = model(inputs).astype(mx.float32)  # (2N, T, V)
+        with self.reference.weights() as ref_model:
+            ref_logits = mx.stop_gradient(ref_model(inputs).astype(mx.float32))
+            mx.eval(ref_logits)
+        logp = token_logps(logits, targets) * weights  # (2N, T)
+        logps, counts = logp.sum(axis=1), weights.sum(axis=1)
+        ref = (token_logps(ref_logits, targets) * weights).sum(axis=1) if self.cfg.needs_reference else mx.array(pb.ref)
+        loss, pairs, metrics = pair_loss(self.cfg, logps, counts, ref)
+        kl, positions = token_kl(logits, ref_logits, weights)
+        n = logps.shape[0] // 2
+        correct = ((logits[:n].argmax(axis=-1) == targets[:n]) * weights[:n]).sum()
+        return mx.concatenate([mx.stack([loss, pairs]), metrics,
+                               mx.stack([kl, positions, -logps[:n].sum(), counts[:n].sum(), correct])])
+
