@@ -1,0 +1,163 @@
+"""DPO and ORPO runs end to end: they learn a planted rule, resume exactly, and export."""
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import yaml
+
+from mlxsft.config import recipe_from_dict
+from mlxsft.data.preference import collate_pairs, load_pairs
+from mlxsft.rundir import RunDir
+from mlxsft.train.events import EvalFinished, PreferenceReported, RunFinished, read_events
+from mlxsft.train.loop import run_training
+from mlxsft.train.preference_run import batch_arrays, logps_of
+
+from .conftest import write_jsonl
+from .preference_task import follows_rule, held_out_pairs, sft_rows, train_pairs
+from .test_resume import cli, kill_after_first_checkpoint, step_losses
+
+LORA = {"rank": 8, "alpha": 16}
+TRAIN = {"batch_size": 8, "max_seq_length": 64, "steps_per_report": 2, "steps_per_save": 100}
+
+
+@pytest.fixture(scope="module")
+def task(tiny_llama, tmp_path_factory):
+    """The planted task's data and an SFT run on it (both openings, equally often)."""
+    root = tmp_path_factory.mktemp("pref-task")
+    write_jsonl(root / "sft" / "train.jsonl", sft_rows())
+    write_jsonl(root / "pref" / "train.jsonl", train_pairs())
+    write_jsonl(root / "pref" / "valid.jsonl", held_out_pairs())
+    sft = recipe_from_dict({"model": str(tiny_llama), "data": str(root / "sft"), "output": str(root / "sft-run"),
+                            "lora": LORA, "train": TRAIN | {"iters": 60, "learning_rate": 3e-3}})
+    run_training(sft)
+    return root
+
+
+def held_out_accuracy(base, run, valid) -> float:
+    """Share of held-out pairs whose chosen reply the run's model finds likelier than the rejected one."""
+    from mlx_lm.utils import load
+
+    model, tok = load(str(base), adapter_path=str(run))
+    pairs = load_pairs(valid, tok).pairs
+    logps = np.array(logps_of(model, *batch_arrays(collate_pairs(pairs, range(len(pairs)), tok.pad_token_id))))
+    n = len(pairs)
+    return float(np.mean(logps[:n] > logps[n:]))
+
+
+def greedy_rule_share(base, run, valid, k=8) -> tuple[float, list[str]]:
+    """Share of the first k held-out prompts whose greedy reply follows the rule, and the replies."""
+    from mlx_lm import generate
+    from mlx_lm.utils import load
+
+    model, tok = load(str(base), adapter_path=str(run))
+    ok, replies = 0, []
+    for line in valid.read_text().splitlines()[:k]:
+        messages = json.loads(line)["prompt"]
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        replies.append(generate(model, tok, prompt, max_tokens=6).strip())
+        ok += follows_rule(messages[0]["content"], replies[-1])
+    return ok / k, replies
+
+
+def preference_curve(run) -> list[tuple[int, float]]:
+    return [(e.step, e.accuracy) for e in read_events(RunDir(run).events_file)
+            if isinstance(e, PreferenceReported) and e.split == "valid"]
+
+
+@pytest.mark.slow
+def test_dpo_after_sft_learns_the_planted_rule(tiny_llama, task):
+    valid = task / "pref" / "valid.jsonl"
+    before = held_out_accuracy(tiny_llama, task / "sft-run", valid)
+    assert 0.3 <= before <= 0.7  # the SFT model writes both openings: no rule learned
+    assert greedy_rule_share(tiny_llama, task / "sft-run", valid)[0] <= 0.75
+    recipe = recipe_from_dict({
+        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(task / "dpo"), "lora": LORA,
+        "objective": "dpo", "init": str(task / "sft-run"), "preference": {"beta": 0.5},
+        "train": TRAIN | {"iters": 12, "learning_rate": 2e-3, "steps_per_eval": 2}})
+    run_training(recipe)
+    curve = preference_curve(task / "dpo")
+    print("DPO held-out preference accuracy by step:", curve, "log-prob preference before:", before)
+    assert [s for s, _ in curve] == [2, 4, 6, 8, 10, 12]
+    assert curve[0][1] < 0.75 and curve[-1][1] > 0.9
+    assert held_out_accuracy(tiny_llama, task / "dpo", valid) > 0.9
+    # Greedy replies are not asserted for DPO: on this 100k-parameter model, DPO lowers the
+    # rejected opening without raising the chosen one enough to become the top token (see the
+    # report); ORPO, whose NLL term raises the chosen reply, is checked for it below.
+    assert (task / "dpo" / "reference_logps.safetensors").is_file()
+    events = read_events(RunDir(task / "dpo").events_file)
+    valid = [e for e in events if isinstance(e, PreferenceReported) and e.split == "valid"]
+    assert all(e.kl >= 0 for e in valid) and valid[-1].kl > 0  # the policy moved away from the reference
+    losses = [e.loss for e in events if isinstance(e, EvalFinished)]  # best checkpoint: the preference loss
+    assert losses == pytest.approx([e.loss for e in valid])
+    assert isinstance(events[-1], RunFinished) and events[-1].best_val_loss == min(losses)
+
+
+@pytest.mark.slow
+def test_orpo_learns_the_rule_in_one_stage(tiny_llama, task):
+    recipe = recipe_from_dict({
+        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(task / "orpo"), "lora": LORA,
+        "objective": "orpo", "train": TRAIN | {"iters": 16, "learning_rate": 3e-3, "steps_per_eval": 2}})
+    run_training(recipe)
+    curve = preference_curve(task / "orpo")
+    print("ORPO held-out preference accuracy by step:", curve)
+    assert curve[-1][1] > 0.9
+    share, replies = greedy_rule_share(tiny_llama, task / "orpo", task / "pref" / "valid.jsonl")
+    assert share == 1.0, replies
+    assert not (task / "orpo" / "reference_logps.safetensors").exists()  # ORPO has no reference
+
+
+ITERS = 12
+
+
+def dpo_recipe(path, base, data, out, cache):
+    recipe = {"model": str(base), "data": str(data), "output": str(out), "objective": "dpo",
+              "lora": LORA | {"dropout": 0.1},  # dropout: the RNG must resume too
+              "preference": {"cache_reference": cache},
+              "train": {"iters": ITERS, "batch_size": 4, "learning_rate": 2e-3, "max_seq_length": 64,
+                        "steps_per_report": 1, "steps_per_eval": 0, "steps_per_save": 3, "grad_accumulation": 2}}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached-reference", "reference-per-batch"])
+def test_dpo_sigkill_and_resume_gives_identical_losses(tiny_llama, task, tmp_path, cache):
+    data = task / "pref"
+    reference = tmp_path / "reference"
+    proc = cli("train", str(dpo_recipe(tmp_path / "a.yaml", tiny_llama, data, reference, cache)))
+    assert proc.wait() == 0, proc.stderr.read()
+
+    killed = tmp_path / "killed"
+    proc = cli("train", str(dpo_recipe(tmp_path / "b.yaml", tiny_llama, data, killed, cache)))
+    kill_after_first_checkpoint(proc, killed / "events.jsonl")
+    assert proc.returncode == -signal.SIGKILL
+    resumed_from = RunDir(killed).checkpoint_steps()[-1]
+    assert resumed_from < ITERS
+    proc = cli("train", "--resume", str(killed))
+    assert proc.wait() == 0, proc.stderr.read()
+
+    want, got = step_losses(reference), step_losses(killed)
+    assert sorted(got) == list(range(1, ITERS + 1))
+    for step in range(resumed_from + 1, ITERS + 1):
+        assert abs(got[step] - want[step]) <= 1e-6 * max(1.0, abs(want[step])), (step, got[step], want[step])
+    assert (killed / "reference_logps.safetensors").is_file() == cache
+
+
+def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from mlxsft.export import export_peft
+
+    from .export_fixtures import max_abs_diff, mlx_reference, torch_logits
+
+    run = tmp_path / "dpo"
+    run_training(recipe_from_dict({
+        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(run), "lora": LORA,
+        "objective": "dpo", "init": str(task / "sft-run"), "train": TRAIN | {"iters": 2, "learning_rate": 2e-3}}))
+    out = export_peft(run, tmp_path / "peft")
+    base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    got = torch_logits(peft.PeftModel.from_pretrained(base, str(out)).eval())
+    want = mlx_reference(tiny_llama, run)
+    assert max_abs_diff(want, got) < 1e-4
