@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
+from mlxsft.cli import main
 from mlxsft.config import recipe_from_dict
 from mlxsft.data.preference import collate_pairs, load_pairs
+from mlxsft.errors import TrainingError
 from mlxsft.rundir import RunDir
 from mlxsft.train.events import EvalFinished, PreferenceReported, RunFinished, read_events
 from mlxsft.train.loop import run_training
@@ -92,6 +94,10 @@ def test_dpo_after_sft_learns_the_planted_rule(tiny_llama, task):
     losses = [e.loss for e in events if isinstance(e, EvalFinished)]  # best checkpoint: the preference loss
     assert losses == pytest.approx([e.loss for e in valid])
     assert isinstance(events[-1], RunFinished) and events[-1].best_val_loss == min(losses)
+    assert main(["select", str(task / "dpo")]) == 0  # from the run's validation passes, no `eval` needed
+    chosen = RunDir(task / "dpo").read_meta()["chosen_step"]
+    best = max(e.accuracy for e in valid)
+    assert next(e for e in valid if e.step == chosen).accuracy == best
 
 
 @pytest.mark.slow
@@ -161,3 +167,17 @@ def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
     got = torch_logits(peft.PeftModel.from_pretrained(base, str(out)).eval())
     want = mlx_reference(tiny_llama, run)
     assert max_abs_diff(want, got) < 1e-4
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"init": "nowhere"}, "has no adapters.safetensors"),
+    ({"lora": {"rank": 4, "alpha": 8}}, "differs from this recipe's in lora rank"),
+])
+def test_init_from_a_run_that_does_not_fit_is_a_clear_error(tiny_llama, task, tmp_path, change, message):
+    raw = {"model": str(tiny_llama), "data": str(task / "pref"), "output": str(tmp_path / "run"), "lora": LORA,
+           "objective": "dpo", "init": str(task / "sft-run"), "train": TRAIN | {"iters": 1}} | change
+    if change.get("init") == "nowhere":
+        raw["init"] = str(tmp_path / "nowhere")
+    with pytest.raises(TrainingError, match=message):
+        run_training(recipe_from_dict(raw))
+    assert not (tmp_path / "run").exists()  # nothing written before the inputs are right

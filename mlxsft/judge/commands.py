@@ -198,6 +198,14 @@ def cmd_eval(args) -> int:
             flush=True,
         )
 
+    from .preference_select import objective_of
+
+    objective = objective_of(RunDir(args.run))
+    if objective != "sft":
+        raise MlxsftError(
+            f"`mlxsft eval` runs the SFT battery, which does not read preference pairs; this {objective} run's "
+            f"validation passes are in its events already: run `mlxsft select {args.run}` to choose a checkpoint.",
+            path=str(args.run))
     doc = evaluate_run(args.run, suite, args.checkpoints, on_entry=progress)
     print(json.dumps(doc, indent=2) if args.json else "\n" + format_eval(doc))
     return 0
@@ -279,6 +287,10 @@ def cmd_select(args) -> int:
 
     run = RunDir(args.run)
     run.require_existing()
+    from .preference_select import objective_of, select_preference
+
+    if objective_of(run) != "sft":  # judged from the run's own validation passes
+        return select_preference(run, dry_run=args.dry_run, as_json=args.json)
     doc = require_results(run)
     rule = load_rule(args.rule, _flag_values(args))
     available = set(run.checkpoint_steps()) | {0}

@@ -341,6 +341,9 @@ class Trainer:
         finally:
             self.model.train()
         self.emit(metrics)
+        warning = self.preference.collapse_warning(evaluation, metrics)
+        if warning:
+            self.emit(RunWarning(message=f"step {self.state.step}: {warning}", path=str(self.run.path)))
         return evaluation
 
     def save(self, val_loss: float | None, is_best: bool) -> None:

@@ -138,6 +138,8 @@ class PreferenceHook:
         self.cache_reference = p.cache_reference and self.cfg.needs_reference
         self.caches: dict[str, np.ndarray] = {}
         self.window = None  # summed metrics since the last report
+        self.valid_history: list = []  # PrefPoint per validation pass, for the collapse flag
+        self.warned = False
 
     def load_split(self, path: Path, tokenizer, data, train: TrainConfig) -> PreferenceDataset:
         return load_pairs(path, tokenizer, max_seq_length=train.max_seq_length, on_bad_row=data.on_bad_row)
@@ -187,6 +189,18 @@ class PreferenceHook:
         values = summarize(np.array(self.window), pairs)
         self.window = None
         return PreferenceReported(step=step, split="train", loss=loss, **values)
+
+    def collapse_warning(self, evaluation: EvalFinished, metrics: PreferenceReported) -> str | None:
+        """The judge's likelihood-collapse flag after this pass (said once per run session)."""
+        from ..judge.preference import PrefPoint, collapse_warning  # pure rule, no I/O
+
+        self.valid_history.append(PrefPoint(metrics.step, metrics.accuracy, metrics.margin, metrics.logps_chosen,
+                                            evaluation.perplexity))
+        warning = collapse_warning(self.valid_history)
+        if warning is None or self.warned:
+            return None
+        self.warned = True
+        return warning
 
     def evaluate(self, model: nn.Module, src: PairSource, world, step: int, val_batches: int):
         """(EvalFinished, PreferenceReported) of one pass over the validation pairs (model in eval mode).
