@@ -19,7 +19,6 @@ template cannot render) are all listed in one pass with file:line, and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,19 +85,6 @@ class PreferenceDataset:
 
 
 # --- reading ---------------------------------------------------------------------------
-
-
-def is_preference_file(path: str | Path) -> bool:
-    """Whether the first row of a JSONL file looks like a preference pair."""
-    try:
-        for raw in Path(path).read_bytes().split(b"\n"):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if text:
-                row = json.loads(text)
-                return isinstance(row, dict) and ("chosen" in row or "rejected" in row)
-    except (OSError, ValueError):
-        return False
-    return False
 
 
 def scan_pairs(path: str | Path) -> tuple[list[PreferencePair], list[SkippedRow]]:
