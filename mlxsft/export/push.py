@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..models.hub import HubSettings
 from ..rundir import RunDir
-from .mlx_adapter import ExportError
+from .errors import ExportError
+from .peft import export_peft
 
 
 def find_token(token: str | None = None) -> str:
@@ -59,8 +60,6 @@ def stage_upload(target: Path, folder: Path, checkpoint=None) -> tuple[RunDir, d
     """Fill `folder` with what to upload; return the run and the parity report."""
     run, export = _run_of(target)
     if export is None:
-        from .peft import export_peft
-
         export = export_peft(run.path, folder / "adapter", checkpoint=checkpoint)
         for f in export.iterdir():
             shutil.move(f, folder / f.name)
