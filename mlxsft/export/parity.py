@@ -109,7 +109,7 @@ class ParityReport:
     def failure(self) -> str:
         """What a failed check tells the user, and what to do."""
         if self.reference_dtype == "f16 export":
-            return (f"the {self.dtype} {self.format.upper()} strays too far from the f16 export: "
+            return (f"the {self.dtype} GGUF strays too far from the f16 export: "
                     f"{self.summary()}. Use a wider type (q8_0 or f16).")
         return f"the {self.format} export does not reproduce the trained adapter: {self.summary()}."
 
