@@ -9,6 +9,8 @@ Owns:
 - `swap_into_place`: replaces a folder with another in one atomic exchange where the
   platform has one (Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`),
   so `--force` never leaves a moment with nothing at the path;
+- `new_staging` and `commit_staging`: a temp file or folder beside a target, then made
+  durable (fsync) and swapped into place, for writes that must appear whole or not at all;
 - staging names that carry the writer's pid, and `remove_stale_staging`, which clears the
   ones whose writer is dead (an export killed with SIGKILL) on the next run.
 """
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -184,6 +187,37 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _umask_mode(mode: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def new_staging(target: Path, *, is_file: bool = False) -> Path:
+    """An empty temp file or folder beside `target`, named for this writer (`staging_prefix`)."""
+    target = Path(target)
+    if is_file:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=staging_prefix(target), suffix=".tmp")
+        os.close(fd)
+        path = Path(name)
+    else:
+        path = Path(tempfile.mkdtemp(dir=target.parent, prefix=staging_prefix(target), suffix=".tmp"))
+    path.chmod(_umask_mode(0o666 if is_file else 0o777))  # mkstemp/mkdtemp make them private
+    return path
+
+
+def commit_staging(staging: Path, target: Path) -> None:
+    """fsync what `staging` holds, then swap it into place at `target`."""
+    files = [p for p in staging.rglob("*") if p.is_file()] if staging.is_dir() else [staging]
+    for f in files:
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    swap_into_place(staging, target)
 
 
 # ---------------------------------------------------------------- leftovers of killed writers

@@ -87,8 +87,8 @@ def make(root: Path) -> None:
 
     from mlxsft.devmodel import TinyModelSpec, build_tiny_model
     from mlxsft.export import export_gguf, export_gguf_lora
-    from mlxsft.export.mlx_adapter import resolve_source
-    from mlxsft.export.verify import trained_reference
+    from mlxsft.export.parity import trained_reference
+    from mlxsft.export.source import resolve_source
     from tests.conftest import quickstart_corpus
     from tests.export_fixtures import make_run
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mlxsft.export import ExportError, export_hf, fuse_run, load_trained, resolve_source
-from mlxsft.export.merged import read_safetensors_header
-from mlxsft.export.verify import model_logits
+from mlxsft.export.parity import model_logits
+from mlxsft.export.safetensors_info import read_safetensors_header
 
 from .export_fixtures import (
     PROBE_IDS,

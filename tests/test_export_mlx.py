@@ -78,9 +78,9 @@ def test_existing_output_needs_force_and_user_files_survive(run, tmp_path):
 
 
 def test_failed_parity_writes_nothing(run, tmp_path, monkeypatch):
-    from mlxsft.export import verify
+    from mlxsft.export import parity
 
-    monkeypatch.setitem(verify.TOLERANCES, "float32", -1.0)  # nothing can pass
+    monkeypatch.setitem(parity.TOLERANCES, "float32", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="does not reproduce"):
         export_mlx_adapter(run, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

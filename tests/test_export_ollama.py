@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mlxsft.export import ExportError
+from mlxsft.export import ExportError, verify_export
 from mlxsft.export.lmstudio import export_lmstudio
 from mlxsft.export.ollama import _SAMPLE, _SYSTEM, export_ollama, jinja_render, match_chat_format, modelfile
 
@@ -72,6 +72,10 @@ def test_ollama_and_lmstudio_folders(tiny_llama, tmp_path):
     assert gguf_path.is_file() and (tmp_path / "lms" / "parity.json").is_file()
     assert [p.name for p in gguf_path.parent.iterdir()] == ["my-run-Q4_0.gguf"]
     assert gguf.GGUFReader(str(gguf_path)).fields["tokenizer.chat_template"].contents()
+    # `mlxsft verify` recognises both folders and re-checks their GGUF against the f16 export
+    for folder, quant in ((out, "q8_0"), (tmp_path / "lms", "q4_0")):
+        report = verify_export(folder, run)
+        assert report.passed and report.dtype == quant and report.reference_dtype == "f16 export"
 
     # both folders push as they are, nested paths included, with a card for their use
     from mlxsft.export.push import push

@@ -14,7 +14,7 @@ from mlxsft.export import (
     load_trained,
     resolve_source,
 )
-from mlxsft.export.verify import model_logits
+from mlxsft.export.parity import model_logits
 from mlxsft.rundir import RunDir
 
 from .export_fixtures import PROBE_IDS, make_run, max_abs_diff, mlx_reference, torch_logits

@@ -12,21 +12,30 @@
     verify_export(export, against=run)          parity of any export vs the trained adapter
     import_peft_adapter(peft_dir, out, base=)   a PEFT adapter as a run
 
-Every function takes `checkpoint=` (a step, "best", or None for the latest) where
-it reads a run, refuses an existing output unless `force=True` (and then replaces
-only an earlier export), writes into a temp path beside the output and renames it
-into place after the parity check passed. Problems raise `ExportError`.
+Every export goes through one pipeline (`pipeline.export_run`): resolve the run's
+adapter (`checkpoint=`: a step, "best", or None for the chosen/latest one), refuse an
+existing output unless `force=True` (and then replace only an earlier export), compute
+the reference, write into a temp path beside the output, read it back and compare, and
+swap it into place only after the parity check passed. A format (`pipeline.Format`) is
+a name, a `write` and a `load`, plus its `plan` and `reference`; `registry.FORMATS`
+lists them, and `verify` dispatches through it. Problems raise `ExportError`.
 
-Modules: keymap (mlx-lm <-> PEFT tensor names), mlx_adapter (the run side, staging,
-mlx export), peft, merged (fuse, hf), gguf, gguf_quant (quantization types and bytes),
-gguf_lora, ollama, lmstudio, push, verify (parity), import_adapter, commands (CLI handlers).
+Modules: errors; source (which adapter a run provides, loaded in MLX); staging (target
+checks, stage and commit over mlxsft/safeio.py); parity (reference logits, comparison,
+reports); pipeline (`Format`, `export_run`); the formats mlx_adapter, peft (writing and
+reading PEFT), merged (hf, fused), gguf, gguf_quant (quantization types and bytes),
+gguf_lora, ollama, lmstudio; registry; verify; keymap (mlx-lm <-> PEFT tensor names);
+safetensors_info; side_files; import_adapter; push; commands (CLI handlers).
 """
 
 # Names resolve on first use, so `mlxsft --help` (which imports .commands) stays light.
 _EXPORTS = {
-    "AdapterSource": "mlx_adapter",
-    "ExportError": "mlx_adapter",
-    "ParityReport": "verify",
+    "AdapterSource": "source",
+    "ExportError": "errors",
+    "ExportOptions": "pipeline",
+    "FORMATS": "registry",
+    "Format": "pipeline",
+    "ParityReport": "parity",
     "export_gguf": "gguf",
     "export_gguf_lora": "gguf_lora",
     "export_lmstudio": "lmstudio",
@@ -35,13 +44,15 @@ _EXPORTS = {
     "export_mlx_adapter": "mlx_adapter",
     "export_peft": "peft",
     "fuse_run": "merged",
+    "export_run": "pipeline",
     "import_peft_adapter": "import_adapter",
-    "load_trained": "mlx_adapter",
+    "load_trained": "source",
     "mlx_to_peft": "keymap",
     "peft_to_mlx": "keymap",
     "push": "push",
-    "read_peft_adapter": "import_adapter",
-    "resolve_source": "mlx_adapter",
+    "read_peft_adapter": "peft",
+    "resolve_source": "source",
+    "trained_reference": "parity",
     "verify_export": "verify",
 }
 __all__ = sorted(_EXPORTS)

@@ -2,13 +2,19 @@
 
 `add_commands(sub)` adds the five subparsers to the CLI's argparse subparsers and
 sets `handler=` on each; the CLI dispatches `args.handler(args)` and turns an
-`MlxsftError` into one message and a non-zero exit.
+`MlxsftError` into one message and a non-zero exit. `export` and `fuse` run the one
+pipeline (`pipeline.export_run`) with the format the registry names.
+
+The handlers import the wing's modules when they run, not at import: `mlxsft --help`
+imports this module, and the formats pull in MLX, mlx-lm and numpy.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+
+from .errors import ExportError
 
 FORMATS = ("peft", "hf", "gguf", "mlx", "gguf-lora", "ollama", "lmstudio")
 QUANT_CHOICES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
@@ -136,79 +142,37 @@ def add_commands(sub) -> None:
 
 
 def cmd_fuse(args) -> int:
-    from .merged import fuse_run
+    from .pipeline import ExportOptions, export_run
+    from .registry import get_format
 
-    fuse_run(
-        args.run,
-        args.out,
-        checkpoint=args.checkpoint,
-        dequantize=args.dequantize,
-        dtype=args.dtype,
-        force=args.force,
-        verify=args.verify,
-    )
+    options = ExportOptions(dtype=args.dtype, dequantize=args.dequantize)
+    export_run(get_format("fused"), args.run, args.out, checkpoint=args.checkpoint, force=args.force,
+               verify=args.verify, options=options)
     return 0
 
 
 def cmd_export(args) -> int:
-    common = dict(checkpoint=args.checkpoint, force=args.force, verify=args.verify)
-    if getattr(args, "quant", None) and args.format in ("peft", "mlx", "hf"):
-        from .mlx_adapter import ExportError
+    from .pipeline import ExportOptions, export_run
+    from .registry import get_format
 
-        raise ExportError(f"--quant applies to GGUF-based formats (gguf, ollama, lmstudio), not {args.format}.")
-    if args.format == "peft":
-        from .peft import export_peft
-
-        _no_dtype(args)
-        export_peft(args.run, args.out, **common)
-    elif args.format == "mlx":
-        from .mlx_adapter import export_mlx_adapter
-
-        _no_dtype(args)
-        export_mlx_adapter(args.run, args.out, **common)
-    elif args.format == "hf":
-        from .merged import export_hf
-
-        export_hf(
-            args.run, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size, **common
-        )
-    elif args.format == "gguf":
-        from .gguf import export_gguf
-
-        export_gguf(args.run, args.out, dtype=args.dtype, quant=args.quant, **common)
-    else:
-        _deploy_export(args, common)
+    _check_options(args)
+    options = ExportOptions(dtype=args.dtype, quant=args.quant, max_shard_bytes=args.max_shard_size)
+    export_run(get_format(args.format), args.run, args.out, checkpoint=args.checkpoint, force=args.force,
+               verify=args.verify, options=options)
     return 0
 
 
-def _deploy_export(args, common: dict) -> None:
-    """gguf-lora, ollama and lmstudio (export/gguf_lora.py, ollama.py, lmstudio.py)."""
-    _no_dtype(args)
-    if args.format == "gguf-lora":
-        from .gguf_lora import export_gguf_lora
-        from .mlx_adapter import ExportError
-
-        if args.quant:
-            raise ExportError("--quant applies to merged GGUF exports; the adapter file is float32.")
-        export_gguf_lora(args.run, args.out, **common)
-    elif args.format == "ollama":
-        from .ollama import export_ollama
-
-        export_ollama(args.run, args.out, quant=args.quant, **common)
-    else:
-        from .lmstudio import export_lmstudio
-
-        export_lmstudio(args.run, args.out, quant=args.quant, **common)
-
-
-def _no_dtype(args) -> None:
-    from .mlx_adapter import ExportError
-
-    if args.dtype:
+def _check_options(args) -> None:
+    """Refuse --quant and --dtype where the format has no use for them."""
+    if args.quant and args.format in ("peft", "mlx", "hf"):
+        raise ExportError(f"--quant applies to GGUF-based formats (gguf, ollama, lmstudio), not {args.format}.")
+    if args.dtype and args.format not in ("hf", "gguf"):
         raise ExportError(
             f"--dtype applies to --format hf and gguf; for {args.format} use --quant "
             "(GGUF-based formats) or nothing (adapters keep the dtype they were trained in)."
         )
+    if args.quant and args.format == "gguf-lora":
+        raise ExportError("--quant applies to merged GGUF exports; the adapter file is float32.")
 
 
 def cmd_verify(args) -> int:

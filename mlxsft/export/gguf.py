@@ -22,15 +22,32 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
+from mlx_lm.utils import load_model
 
-from .mlx_adapter import ExportError, check_target, resolve_source, staged_output
+from .errors import ExportError
+from .gguf_lib import gguf_module as _gguf
+from .gguf_quant import (
+    QUANT_TOLERANCES,
+    QUANT_TYPES,
+    check_quantizable,
+    dequantize,
+    f16_reference,
+    file_type,
+    quant_name,
+    quantize,
+    row_lengths,
+    tensor_type,
+)
+from .merged import dequantize_all, fused_once, take_fused
+from .parity import Candidate, ReferenceLogits
+from .pipeline import ExportOptions, Job, export_run
+from .source import AdapterSource
 
 # model_type -> (gguf architecture name, permute q/k for llama.cpp's rope)
 ARCHITECTURES = {
@@ -53,21 +70,11 @@ _QWEN2_SPLIT = (
 _SPLIT_PRE = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
 
 
-def _gguf():
-    try:
-        import gguf
-    except ImportError:
-        raise ExportError("GGUF export needs the `gguf` package: pip install gguf") from None
-    return gguf
-
-
 # ---------------------------------------------------------------- what can be exported
 
 
 def quant_for(dtype: str | None, quant: str | None = None) -> str:
     """The GGUF quantization from --dtype (float32/float16) and/or --quant, refusing a conflict."""
-    from .gguf_quant import QUANT_TYPES
-
     if dtype is not None and dtype not in GGUF_DTYPES:
         raise ExportError(
             f"GGUF export writes float32 or float16 weights (got --dtype {dtype}), or a "
@@ -86,8 +93,6 @@ def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str
 
     `quant` is a --quant type (f32, f16, q8_0, q4_0, q4_k_m) or float32/float16.
     """
-    from .gguf_quant import QUANT_TYPES
-
     if quant in QUANT_TYPES:
         quant_for(None, quant)
     else:
@@ -245,7 +250,7 @@ def llama3_rope_factors(config: dict) -> np.ndarray:
 
 def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     """(tokens, token types) for ids 0..vocab_size-1, as llama.cpp's converter lists them."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # transformers' tokenizer library: loaded only when a GGUF is written
 
     gguf = _gguf()
     tokenizer = Tokenizer.from_file(str(base_path / "tokenizer.json"))
@@ -280,7 +285,7 @@ def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], l
     lists them (convert_hf_to_gguf.py `_create_vocab_sentencepiece`): pieces with their
     scores and kinds, then added tokens (added_tokens.json, tokenizer_config.json's
     added_tokens_decoder) as user-defined or control tokens with score -1000."""
-    from sentencepiece import SentencePieceProcessor
+    from sentencepiece import SentencePieceProcessor  # optional: only SentencePiece vocabularies need it
 
     gguf = _gguf()
     T = gguf.TokenType
@@ -338,7 +343,7 @@ def add_space_prefix(base_path: Path) -> bool:
 
 
 def _sentencepiece_special_ids(base_path: Path) -> dict[str, int]:
-    from sentencepiece import SentencePieceProcessor
+    from sentencepiece import SentencePieceProcessor  # optional: only SentencePiece vocabularies need it
 
     sp = SentencePieceProcessor(model_file=str(base_path / "tokenizer.model"))
     ids = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id()}
@@ -376,8 +381,6 @@ def write_gguf(
 ) -> None:
     """Write a GGUF file of `weights` (float numpy, HF/MLX names, HF layout), each tensor in
     the ggml type `gguf_quant.tensor_type` picks for `quant` (f32, f16, q8_0, q4_0, q4_k_m)."""
-    from .gguf_quant import file_type, quantize, tensor_type
-
     gguf = _gguf()
     quant = quant_for(quant) if quant in GGUF_DTYPES else quant
     writer = gguf.GGUFWriter(str(path), arch)
@@ -470,6 +473,64 @@ def _rope_scaling(writer, config: dict) -> dict[str, np.ndarray]:
     return {}
 
 
+class GgufFormat:
+    """A GGUF file of the merged (de-quantized) model, read back and checked.
+
+    f32/f16 files are checked against the trained adapter; quantized ones (q8_0, q4_0,
+    q4_k_m) against the f16 export they are quantized from, at `QUANT_TOLERANCES`.
+    """
+
+    name = "gguf"
+    single_file = True
+    parity_names = ()
+
+    def plan(self, job: Job) -> str:
+        quant = _quant(job)
+        source = job.source
+        config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
+        arch, _permute, pre = check_supported(config, source.base_path, quant)
+        check_quantizable(row_lengths(config), quant)  # before anything heavy is loaded
+        job.state.update(config=config, arch=arch, pre=pre)
+        return f"Merging {source.run.path} into GGUF ({arch}, {quant}, pre-tokenizer {pre}) at {job.out}"
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        model, reference = _merged(job)
+        if _quant(job) in QUANT_TOLERANCES:
+            reference = f16_reference(model, reference)  # quantize from f16, as llama.cpp does
+        return reference
+
+    def write(self, job: Job, path: Path) -> str:
+        _merged(job)
+        weights = gguf_arrays(take_fused(job, dequantize=True), _quant(job))
+        state, source = job.state, job.source
+        write_gguf(
+            path, weights, state["config"], source.base_path, _quant(job), state["arch"], state["pre"],
+            name=source.run.path.name, chat_template=source.run.chat_template(),
+        )
+        return f"Wrote {job.out} ({path.stat().st_size / 1e6:.1f} MB)"
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        return load_gguf_model(path, source.base_path)
+
+
+GGUF = GgufFormat()
+
+
+def _quant(job: Job) -> str:
+    """The job's --quant type (f32, f16, q8_0, q4_0, q4_k_m) from its dtype and quant options."""
+    if "quant" not in job.state:
+        job.state["quant"] = quant_for(job.options.dtype, job.options.quant)
+    return job.state["quant"]
+
+
+def _merged(job: Job) -> tuple[nn.Module, ReferenceLogits]:
+    """The fused, de-quantized model (checked against the quantization's block size) and
+    its reference logits, loaded once per job."""
+    trained, reference = fused_once(job, dequantize=True)
+    check_quantizable({k: v.shape for k, v in tree_flatten(trained.model.parameters())}, _quant(job))
+    return trained.model, reference
+
+
 def export_gguf(
     run_dir: str | Path,
     out: str | Path,
@@ -480,66 +541,9 @@ def export_gguf(
     force: bool = False,
     verify: bool = True,
 ) -> Path:
-    """A GGUF file of the merged (de-quantized) model, read back and checked.
-
-    f32/f16 files are checked against the trained adapter; quantized ones (q8_0, q4_0,
-    q4_k_m) against the f16 export they are quantized from, at `QUANT_TOLERANCES`.
-    """
-    from .merged import dequantize_all, fused_model
-    from .verify import skipped_report
-
-    out = Path(out)
-    quant = quant_for(dtype, quant)
-    source = resolve_source(run_dir, checkpoint)
-    config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    arch, _permute, pre = check_supported(config, source.base_path, quant)
-    if quant not in ("f32", "f16"):
-        from .gguf_quant import check_quantizable, row_lengths
-
-        check_quantizable(row_lengths(config), quant)
-    check_target(out, force)
-    print(f"Merging {source.run.path} into GGUF ({arch}, {quant}, pre-tokenizer {pre}) at {out}")
-    trained, reference = fused_model(source, dequantize=True)
-    dequantize_all(trained.model)
-    if quant not in ("f32", "f16"):
-        from .gguf_quant import check_quantizable, f16_reference
-
-        check_quantizable({k: v.shape for k, v in tree_flatten(trained.model.parameters())}, quant)
-        reference = f16_reference(trained.model, reference)  # quantize from f16, as llama.cpp does
-    weights = gguf_arrays(trained.model, quant)
-    del trained
-    parity_final = out.with_name(out.name + ".parity.json")
-    parity_tmp = out.with_name(f".{out.name}.parity.tmp")
-    try:
-        with staged_output(out, force, is_file=True) as tmp:
-            write_gguf(
-                tmp, weights, config, source.base_path, quant, arch, pre, name=source.run.path.name,
-                chat_template=source.run.chat_template(),
-            )
-            del weights
-            if verify:
-                _check_gguf(tmp, source, reference, quant, parity_tmp)
-            else:
-                skipped_report("gguf", source).write(parity_tmp)
-        os.replace(parity_tmp, parity_final)
-    finally:
-        parity_tmp.unlink(missing_ok=True)
-    print(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return out
-
-
-def _check_gguf(path: Path, source, reference, quant: str, parity_path: Path) -> None:
-    from .verify import check_artifact
-
-    candidate, stored, _ = load_gguf_model(path, source.base_path)
-    if quant in ("f32", "f16"):
-        check_artifact(
-            reference, candidate, fmt="gguf", dtype=stored, source=source, parity_path=parity_path
-        )
-    else:
-        from .gguf_quant import check_quantized
-
-        check_quantized(reference, candidate, quant, source, parity_path)
+    """A GGUF file of the merged (de-quantized) model, read back and checked (`GgufFormat`)."""
+    options = ExportOptions(dtype=dtype, quant=quant)
+    return export_run(GGUF, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=options)
 
 
 def gguf_arrays(model: nn.Module, quant: str) -> dict[str, np.ndarray]:
@@ -562,8 +566,6 @@ def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.arr
     """GGUF tensors back under MLX/HF names in HF layout (q/k un-permuted, quantized ones
     through gguf's own dequantization), and how the file stores them (float32, float16 or
     the --quant type)."""
-    from .gguf_quant import dequantize, quant_name
-
     gguf = _gguf()
     arch, permute = ARCHITECTURES[config["model_type"]]
     inverse = {v: k for k, v in gguf_names(names, arch, config["num_hidden_layers"]).items()}
@@ -590,12 +592,9 @@ def read_gguf_weights(path: Path, config: dict, names) -> tuple[dict[str, mx.arr
     return weights, stored
 
 
-def load_gguf_model(path: Path, base_path: Path) -> tuple[nn.Module, str, bool]:
-    """(MLX model of the base architecture with the GGUF file's weights, stored dtype, False)."""
-    from mlx_lm.utils import load_model
-
-    from .merged import dequantize_all
-
+def load_gguf_model(path: Path, base_path: Path) -> Candidate:
+    """An MLX model of the base architecture with the GGUF file's weights; a quantized file
+    carries its type's tolerances against the f16 export."""
     config = json.loads((base_path / "config.json").read_text(encoding="utf-8"))
     model, _ = load_model(base_path, lazy=True)
     dequantize_all(model)
@@ -603,39 +602,10 @@ def load_gguf_model(path: Path, base_path: Path) -> tuple[nn.Module, str, bool]:
     weights, stored = read_gguf_weights(Path(path), config, names)
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
-    return model, stored, False
+    return Candidate(model, stored, quantized=QUANT_TOLERANCES.get(stored))
 
 
-# ---------------------------------------------------------------- `mlxsft verify` of a GGUF
-
-
-def verify_special_gguf(path: Path, source):
-    """`mlxsft verify` of a LoRA adapter GGUF (against the trained adapter) or a quantized
-    GGUF (against the f16 export, at the type's tolerance); None for an f32/f16 model file,
-    which the generic path checks."""
-    from .gguf_quant import QUANT_TOLERANCES, quant_name
-    from .verify import parity_path_for
-
+def gguf_type(path: Path) -> str:
+    """A GGUF file's general.type: "model", or "adapter" for a LoRA adapter file."""
     reader = _gguf().GGUFReader(str(path))
-    kind = reader.fields["general.type"].contents() if "general.type" in reader.fields else "model"
-    parity = parity_path_for(path)
-    if kind == "adapter":
-        from .gguf_lora import load_lora_gguf_model
-        from .verify import check_artifact, trained_reference
-
-        return check_artifact(
-            trained_reference(source), load_lora_gguf_model(path, source), fmt="gguf-lora",
-            dtype="float32", source=source, parity_path=parity,
-        )
-    quant = quant_name(reader)
-    if quant not in QUANT_TOLERANCES:
-        return None
-    from .gguf_quant import check_quantized, f16_reference
-    from .merged import dequantize_all, fused_model
-
-    trained, reference = fused_model(source, dequantize=True)
-    dequantize_all(trained.model)
-    reference = f16_reference(trained.model, reference)
-    del trained
-    candidate, _, _ = load_gguf_model(path, source.base_path)
-    return check_quantized(reference, candidate, quant, source, parity)
+    return reader.fields["general.type"].contents() if "general.type" in reader.fields else "model"

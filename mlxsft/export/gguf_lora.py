@@ -17,15 +17,19 @@ as training saw it (a QLoRA base de-quantized) and compares logits with the trai
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .gguf import ARCHITECTURES, _gguf, _heads_for, gguf_names, permute_qk, unpermute_qk
-from .mlx_adapter import ExportError, check_target, resolve_source, staged_output
+from .errors import ExportError
+from .gguf import ARCHITECTURES, _heads_for, gguf_names, permute_qk, unpermute_qk
+from .gguf_lib import gguf_module as _gguf
+from .merged import dequantize_all
+from .parity import Candidate, ReferenceLogits, trained_reference
+from .pipeline import ExportOptions, Job, export_run
+from .source import AdapterSource, load_base_as_trained
 
 
 def check_lora_supported(source, config: dict) -> str:
@@ -112,9 +116,6 @@ def merged_deltas(path: Path, config: dict, names) -> dict[str, np.ndarray]:
 
 def load_lora_gguf_model(path: Path, source):
     """The base as training saw it (de-quantized) with the adapter file's deltas added."""
-    from .merged import dequantize_all
-    from .mlx_adapter import load_base_as_trained
-
     loaded = load_base_as_trained(source)
     dequantize_all(loaded.model)
     params = dict(tree_flatten(loaded.model.parameters()))
@@ -126,34 +127,37 @@ def load_lora_gguf_model(path: Path, source):
     return loaded.model
 
 
+class GgufLoraFormat:
+    name = "gguf-lora"
+    single_file = True
+    parity_names = ()
+
+    def plan(self, job: Job) -> str:
+        config = json.loads((job.source.base_path / "config.json").read_text(encoding="utf-8"))
+        arch = check_lora_supported(job.source, config)
+        job.state.update(config=config, arch=arch)
+        return f"Writing {job.source.run.path}'s LoRA adapter as a GGUF adapter ({arch}) at {job.out}"
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        return trained_reference(job.source)
+
+    def write(self, job: Job, path: Path) -> str:
+        arch = job.state["arch"]
+        tensors, alpha = lora_tensors(job.source, job.state["config"], arch)
+        write_lora_gguf(path, tensors, alpha, arch, name=job.source.run.path.name)
+        return (f"Wrote {job.out} ({len(tensors) // 2} adapted weights, alpha {alpha:g}); use it with "
+                "llama.cpp's --lora on a GGUF of the unmodified base")
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        return Candidate(load_lora_gguf_model(path, source), "float32")
+
+
+GGUF_LORA = GgufLoraFormat()
+
+
 def export_gguf_lora(
     run_dir: str | Path, out: str | Path, *, checkpoint=None, force: bool = False, verify: bool = True
 ) -> Path:
     """A llama.cpp LoRA adapter GGUF of the run's adapter, read back and checked."""
-    from .verify import check_artifact, skipped_report, trained_reference
-
-    out = Path(out)
-    source = resolve_source(run_dir, checkpoint)
-    config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    arch = check_lora_supported(source, config)
-    check_target(out, force)
-    print(f"Writing {source.run.path}'s LoRA adapter as a GGUF adapter ({arch}) at {out}")
-    tensors, alpha = lora_tensors(source, config, arch)
-    parity_final = out.with_name(out.name + ".parity.json")
-    parity_tmp = out.with_name(f".{out.name}.parity.tmp")
-    try:
-        with staged_output(out, force, is_file=True) as tmp:
-            write_lora_gguf(tmp, tensors, alpha, arch, name=source.run.path.name)
-            if verify:
-                check_artifact(
-                    trained_reference(source), load_lora_gguf_model(tmp, source), fmt="gguf-lora",
-                    dtype="float32", source=source, parity_path=parity_tmp,
-                )
-            else:
-                skipped_report("gguf-lora", source).write(parity_tmp)
-        os.replace(parity_tmp, parity_final)
-    finally:
-        parity_tmp.unlink(missing_ok=True)
-    print(f"Wrote {out} ({len(tensors) // 2} adapted weights, alpha {alpha:g}); use it with "
-          "llama.cpp's --lora on a GGUF of the unmodified base")
-    return out
+    return export_run(GGUF_LORA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
+                      options=ExportOptions())

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import re
 
+import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
-from .mlx_adapter import ExportError
+from .errors import ExportError
+from .gguf_lib import gguf_module as _gguf
+from .parity import ReferenceLogits, model_logits
 
 QK_K = 256
 QUANT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
@@ -39,12 +43,6 @@ QUANT_TOLERANCES = {
     "q4_0": {"max_rel_diff": 4e-1, "min_greedy": 0.55},
 }
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
-
-
-def _gguf():
-    from .gguf import _gguf
-
-    return _gguf()
 
 
 def file_type(quant: str):
@@ -243,14 +241,9 @@ def quant_name(reader) -> str:
 # ---------------------------------------------------------------- parity against the f16 export
 
 
-def f16_reference(model, reference):
+def f16_reference(model, reference: ReferenceLogits) -> ReferenceLogits:
     """Round `model`'s 2-D weights through float16 in place (what an f16 export stores, and
     what llama-quantize starts from) and return its probe logits as the parity reference."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from .verify import ReferenceLogits, model_logits
-
     rounded = [
         (k, v.astype(mx.float16).astype(v.dtype) if v.ndim > 1 else v)
         for k, v in tree_flatten(model.parameters())
@@ -258,28 +251,3 @@ def f16_reference(model, reference):
     model.load_weights(rounded)
     mx.eval(model.parameters())
     return ReferenceLogits("float16", reference.prompts, model_logits(model, reference.prompts), None)
-
-
-def check_quantized(reference, candidate, quant: str, source, parity_path):
-    """Compare a quantized GGUF's logits with the f16 export's at the type's tolerance:
-    print, write the parity report, raise ExportError when it is off."""
-    from .verify import compare, model_logits
-
-    tol = QUANT_TOLERANCES[quant]
-    report = compare(
-        reference, model_logits(candidate, reference.prompts), fmt="gguf", dtype=quant, source=source
-    )
-    report.reference_dtype = "f16 export"
-    report.tolerance = tol["max_rel_diff"]
-    report.passed = (
-        report.max_rel_diff <= tol["max_rel_diff"] and report.greedy_agreement >= tol["min_greedy"]
-    )
-    report.note = f"greedy agreement needs >= {tol['min_greedy']:.0%}"
-    print(report.summary())
-    report.write(parity_path)
-    if not report.passed:
-        raise ExportError(
-            f"the {quant} GGUF strays too far from the f16 export: {report.summary()}. "
-            "Use a wider type (q8_0 or f16)."
-        )
-    return report

@@ -16,27 +16,24 @@ base checkpoint's, since transformers would then load it wrongly (or silently no
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.utils import dequantize_model, load_model, save_model
 
-from .mlx_adapter import (
-    PARITY_FILE,
-    AdapterSource,
-    ExportError,
-    check_target,
-    load_trained,
-    resolve_source,
-    staged_output,
-    write_json,
-)
+from ..model import cast_floating, is_quantized
+from .errors import ExportError
+from .parity import Candidate, ReferenceLogits, reference_logits
+from .pipeline import DEFAULT_MAX_SHARD_BYTES, ExportOptions, Job, export_run
+from .safetensors_info import read_safetensors_shapes
 from .side_files import copy_side_files
+from .source import AdapterSource, LoadedModel, load_trained
+from .staging import PARITY_FILE, write_json
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
 # ---------------------------------------------------------------- fusing
 
 
@@ -52,8 +49,6 @@ def fuse_adapters(model: nn.Module, dequantize: bool) -> None:
 
 
 def dequantize_all(model: nn.Module) -> None:
-    from mlx_lm.utils import dequantize_model
-
     dequantize_model(model)
 
 
@@ -75,24 +70,7 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-# ---------------------------------------------------------------- safetensors headers and names
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (names, dtypes, shapes) without reading tensors."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(size))
-
-
-def read_safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} over a model folder's model*.safetensors files."""
-    shapes = {}
-    for path in sorted(folder.glob("model*.safetensors")):
-        for name, info in read_safetensors_header(path).items():
-            if name != "__metadata__":
-                shapes[name] = tuple(info["shape"])
-    return shapes
+# ---------------------------------------------------------------- tensor names
 
 
 def check_hf_names(weights: dict[str, mx.array], base_path: Path, base_config: dict) -> None:
@@ -162,17 +140,122 @@ def write_config(
     write_json(folder / "config.json", config)
 
 
-# ---------------------------------------------------------------- exports
+# ---------------------------------------------------------------- the trained model, fused
 
 
-def fused_model(source: AdapterSource, dequantize: bool):
+def fused_model(source: AdapterSource, dequantize: bool) -> tuple[LoadedModel, ReferenceLogits]:
     """(the trained model, fused in place; its reference logits, taken before fusing)."""
-    from .verify import reference_logits
-
     trained = load_trained(source)
     reference = reference_logits(trained.model, trained.tokenizer)
     fuse_adapters(trained.model, dequantize=dequantize)
     return trained, reference
+
+
+def fused_once(job: Job, dequantize: bool) -> tuple[LoadedModel, ReferenceLogits]:
+    """`fused_model` for this job, loaded once: its reference and its write share the model."""
+    if "fused" not in job.state:
+        job.state["fused"] = fused_model(job.source, dequantize)
+        if dequantize:  # QLoRA: the frozen base too (embeddings, untouched layers)
+            dequantize_all(job.state["fused"][0].model)
+    return job.state["fused"]
+
+
+def take_fused(job: Job, dequantize: bool) -> nn.Module:
+    """The fused model, handed over to the write: the job keeps no reference (memory)."""
+    model = fused_once(job, dequantize)[0].model
+    del job.state["fused"]
+    return model
+
+
+def load_merged_model(folder: Path) -> Candidate:
+    """A merged folder (HF or MLX, quantized or not) read back into MLX."""
+    model, config = load_model(Path(folder))
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return Candidate(model, stored, requantized=is_quantized(model))
+
+
+def _base_config(source: AdapterSource) -> dict:
+    return json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- the two formats
+
+
+class HfFormat:
+    """A merged Hugging Face model folder, de-quantized, in the asked (or the base's) dtype."""
+
+    name = "hf"
+    single_file = False
+    parity_names = (PARITY_FILE,)
+
+    def plan(self, job: Job) -> str:
+        base_config = _base_config(job.source)
+        dtype = check_dtype(job.options.dtype or base_dtype_name(base_config))
+        job.state.update(dtype=dtype, base_config=base_config)
+        return f"Merging {job.source.run.path} into a Hugging Face model ({dtype}) at {job.out}"
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        return fused_once(job, dequantize=True)[1]
+
+    def write(self, job: Job, path: Path) -> str:
+        source = job.source
+        model = take_fused(job, dequantize=True)
+        weights = cast_weights(dict(tree_flatten(model.parameters())), DTYPES[job.state["dtype"]])
+        del model
+        check_hf_names(weights, source.base_path, job.state["base_config"])
+        files = write_safetensors_shards(weights, path, job.options.max_shard_bytes, metadata={"format": "pt"})
+        write_config(source.base_path, path, job.state["dtype"])
+        copy_side_files(source.base_path, path, source.run.chat_template())
+        return f"Wrote {job.out} ({len(files)} safetensors file{'s' if len(files) > 1 else ''})"
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        return load_merged_model(path)
+
+
+class FusedFormat:
+    """A merged MLX model folder (`mlxsft fuse`), re-quantized like the base unless `dequantize`."""
+
+    name = "fused"
+    single_file = False
+    parity_names = (PARITY_FILE,)
+
+    def plan(self, job: Job) -> str:
+        base_config = _base_config(job.source)
+        job.state.update(
+            dtype=check_dtype(job.options.dtype or base_dtype_name(base_config)), base_config=base_config
+        )
+        return ""  # announced by write, once it knows whether the fused model is quantized
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        return fused_once(job, job.options.dequantize)[1]
+
+    def write(self, job: Job, path: Path) -> str:
+        source, dtype = job.source, job.state["dtype"]
+        model = take_fused(job, job.options.dequantize)
+        quantization = _quantization(source, job.state["base_config"]) if is_quantized(model) else None
+        kind = f"{quantization['bits']}-bit" if quantization else dtype
+        print(f"Fusing {source.run.path} into an MLX model ({kind}) at {job.out}")
+        cast_floating(model, DTYPES[dtype])
+        save_model(path, model)
+        del model
+        write_config(source.base_path, path, dtype, quantization)
+        copy_side_files(source.base_path, path, source.run.chat_template())
+        return f"Wrote {job.out} (load it with mlx_lm.load('{job.out}'))"
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        return load_merged_model(path)
+
+
+HF = HfFormat()
+FUSED = FusedFormat()
+
+
+def _quantization(source: AdapterSource, base_config: dict) -> dict:
+    """The quantization the fused model keeps: the base's own, else the recipe's (QLoRA)."""
+    if "quantization" in base_config:
+        return base_config["quantization"]
+    q = source.recipe.quantize
+    return {"group_size": q.group_size, "bits": q.bits, "mode": "affine"}
 
 
 def export_hf(
@@ -186,36 +269,8 @@ def export_hf(
     verify: bool = True,
 ) -> Path:
     """A merged Hugging Face model folder of the run's adapter, checked against the adapter."""
-    from .verify import check_artifact, skipped_report
-
-    source = resolve_source(run_dir, checkpoint)
-    base_config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    dtype = check_dtype(dtype or base_dtype_name(base_config))
-    check_target(Path(out), force)
-    print(f"Merging {source.run.path} into a Hugging Face model ({dtype}) at {out}")
-    trained, reference = fused_model(source, dequantize=True)
-    dequantize_all(trained.model)  # QLoRA: the frozen base too (embeddings, untouched layers)
-    weights = cast_weights(dict(tree_flatten(trained.model.parameters())), DTYPES[dtype])
-    check_hf_names(weights, source.base_path, base_config)
-    with staged_output(out, force) as tmp:
-        files = write_safetensors_shards(weights, tmp, max_shard_bytes, metadata={"format": "pt"})
-        write_config(source.base_path, tmp, dtype)
-        copy_side_files(source.base_path, tmp, source.run.chat_template())
-        del trained, weights
-        if verify:
-            candidate, stored, _ = load_merged_model(tmp)
-            check_artifact(
-                reference,
-                candidate,
-                fmt="hf",
-                dtype=stored,
-                source=source,
-                parity_path=tmp / PARITY_FILE,
-            )
-        else:
-            skipped_report("hf", source).write(tmp / PARITY_FILE)
-    print(f"Wrote {out} ({len(files)} safetensors file{'s' if len(files) > 1 else ''})")
-    return Path(out)
+    options = ExportOptions(dtype=dtype, max_shard_bytes=max_shard_bytes)
+    return export_run(HF, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=options)
 
 
 def fuse_run(
@@ -229,58 +284,5 @@ def fuse_run(
     verify: bool = True,
 ) -> Path:
     """A merged MLX model folder (mlx_lm.load loads it), re-quantized unless `dequantize`."""
-    from mlx_lm.utils import save_model
-
-    from ..model import cast_floating, is_quantized
-    from .verify import check_artifact, skipped_report
-
-    source = resolve_source(run_dir, checkpoint)
-    base_config = json.loads((source.base_path / "config.json").read_text(encoding="utf-8"))
-    dtype = check_dtype(dtype or base_dtype_name(base_config))
-    check_target(Path(out), force)
-    trained, reference = fused_model(source, dequantize=dequantize)
-    if dequantize:
-        dequantize_all(trained.model)
-    quantization = _quantization(source, base_config) if is_quantized(trained.model) else None
-    kind = f"{quantization['bits']}-bit" if quantization else dtype
-    print(f"Fusing {source.run.path} into an MLX model ({kind}) at {out}")
-    cast_floating(trained.model, DTYPES[dtype])
-    with staged_output(out, force) as tmp:
-        save_model(tmp, trained.model)
-        write_config(source.base_path, tmp, dtype, quantization)
-        copy_side_files(source.base_path, tmp, source.run.chat_template())
-        del trained
-        if verify:
-            candidate, stored, requantized = load_merged_model(tmp)
-            check_artifact(
-                reference,
-                candidate,
-                fmt="fused",
-                dtype=stored,
-                source=source,
-                parity_path=tmp / PARITY_FILE,
-                requantized=requantized,
-            )
-        else:
-            skipped_report("fused", source).write(tmp / PARITY_FILE)
-    print(f"Wrote {out} (load it with mlx_lm.load('{out}'))")
-    return Path(out)
-
-
-def _quantization(source: AdapterSource, base_config: dict) -> dict:
-    """The quantization the fused model keeps: the base's own, else the recipe's (QLoRA)."""
-    if "quantization" in base_config:
-        return base_config["quantization"]
-    q = source.recipe.quantize
-    return {"group_size": q.group_size, "bits": q.bits, "mode": "affine"}
-
-
-def load_merged_model(folder: Path) -> tuple[nn.Module, str, bool]:
-    """(MLX model of a merged folder, its stored dtype, quantized?)."""
-    from mlx_lm.utils import load_model
-
-    from ..model import is_quantized
-
-    model, config = load_model(Path(folder))
-    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return model, stored, is_quantized(model)
+    options = ExportOptions(dtype=dtype, dequantize=dequantize)
+    return export_run(FUSED, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=options)

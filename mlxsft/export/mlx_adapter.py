@@ -1,375 +1,50 @@
-"""The run side of every export: which adapter a run provides, how MLX loads it, where output goes.
+"""The mlx-lm adapter format: `adapter_config.json` + `adapters.safetensors`, as mlx-lm loads them.
 
-Owns:
-- `ExportError`, the one error type of `mlxsft.export`;
-- `resolve_source`: the run root's latest adapters, or `--checkpoint STEP|best`;
-- `load_trained`: the base model exactly as the recipe built it for training (same
-  compute dtype: float32 on CPU; quantized for QLoRA) with the trained adapter
-  applied — the reference every parity check compares against;
-- `staged_output`: every artifact is written into a temp folder (or file) beside
-  the target and renamed into place only after its parity check passed;
-- `export_mlx_adapter`: the mlx-lm adapter folder (`adapter_config.json` +
-  `adapters.safetensors`) that `mlx_lm.generate --adapter-path` loads.
+`mlx_lm.generate --model BASE --adapter-path OUT` loads the folder. The run's own adapter
+files are copied (the config gains the base model's path), and the parity check loads
+the copy back onto the base.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-from mlx.utils import tree_flatten
-
-from ..config import Recipe
-from ..errors import MlxsftError
-from ..rundir import RunDir
-from ..safeio import (
-    read_json,
-    remove_path,
-    remove_stale_staging,
-    require_creatable,
-    staging_prefix,
-    swap_into_place,
-    write_guard,
-)
-from ..token_rows import TRAINABLE_TOKENS, attach_token_rows
-
-PARITY_FILE = "parity.json"
-ADAPTER_FILES = ("adapter_config.json", "adapters.safetensors")
+from .parity import Candidate, ReferenceLogits, trained_reference
+from .pipeline import ExportOptions, Job, export_run
+from .safetensors_info import stored_dtype
+from .source import AdapterSource, label, load_trained
+from .staging import PARITY_FILE, write_json
 
 
-class ExportError(MlxsftError):
-    """An export, fuse, verify or import cannot be done as asked."""
+class MlxAdapterFormat:
+    name = "mlx"
+    single_file = False
+    parity_names = (PARITY_FILE,)
+
+    def plan(self, job: Job) -> str:
+        return f"Exporting the mlx-lm adapter of {job.source.run.path} ({label(job.source)}) to {job.out}"
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        return trained_reference(job.source)
+
+    def write(self, job: Job, path: Path) -> str:
+        source = job.source
+        write_json(path / "adapter_config.json", dict(source.adapter_config) | {"model": str(source.base_path)})
+        shutil.copyfile(source.folder / "adapters.safetensors", path / "adapters.safetensors")
+        return f"Wrote {job.out} (mlx_lm.generate --model {source.base_path} --adapter-path {job.out})"
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        model = load_trained(source, adapter_folder=path).model
+        return Candidate(model, stored_dtype(path / "adapters.safetensors"))
 
 
-@dataclass(frozen=True)
-class AdapterSource:
-    """One trained adapter of a run: a folder with mlx-lm's adapter files."""
-
-    run: RunDir
-    folder: Path
-    step: int | None  # None: the run root's latest adapters
-    recipe: Recipe
-    base_path: Path
-    adapter_config: dict
-
-    @property
-    def fine_tune_type(self) -> str:
-        return self.adapter_config.get("fine_tune_type", "lora")
-
-    def describe(self) -> dict:
-        return {
-            "run": str(self.run.path),
-            "checkpoint": self.step if self.step is not None else "latest",
-            "method": self.fine_tune_type,
-            "base_model": str(self.base_path),
-        }
-
-
-# ---------------------------------------------------------------- the source adapter
-
-
-def parse_checkpoint(value: str | int | None) -> int | str | None:
-    """CLI value of --checkpoint: a step number, 'best', 'latest', or None (the chosen one)."""
-    if value is None or isinstance(value, int):
-        return value
-    text = str(value).strip().lower()
-    if text in ("latest", "best"):
-        return text
-    if text.startswith("step-"):
-        text = text[5:]
-    if not text.isdigit():
-        raise ExportError(f"--checkpoint must be a step number, 'best' or 'latest', got {value!r}.")
-    return int(text)
-
-
-def resolve_source(run_dir: str | Path, checkpoint: int | str | None = None) -> AdapterSource:
-    """The adapter folder of `run_dir` at `checkpoint` (None: latest), with clear errors."""
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise ExportError(
-            "run directory not found; give the folder a training run wrote.", path=str(run.path)
-        )
-    recipe = run.load_recipe()
-    folder, step = _checkpoint_folder(run, parse_checkpoint(checkpoint))
-    if not all((folder / name).is_file() for name in ADAPTER_FILES):
-        raise ExportError(
-            "this checkpoint lacks adapter_config.json or adapters.safetensors.", path=str(folder)
-        )
-    adapter_config = read_json(folder / "adapter_config.json", ExportError, "the adapter config")
-    return AdapterSource(run, folder, step, recipe, _base_path(run, recipe), adapter_config)
-
-
-def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path, int | None]:
-    """(folder holding the adapter files, its step): the run root for the latest.
-
-    With no checkpoint asked for, the one `mlxsft select` chose (run.json's chosen_step)
-    is used when there is one ("rewind"): the last checkpoint often overshoots.
-    """
-    steps = run.checkpoint_steps()
-    if checkpoint is None:
-        chosen = run.read_meta().get("chosen_step")
-        if chosen in steps and chosen != (steps[-1] if steps else None):
-            print(f"Using the chosen checkpoint, step {chosen} (`mlxsft select`); "
-                  "pass --checkpoint latest for the last one.")
-            return run.checkpoint_dir(chosen), chosen
-    if checkpoint == "latest":
-        checkpoint = None
-    if checkpoint == "best":
-        checkpoint = run.read_meta().get("best_step")
-        if checkpoint is None:
-            raise ExportError(
-                "this run recorded no best checkpoint (it had no validation data); "
-                "give --checkpoint STEP instead.",
-                path=str(run.path),
-            )
-    if checkpoint is None and not run.adapters_file.is_file() and steps:
-        # the root copy is only a convenience: the latest checkpoint holds the same weights
-        print(f"{run.adapters_file} is missing; using the latest checkpoint, step {steps[-1]}.")
-        checkpoint = steps[-1]
-    if checkpoint is None:
-        if not run.adapters_file.is_file():
-            raise ExportError(
-                "this run has no checkpoint yet: let it reach its first save "
-                "(train.steps_per_save), or stop it with Ctrl-C to save one.",
-                path=str(run.path),
-            )
-        return run.path, (steps[-1] if steps else None)
-    if checkpoint not in steps:
-        have = ", ".join(str(s) for s in steps) or "none"
-        raise ExportError(
-            f"no checkpoint at step {checkpoint}; this run has checkpoints at steps: {have}.",
-            path=str(run.path),
-        )
-    return run.checkpoint_dir(checkpoint), checkpoint
-
-
-def _base_path(run: RunDir, recipe: Recipe) -> Path:
-    """The local base model folder: run.json's resolved path, else the recipe's (may download)."""
-    from ..model import resolve_model_path
-
-    meta_path = run.read_meta().get("model_path")
-    if meta_path and Path(meta_path).is_dir():
-        return Path(meta_path)
-    return resolve_model_path(recipe.model)
-
-
-# ---------------------------------------------------------------- loading in MLX
-
-
-def read_adapter(folder: Path) -> tuple[dict, dict[str, mx.array]]:
-    """(adapter_config, weights) of an mlx-lm adapter folder."""
-    config = read_json(folder / "adapter_config.json", ExportError, "the adapter config")
-    return config, mx.load(str(folder / "adapters.safetensors"))
-
-
-def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) -> None:
-    """Attach LoRA/DoRA layers as `config` says and load `weights`, checking names and shapes."""
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    kind = config.get("fine_tune_type", "lora")
-    if kind != "full":
-        linear_to_lora_layers(
-            model, config["num_layers"], config["lora_parameters"], use_dora=kind == "dora"
-        )
-        attach_token_rows(model, config.get(TRAINABLE_TOKENS) or [])
-    expected = dict(tree_flatten(model.parameters()))
-    problems = []
-    for name, w in weights.items():
-        if name not in expected:
-            problems.append(f"{name}: no such parameter in the base model")
-        elif tuple(w.shape) != tuple(expected[name].shape):
-            problems.append(
-                f"{name}: shape {tuple(w.shape)}, the model needs {tuple(expected[name].shape)}"
-            )
-    if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ExportError(
-            "the adapter does not fit this base model (a different model?): "
-            + "; ".join(problems[:5])
-            + more
-        )
-    model.load_weights(list(weights.items()), strict=False)
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    tokenizer: object
-    config: dict  # the base model's config.json
-
-
-def load_base_as_trained(source: AdapterSource) -> LoadedModel:
-    """The base model as the run's recipe built it for training.
-
-    Same compute dtype (`train.dtype`; auto is float32 on CPU and the checkpoint's own
-    on a GPU, so a large model is never doubled in memory) and, for QLoRA, the same
-    quantization grid the adapter was trained against.
-    """
-    from ..model import load_base
-
-    model, tokenizer, _path, config = load_base(replace(source.recipe, model=str(source.base_path)))
-    return LoadedModel(model, tokenizer, config)
-
-
-def load_trained(source: AdapterSource, adapter_folder: Path | None = None) -> LoadedModel:
-    """Base + the adapter in `adapter_folder` (default: the source's own), as trained."""
-    loaded = load_base_as_trained(source)
-    config, weights = read_adapter(adapter_folder or source.folder)
-    apply_adapter(loaded.model, config, weights)
-    mx.eval(loaded.model.parameters())
-    return loaded
-
-
-# ---------------------------------------------------------------- output staging
-
-
-def is_export(path: Path) -> bool:
-    """What --force may replace: an earlier export (it has a parity report) or an empty folder."""
-    if path.is_file():
-        return path.suffix == ".gguf" and path.with_name(path.name + ".parity.json").is_file()
-    return path.is_dir() and (not any(path.iterdir()) or (path / PARITY_FILE).is_file())
-
-
-def check_target(out: Path, force: bool, replaceable: Callable[[Path], bool] = is_export) -> None:
-    """Refuse an existing output without --force, and with it anything mlxsft did not write."""
-    if not out.exists() and not out.is_symlink():
-        require_creatable(out, ExportError)
-        return
-    if not force:
-        raise ExportError(
-            "the output already exists; choose another --out, or pass --force to replace it.",
-            path=str(out),
-        )
-    if out.is_symlink() or not replaceable(out):
-        raise ExportError(
-            "the output exists and does not look like an earlier mlxsft export, so --force "
-            "will not replace it; remove it yourself or choose another --out.",
-            path=str(out),
-        )
-
-
-@contextmanager
-def staged_output(
-    out: str | Path,
-    force: bool = False,
-    *,
-    is_file: bool = False,
-    replaceable: Callable[[Path], bool] = is_export,
-):
-    """Yield a temp path beside `out`; on success swap it into place, on any error remove it.
-
-    The temp path carries this process's pid, so the next export to `out` removes what
-    a killed one left (`remove_stale_staging`). A failed write (a full disk) is one
-    `ExportError`; an existing `out` is untouched until the swap.
-    """
-    out = Path(out)
-    check_target(out, force, replaceable)
-    remove_stale_staging(out, "an interrupted export")
-    with write_guard(out.parent, f"the export {out}", kept=_kept(out), error=ExportError):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if is_file:
-            fd, name = tempfile.mkstemp(dir=out.parent, prefix=staging_prefix(out), suffix=".tmp")
-            os.close(fd)
-            tmp = Path(name)
-        else:
-            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out), suffix=".tmp"))
-        tmp.chmod(_umask_mode(0o666 if is_file else 0o777))  # mkstemp/mkdtemp make them private
-    try:
-        with write_guard(out.parent, f"the export {out}", kept=_kept(out), error=ExportError):
-            yield tmp
-            _commit(tmp, out)
-    except BaseException:
-        remove_path(tmp)
-        raise
-
-
-def _kept(out: Path) -> str:
-    if out.exists():
-        return f"The earlier export at {out} is untouched; nothing else was left behind."
-    return "Nothing was left behind."
-
-
-def _umask_mode(mode: int) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    if tmp.is_dir():
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
-    swap_into_place(tmp, out)
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------- the mlx export
+MLX = MlxAdapterFormat()
 
 
 def export_mlx_adapter(
-    run_dir: str | Path,
-    out: str | Path,
-    *,
-    checkpoint=None,
-    force: bool = False,
-    verify: bool = True,
+    run_dir: str | Path, out: str | Path, *, checkpoint=None, force: bool = False, verify: bool = True
 ) -> Path:
     """Copy the chosen adapter as an mlx-lm adapter folder; check it reloads to the same logits."""
-    from .verify import check_artifact, skipped_report, trained_reference
-
-    source = resolve_source(run_dir, checkpoint)
-    check_target(Path(out), force)
-    print(f"Exporting the mlx-lm adapter of {source.run.path} ({_label(source)}) to {out}")
-    reference = trained_reference(source) if verify else None
-    with staged_output(out, force) as tmp:
-        config = dict(source.adapter_config) | {"model": str(source.base_path)}
-        write_json(tmp / "adapter_config.json", config)
-        shutil.copyfile(source.folder / "adapters.safetensors", tmp / "adapters.safetensors")
-        if reference is None:
-            skipped_report("mlx", source).write(tmp / PARITY_FILE)
-        else:
-            candidate = load_trained(source, adapter_folder=tmp)
-            check_artifact(
-                reference,
-                candidate.model,
-                fmt="mlx",
-                dtype=stored_dtype(tmp / "adapters.safetensors"),
-                source=source,
-                parity_path=tmp / PARITY_FILE,
-            )
-    print(f"Wrote {out} (mlx_lm.generate --model {source.base_path} --adapter-path {out})")
-    return Path(out)
-
-
-_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
-
-
-def stored_dtype(path: Path) -> str:
-    """The coarsest floating dtype in a safetensors file (read from its header)."""
-    from .merged import read_safetensors_header
-
-    header = read_safetensors_header(path)
-    names = {_SAFETENSORS_DTYPES.get(v["dtype"]) for k, v in header.items() if k != "__metadata__"}
-    for name in ("bfloat16", "float16"):
-        if name in names:
-            return name
-    return "float32"
-
-
-def _label(source: AdapterSource) -> str:
-    return (
-        f"checkpoint step {source.step}" if source.folder != source.run.path else "latest adapters"
-    )
+    return export_run(MLX, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
+                      options=ExportOptions())

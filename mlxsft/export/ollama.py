@@ -17,11 +17,15 @@ generation_config.json (temperature, top_p, top_k, repeat_penalty).
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .mlx_adapter import ExportError, resolve_source, staged_output
+from .errors import ExportError
+from .gguf import GGUF
+from .parity import Candidate, ReferenceLogits
+from .pipeline import ExportOptions, Job, export_run
+from .source import AdapterSource
+from .staging import PARITY_FILE
 
 MODELFILE = "Modelfile"
 GGUF_NAME = "model.gguf"
@@ -188,6 +192,42 @@ def _generation_defaults(base_path: Path) -> dict:
     return config if config.get("do_sample", True) else {}
 
 
+class OllamaFormat:
+    """A folder with the GGUF (`GgufFormat`, whose parity it shares) and a Modelfile."""
+
+    name = "ollama"
+    single_file = False
+    parity_names = (PARITY_FILE, GGUF_NAME + ".parity.json")  # the second: `mlxsft verify OUT/model.gguf`
+
+    def plan(self, job: Job) -> str:
+        from transformers import AutoTokenizer  # heavy: only the Ollama export renders Jinja templates
+
+        source = job.source
+        template = source.run.chat_template()
+        tokenizer = AutoTokenizer.from_pretrained(str(source.base_path))
+        template = template or getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise ExportError("this run has no chat template, so Ollama would have nothing to chat with.")
+        fmt = match_chat_format(tokenizer, template)
+        job.state.update(layout=fmt.layout.name, modelfile=modelfile(fmt, _generation_defaults(source.base_path)))
+        return GGUF.plan(job)
+
+    def reference(self, job: Job) -> ReferenceLogits:
+        return GGUF.reference(job)
+
+    def write(self, job: Job, path: Path) -> str:
+        GGUF.write(job, path / GGUF_NAME)
+        (path / MODELFILE).write_text(job.state["modelfile"], encoding="utf-8")
+        out = job.out
+        return f"Wrote {out}/{MODELFILE} ({job.state['layout']} layout); run: ollama create NAME -f {out}/{MODELFILE}"
+
+    def load(self, path: Path, source: AdapterSource) -> Candidate:
+        return GGUF.load(path / GGUF_NAME, source)
+
+
+OLLAMA = OllamaFormat()
+
+
 def export_ollama(
     run_dir: str | Path,
     out: str | Path,
@@ -198,21 +238,5 @@ def export_ollama(
     verify: bool = True,
 ) -> Path:
     """A folder with model.gguf and a Modelfile: `ollama create NAME -f OUT/Modelfile`."""
-    from transformers import AutoTokenizer
-
-    from .gguf import export_gguf
-
-    source = resolve_source(run_dir, checkpoint)
-    template = source.run.chat_template()
-    tokenizer = AutoTokenizer.from_pretrained(str(source.base_path))
-    template = template or getattr(tokenizer, "chat_template", None)
-    if not template:
-        raise ExportError("this run has no chat template, so Ollama would have nothing to chat with.")
-    fmt = match_chat_format(tokenizer, template)
-    text = modelfile(fmt, _generation_defaults(source.base_path))
-    with staged_output(Path(out), force) as tmp:
-        gguf_path = export_gguf(run_dir, tmp / GGUF_NAME, checkpoint=checkpoint, quant=quant, verify=verify)
-        shutil.copyfile(gguf_path.with_name(GGUF_NAME + ".parity.json"), tmp / "parity.json")
-        (tmp / MODELFILE).write_text(text, encoding="utf-8")
-    print(f"Wrote {out}/{MODELFILE} ({fmt.layout.name} layout); run: ollama create NAME -f {out}/{MODELFILE}")
-    return Path(out)
+    return export_run(OLLAMA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
+                      options=ExportOptions(quant=quant))

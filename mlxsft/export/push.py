@@ -19,9 +19,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from ..models.hub import HubSettings
 from ..rundir import RunDir
-from .mlx_adapter import ExportError
+from .errors import ExportError
+from .peft import export_peft
 
 
 def find_token(token: str | None = None) -> str:
@@ -29,7 +32,7 @@ def find_token(token: str | None = None) -> str:
     if token:
         return token
     try:
-        from huggingface_hub import get_token
+        from huggingface_hub import get_token  # optional: only push needs the hub client
 
         found = get_token()
     except ImportError:
@@ -59,8 +62,6 @@ def stage_upload(target: Path, folder: Path, checkpoint=None) -> tuple[RunDir, d
     """Fill `folder` with what to upload; return the run and the parity report."""
     run, export = _run_of(target)
     if export is None:
-        from .peft import export_peft
-
         export = export_peft(run.path, folder / "adapter", checkpoint=checkpoint)
         for f in export.iterdir():
             shutil.move(f, folder / f.name)
@@ -88,7 +89,7 @@ def push(
 ) -> str:
     """Upload a run's adapter (at `checkpoint`, default the chosen one) or an export to `repo`;
     returns the commit URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # optional: only push needs the hub client (find_token said so)
     from huggingface_hub.errors import HfHubHTTPError
 
     target = Path(target)
@@ -173,8 +174,6 @@ def model_card(run: RunDir, parity: dict, repo: str, files: list[str]) -> str:
 
 
 def _recipe_dict(run: RunDir) -> dict:
-    import yaml
-
     try:
         return yaml.safe_load(run.recipe_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

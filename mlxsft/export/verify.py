@@ -1,268 +1,33 @@
-"""Parity checks: does an exported artifact compute what the trained adapter computes?
+"""`mlxsft verify EXPORT --against RUN`: re-check any export's parity, through the format registry.
 
-The reference is the run's base model with its adapter applied in MLX, as trained.
-Each format module loads its artifact back into an MLX model (PEFT tensors mapped
-back, merged safetensors, GGUF tensors un-permuted), and this module compares the
-logits on a few fixed probe prompts: max |diff|, max |diff| relative to the
-reference's largest logit, and teacher-forced greedy-token agreement. The report is
-printed and written as `parity.json`; a mismatch beyond tolerance is an ExportError.
-
-A re-quantized fuse cannot match closely (re-rounding to the same bits), so there the
-check is that the fused model kept at least half of the adapter's effect,
-`1 - mean|fused - adapter| / mean|base - adapter| >= 0.5` (mlx-lm issue 1172:
-re-quantizing can round a small update away).
+The export's format is recognised from the files it holds (`detect_format`); that
+format reads it back (`load`) and gives its reference (`reference`: the trained
+adapter, or for a quantized GGUF the f16 export it was quantized from), and
+`parity.check_artifact` compares them and rewrites the export's parity report.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
-
-from ..rundir import atomic_write_text
-from .mlx_adapter import (
-    PARITY_FILE,
-    AdapterSource,
-    ExportError,
-    load_trained,
-    resolve_source,
-    stored_dtype,
-)
-
-# Max |logit diff| allowed, relative to the reference's largest |logit|, per stored dtype.
-TOLERANCES = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 5e-2}
-# A re-quantized fuse must keep at least this share of the adapter's effect on the logits.
-MIN_UPDATE_RETAINED = 0.5
-MAX_PROBE_TOKENS = 48
-
-PROBE_TEXTS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "What is the capital of France? Answer in one short sentence.",
-    'Convert to JSON: name Alice, age 31, city Berlin -> {"name": "Alice",',
-)
-PROBE_CHAT = [{"role": "user", "content": "Say hello and thank the user for their order."}]
-
-
-@dataclass
-class ReferenceLogits:
-    """The trained adapter's logits (float32, one (T, V) array per prompt), and the base's."""
-
-    dtype: str  # the reference model's compute dtype: a bfloat16 reference cannot judge 1e-4
-    prompts: list[list[int]]
-    logits: list[np.ndarray]
-    base_logits: list[np.ndarray] | None  # None for a full fine-tune (no base inside the model)
-
-
-@dataclass
-class ParityReport:
-    format: str
-    dtype: str  # how the artifact stores its weights
-    passed: bool
-    reference_dtype: str = "float32"  # what the trained adapter computes in
-    max_abs_diff: float | None = None
-    max_rel_diff: float | None = None
-    mean_abs_diff: float | None = None
-    greedy_agreement: float | None = None
-    tolerance: float | None = None
-    adapter_effect_max_abs: float | None = None  # how far the adapter moves the base's logits
-    update_retained: float | None = None  # re-quantized fuse: share of the adapter's effect kept
-    requantized: bool = False
-    num_prompts: int = 0
-    num_tokens: int = 0
-    source: dict = field(default_factory=dict)
-    note: str = ""
-    skipped: bool = False
-    time: float = field(default_factory=time.time)
-
-    def summary(self) -> str:
-        if self.skipped:
-            return f"parity [{self.format}]: not checked (--no-verify)"
-        verdict = "OK" if self.passed else "MISMATCH"
-        limit = "" if self.requantized else f", tolerance {self.tolerance:.0e}"
-        against = (
-            "" if self.reference_dtype == "float32" else f" vs {self.reference_dtype} reference"
-        )
-        text = (
-            f"parity [{self.format}, {self.dtype}{against}]: max |Δlogit| {self.max_abs_diff:.2e} "
-            f"(relative {self.max_rel_diff:.2e}{limit}), "
-            f"greedy agreement {self.greedy_agreement:.1%} over {self.num_tokens} tokens "
-            f"in {self.num_prompts} prompts"
-        )
-        if self.adapter_effect_max_abs is not None:
-            text += f"; adapter effect {self.adapter_effect_max_abs:.2e}"
-        if self.update_retained is not None:
-            text += f"; update kept {self.update_retained:.0%} (needs {self.tolerance:.0%})"
-        return f"{text} -> {verdict}" + (f" ({self.note})" if self.note else "")
-
-    def write(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
-
-
-def skipped_report(fmt: str, source: AdapterSource) -> ParityReport:
-    return ParityReport(format=fmt, dtype="", passed=True, skipped=True, source=source.describe())
-
-
-# ---------------------------------------------------------------- probes and logits
-
-
-def probe_prompts(tokenizer) -> list[list[int]]:
-    """A few fixed prompts as token ids: plain texts plus one chat-template rendering."""
-    prompts = [list(tokenizer.encode(text))[:MAX_PROBE_TOKENS] for text in PROBE_TEXTS]
-    try:
-        chat = tokenizer.apply_chat_template(PROBE_CHAT, add_generation_prompt=True, tokenize=False)
-        prompts.append(list(tokenizer.encode(chat, add_special_tokens=False))[:MAX_PROBE_TOKENS])
-    except Exception:  # no chat template (a base model): plain texts are enough
-        pass
-    return [p for p in prompts if p]
-
-
-def model_logits(model: nn.Module, prompts: list[list[int]]) -> list[np.ndarray]:
-    """(T, V) float32 logits for each prompt, one forward pass each."""
-    out = []
-    for ids in prompts:
-        logits = model(mx.array(ids)[None])[0].astype(mx.float32)  # (T, V)
-        mx.eval(logits)
-        out.append(np.array(logits))
-    return out
-
-
-def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from mlx_lm.tuner.dora import DoRALinear
-    from mlx_lm.tuner.lora import LoRALinear
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, DoRALinear))]
-
-
-def base_view_logits(model: nn.Module, prompts: list[list[int]]) -> list[np.ndarray] | None:
-    """Logits of the base alone: swap each LoRA/DoRA layer for its wrapped linear, then back."""
-    adapters = _adapter_modules(model)
-    if not adapters:
-        return None
-    model.update_modules(tree_unflatten([(n, m.linear) for n, m in adapters]))
-    try:
-        return model_logits(model, prompts)
-    finally:
-        model.update_modules(tree_unflatten(adapters))
-
-
-def trained_reference(source) -> ReferenceLogits:
-    """Probe logits of the trained adapter the export starts from (the parity reference)."""
-    trained = load_trained(source)
-    return reference_logits(trained.model, trained.tokenizer)
-
-
-def reference_logits(model: nn.Module, tokenizer) -> ReferenceLogits:
-    prompts = probe_prompts(tokenizer)
-    logits = model_logits(model, prompts)
-    return ReferenceLogits(compute_dtype(model), prompts, logits, base_view_logits(model, prompts))
-
-
-def compute_dtype(model: nn.Module) -> str:
-    """The floating dtype holding most of a model's parameters (quantized scales included)."""
-    sizes: dict[str, int] = {}
-    for _, v in tree_flatten(model.parameters()):
-        if mx.issubdtype(v.dtype, mx.floating):
-            name = str(v.dtype).removeprefix("mlx.core.")
-            sizes[name] = sizes.get(name, 0) + v.size
-    return max(sizes, key=sizes.get) if sizes else "float32"
-
-
-# ---------------------------------------------------------------- comparison
-
-
-def compare(
-    reference: ReferenceLogits,
-    candidate: list[np.ndarray],
-    *,
-    fmt: str,
-    dtype: str,
-    source: AdapterSource | None = None,
-    requantized: bool = False,
-) -> ParityReport:
-    """Compare candidate logits with the reference; decide pass/fail."""
-    ref = np.concatenate(reference.logits)  # (sum T, V)
-    cand = np.concatenate(candidate)
-    diff = np.abs(cand - ref)
-    scale = max(float(np.abs(ref).max()), 1e-6)
-    report = ParityReport(
-        format=fmt,
-        dtype=dtype,
-        passed=False,
-        reference_dtype=reference.dtype,
-        max_abs_diff=float(diff.max()),
-        mean_abs_diff=float(diff.mean()),
-        max_rel_diff=float(diff.max()) / scale,
-        greedy_agreement=float((cand.argmax(-1) == ref.argmax(-1)).mean()),
-        num_prompts=len(reference.prompts),
-        num_tokens=int(ref.shape[0]),
-        source=source.describe() if source else {},
-    )
-    effect = None
-    if reference.base_logits is not None:
-        effect = np.abs(np.concatenate(reference.base_logits) - ref)
-        report.adapter_effect_max_abs = float(effect.max())
-    if requantized:
-        report.requantized, report.tolerance = True, MIN_UPDATE_RETAINED
-        if effect is None or effect.mean() == 0:
-            report.passed, report.note = True, "the adapter does not change the logits"
-        else:
-            report.update_retained = 1.0 - float(diff.mean() / effect.mean())
-            report.passed = report.update_retained >= MIN_UPDATE_RETAINED
-            if not report.passed:
-                report.note = (
-                    "re-quantizing the fused weights erased most of the fine-tune; "
-                    "fuse with --dequantize (or export --format hf) instead"
-                )
-        return report
-    # the coarser of the artifact's storage and the reference's compute precision
-    report.tolerance = max(
-        TOLERANCES.get(d, TOLERANCES["bfloat16"]) for d in (dtype, reference.dtype)
-    )
-    report.passed = report.max_rel_diff <= report.tolerance
-    if report.adapter_effect_max_abs == 0:
-        report.note = "the adapter does not change the logits (an untrained adapter?)"
-    return report
-
-
-def check_artifact(
-    reference: ReferenceLogits,
-    candidate_model: nn.Module,
-    *,
-    fmt: str,
-    dtype: str,
-    source: AdapterSource,
-    parity_path: Path,
-    requantized: bool = False,
-) -> ParityReport:
-    """Compare, print, write parity.json; raise ExportError when the artifact does not match."""
-    logits = model_logits(candidate_model, reference.prompts)
-    report = compare(
-        reference, logits, fmt=fmt, dtype=dtype, source=source, requantized=requantized
-    )
-    print(report.summary())
-    report.write(parity_path)
-    if not report.passed:
-        raise ExportError(
-            f"the {fmt} export does not reproduce the trained adapter: {report.summary()}. "
-            "Nothing was written."
-        )
-    return report
-
+from .errors import ExportError
+from .gguf import gguf_type
+from .parity import ParityReport, check_artifact
+from .pipeline import ExportOptions, Job
+from .registry import get_format
+from .safetensors_info import read_safetensors_header
+from .source import resolve_source
+from .staging import PARITY_FILE, parity_path_for
 
 # ---------------------------------------------------------------- `mlxsft verify`
 
 
 def detect_format(path: Path) -> str:
-    """peft | mlx | hf | fused | gguf, from the files an export holds."""
+    """peft | mlx | hf | fused | gguf | gguf-lora | ollama | lmstudio, from the files an export holds."""
     if path.is_file():
         if path.suffix == ".gguf":
-            return "gguf"
+            return "gguf-lora" if gguf_type(path) == "adapter" else "gguf"
         raise ExportError("not an export: expected a folder or a .gguf file.", path=str(path))
     if not path.is_dir():
         raise ExportError("export not found.", path=str(path))
@@ -273,6 +38,10 @@ def detect_format(path: Path) -> str:
     if (path / "config.json").is_file() and any(path.glob("model*.safetensors")):
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         return "fused" if "quantization" in config or _safetensors_format(path) == "mlx" else "hf"
+    if (path / "Modelfile").is_file() and (path / "model.gguf").is_file():
+        return "ollama"
+    if (path / PARITY_FILE).is_file() and len(list(path.glob("*/*/*.gguf"))) == 1:
+        return "lmstudio"
     if (path / "adapter_model.bin").is_file():
         raise ExportError(
             "a PEFT adapter in .bin (pickle) form; save it as safetensors first.", path=str(path)
@@ -285,14 +54,8 @@ def detect_format(path: Path) -> str:
 
 
 def _safetensors_format(folder: Path) -> str | None:
-    from .merged import read_safetensors_header
-
     first = sorted(folder.glob("model*.safetensors"))[0]
     return read_safetensors_header(first).get("__metadata__", {}).get("format")
-
-
-def parity_path_for(path: Path) -> Path:
-    return path.with_name(path.name + ".parity.json") if path.is_file() else path / PARITY_FILE
 
 
 def _recorded_checkpoint(path: Path):
@@ -308,49 +71,16 @@ def _recorded_checkpoint(path: Path):
 def verify_export(export: str | Path, against: str | Path, checkpoint=None) -> ParityReport:
     """Check an export against a run (default: the checkpoint it was exported from)."""
     path = Path(export)
-    fmt = detect_format(path)
+    name = detect_format(path)
+    fmt = get_format(name)
     source = resolve_source(
         against, checkpoint if checkpoint is not None else _recorded_checkpoint(path)
     )
-    print(f"Verifying {path} ({fmt}) against {source.run.path}")
-    if fmt == "gguf":  # adapter and quantized GGUFs have their own references (export/gguf.py)
-        from .gguf import verify_special_gguf
-
-        special = verify_special_gguf(path, source)
-        if special is not None:
-            return special
-    reference = trained_reference(source)
-    candidate, dtype, requantized = load_artifact(fmt, path, source)
-    logits = model_logits(candidate, reference.prompts)
-    report = compare(
-        reference, logits, fmt=fmt, dtype=dtype, source=source, requantized=requantized
-    )
-    print(report.summary())
-    report.write(parity_path_for(path))
+    print(f"Verifying {path} ({name}) against {source.run.path}")
+    candidate = fmt.load(path, source)
+    # a quantized artifact's stored type is the --quant it was written with (its reference differs)
+    job = Job(source, path, ExportOptions(quant=candidate.dtype if candidate.quantized else None))
+    report = check_artifact(fmt.reference(job), candidate, fmt=name, source=source, parity_path=parity_path_for(path))
     if not report.passed:
-        raise ExportError(
-            f"the export does not reproduce the trained adapter: {report.summary()}", path=str(path)
-        )
+        raise ExportError(report.failure(), path=str(path))
     return report
-
-
-def load_artifact(fmt: str, path: Path, source: AdapterSource) -> tuple[nn.Module, str, bool]:
-    """(MLX model, stored dtype, re-quantized?) for an export of any format."""
-    if fmt == "mlx":
-        model = load_trained(source, adapter_folder=path).model
-        return model, stored_dtype(path / "adapters.safetensors"), False
-    if fmt == "peft":
-        from .peft import load_peft_model
-
-        return (
-            load_peft_model(source, path),
-            stored_dtype(path / "adapter_model.safetensors"),
-            False,
-        )
-    if fmt == "gguf":
-        from .gguf import load_gguf_model
-
-        return load_gguf_model(path, source.base_path)
-    from .merged import load_merged_model
-
-    return load_merged_model(path)
