@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
         train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1:])
         return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
     from .config import load_recipe
-    from .train.events import StdoutSink
+    from .events import StdoutSink
     from .train.loop import run_training
 
     sinks = [] if args.quiet else [StdoutSink()]

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import load_recipe
 from .devmodel import TinyModelSpec, build_tiny_model
 from .errors import MlxsftError
-from .train.events import StdoutSink
+from .events import StdoutSink
 from .train.loop import run_training
 
 DEMO_MODEL = Path("models/tiny-chat")

@@ -20,6 +20,8 @@ from mlx.utils import tree_flatten
 from .config import LoraConfig, QuantizeConfig, Recipe, check_layers_fit
 from .errors import ModelError
 from .safeio import read_json
+from .store import find_local, store_root
+from .token_rows import TRAINABLE_TOKENS, attach_token_rows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -73,7 +75,6 @@ def resolve_model_path(model: str) -> Path:
 
 def _from_store(repo_id: str) -> Path | None:
     """A copy of a hub id already pulled into the local model store (works offline)."""
-    from .models.store import find_local, store_root
 
     root = store_root()
     if not root.is_dir():
@@ -192,8 +193,6 @@ def attach_adapters(model: nn.Module, recipe: Recipe, token_ids: list[int] | Non
     `token_ids`: tokens whose embedding and LM-head rows train too (token_rows.py).
     """
     from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    from .token_rows import TRAINABLE_TOKENS, attach_token_rows
 
     if recipe.method == "full":
         model.unfreeze()

@@ -15,18 +15,18 @@ import pytest
 
 from mlxsft.cli import main
 from mlxsft.config import recipe_from_dict
-from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
-from mlxsft.judge.results import read_results
-from mlxsft.judge.suite import Suite
-from mlxsft.judge.verdict import OVERSHOOTING, STILL_LEARNING, choose, judge_history, points
-from mlxsft.rundir import RunDir
-from mlxsft.train.events import (
+from mlxsft.events import (
     CheckpointEvaluated,
     EvalFinished,
     SelectionMade,
     StepReported,
     read_events,
 )
+from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
+from mlxsft.judge.results import read_results
+from mlxsft.judge.suite import Suite
+from mlxsft.judge.verdict import OVERSHOOTING, STILL_LEARNING, choose, judge_history, points
+from mlxsft.rundir import RunDir
 from mlxsft.train.loop import run_training
 
 from .conftest import write_jsonl

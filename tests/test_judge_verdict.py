@@ -2,6 +2,7 @@
 
 import pytest
 
+from mlxsft.events import EvalFinished
 from mlxsft.judge.verdict import (
     OVERSHOOTING,
     PLATEAU,
@@ -14,7 +15,6 @@ from mlxsft.judge.verdict import (
     plateau_reached,
     rule_from_dict,
 )
-from mlxsft.train.events import EvalFinished
 
 
 def history(rows):

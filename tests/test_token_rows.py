@@ -16,6 +16,7 @@ import pytest
 
 from mlxsft.config import recipe_from_dict
 from mlxsft.data.formats import load_jsonl
+from mlxsft.events import RunStarted, StepReported, read_events
 from mlxsft.export import export_peft, load_trained, resolve_source
 from mlxsft.export.merged import export_hf
 from mlxsft.judge.battery import open_bench
@@ -23,7 +24,6 @@ from mlxsft.judge.sampling import prompts_from_examples, sample_completions
 from mlxsft.judge.suite import Suite
 from mlxsft.rundir import RunDir
 from mlxsft.token_rows import EmbeddingRows, LinearRows, attach_token_rows
-from mlxsft.train.events import RunStarted, StepReported, read_events
 from mlxsft.train.loop import StopFlag, run_training
 
 from .conftest import BASE_TASK, PRETRAINED_BASE

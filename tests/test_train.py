@@ -7,8 +7,8 @@ import pytest
 
 from mlxsft.config import recipe_from_dict
 from mlxsft.errors import DataError, MlxsftError
+from mlxsft.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
 from mlxsft.train.loop import run_training
 
 from .conftest import QUICKSTART_DATA, write_jsonl
@@ -107,7 +107,7 @@ def test_packing_and_accumulation_train(tiny_llama, tmp_path):
 
 def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path):
     from mlxsft.errors import TrainingError
-    from mlxsft.train.events import RunFailed
+    from mlxsft.events import RunFailed
 
     recipe = make_recipe(tiny_llama, tmp_path / "run", iters=20, learning_rate=1e30, max_grad_norm=None,
                          steps_per_report=1, steps_per_save=1, steps_per_eval=0, warmup_steps=0,
@@ -143,7 +143,7 @@ def test_early_stop_on_plateau(tiny_llama, tmp_path):
 
 
 def test_bad_rows_stop_before_training_or_are_skipped_and_reported(tiny_llama, tmp_path):
-    from mlxsft.train.events import DataPrepared
+    from mlxsft.events import DataPrepared
 
     rows = [json.loads(line) for line in (QUICKSTART_DATA / "train.jsonl").read_text().splitlines()[:40]]
     rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},

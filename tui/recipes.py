@@ -21,7 +21,7 @@ from mlxsft.config import (
     read_recipe_file,
     recipe_from_dict,
 )
-from mlxsft.rundir import atomic_write_text
+from mlxsft.safeio import atomic_write_text
 
 from .runs import LAUNCH_RECIPE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..rundir import atomic_write_text
+from ..safeio import atomic_write_text
 from .spec import BenchSpec
 
 

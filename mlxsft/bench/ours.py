@@ -8,9 +8,9 @@ import time
 import mlx.core as mx
 
 from ..config import recipe_from_dict
+from ..events import Emitter
 from ..kernel_cache import use_persistent_kernel_cache
 from ..rundir import RunDir
-from ..train.events import Emitter
 from ..train.loop import StopFlag, Trainer
 from .sideinfo import mlx_side_info
 from .spec import BenchResult, BenchSpec

@@ -15,8 +15,8 @@ from __future__ import annotations
 import tempfile
 import time
 
+from ..events import Emitter
 from ..rundir import RunDir
-from ..train.events import Emitter
 from ..train.loop import StopFlag, Trainer
 from .ours import spec_to_recipe
 from .sideinfo import cores, torch_side_info

@@ -83,9 +83,9 @@ def step_time(args) -> tuple[float, int]:
 
     import mlx.core as mx
 
+    from ..events import Emitter
     from ..kernel_cache import use_persistent_kernel_cache
     from ..rundir import RunDir
-    from ..train.events import Emitter
     from ..train.loop import StopFlag, Trainer
     from .ours import spec_to_recipe
     from .spec import BenchSpec

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..models.hub import HubSettings
+from ..hub import HubSettings
 from ..rundir import RunDir
 from .mlx_adapter import ExportError
 

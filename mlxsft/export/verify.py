@@ -25,7 +25,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..rundir import atomic_write_text
+from ..safeio import atomic_write_text
 from .mlx_adapter import (
     PARITY_FILE,
     AdapterSource,

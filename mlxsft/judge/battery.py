@@ -23,11 +23,11 @@ import mlx.core as mx
 from ..config import Recipe
 from ..data.formats import Example, load_jsonl
 from ..data.masking import TokenizedDataset, TokenizedExample, tokenize_dataset
+from ..data.splits import pad_token_id, resolve_data_files
 from ..errors import MlxsftError
+from ..events import CheckpointEvaluated, JsonlSink
 from ..model import load_base
 from ..rundir import RunDir
-from ..train.events import CheckpointEvaluated, JsonlSink
-from ..train.prepare import pad_token_id, resolve_data_files
 from . import results as R
 from .sampling import (
     Prompt,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..config import MASK_MODES, MULTI_TURN_MODES
 from ..errors import MlxsftError
-from ..rundir import RunDir, atomic_write_text
+from ..rundir import RunDir
+from ..safeio import atomic_write_text
 from .datacheck import SPLITS
 
 
@@ -272,7 +273,7 @@ def _read_rule_file(path: str) -> dict:
 
 
 def cmd_select(args) -> int:
-    from ..train.events import JsonlSink, SelectionMade
+    from ..events import JsonlSink, SelectionMade
     from .report import format_verdicts
     from .results import require_results
     from .verdict import RuleError, choose, explain, judge_history, points

@@ -42,8 +42,8 @@ from pathlib import Path
 
 from ..config import DEFAULT_TARGETS, recipe_from_dict
 from ..errors import ModelError
+from ..store import read_config, read_source
 from .info import ArchShape, block_linear_layers, build_lazy, recommended_targets
-from .store import read_config, read_source
 
 # Values kept per token and block for the backward pass (see the module docstring).
 COEF_HIDDEN = 5.0  # block and mid-block residuals, norm outputs (q/k/v and gate/up inputs), o input

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import DEFAULT_TARGETS
 from ..errors import ModelError
 from ..model import check_model_dir, count_parameters
-from .store import folder_size, quantization_bits, read_config, read_source
+from ..store import folder_size, quantization_bits, read_config, read_source
 
 _TEMPLATE_STYLES = (  # marker in the template -> name users recognise
     ("<|im_start|>", "ChatML"),
@@ -236,7 +236,7 @@ def human_count(n: int) -> str:
 
 
 def format_facts(f: ModelFacts) -> str:
-    from .store import human_bytes
+    from ..store import human_bytes
 
     s = f.shape
     archs = f" ({', '.join(f.architectures)})" if f.architectures else ""

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..store import read_config
 from .fit import FitSettings, resolve_targets
 from .info import ArchShape
-from .store import read_config
 
 
 @dataclass(frozen=True)

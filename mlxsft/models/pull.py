@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..model import check_model_dir
-from .catalog import HUB_ID, supported_by_mlx_lm
-from .hub import (
+from ..hub import (
     HubSettings,
     RemoteFile,
     free_bytes,
@@ -34,7 +32,8 @@ from .hub import (
     hub_error,
     list_remote,
 )
-from .store import (
+from ..model import check_model_dir
+from ..store import (
     SOURCE_FILE,
     find_local,
     folder_name,
@@ -45,6 +44,7 @@ from .store import (
     read_source,
     write_source,
 )
+from .catalog import HUB_ID, supported_by_mlx_lm
 
 WEIGHT_PATTERNS = ["model*.safetensors"]
 SUPPORT_PATTERNS = ["*.json", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]

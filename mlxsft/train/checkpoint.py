@@ -21,8 +21,8 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from ..errors import TrainingError
-from ..rundir import RunDir, atomic_write_text
-from ..safeio import write_guard
+from ..rundir import RunDir
+from ..safeio import atomic_write_text, write_guard
 
 
 @dataclass

@@ -20,17 +20,10 @@ from mlx.utils import tree_flatten, tree_map
 
 from .. import __version__
 from ..config import Recipe, TrainConfig, with_absolute_paths
+from ..data.splits import load_split, pad_token_id, resolve_data_files
 from ..data.templates import chat_template_of
 from ..errors import DataError, MlxsftError, TrainingError
-from ..model import attach_adapters, count_parameters, load_base, vocab_size
-from ..rundir import RunDir
-from ..token_rows import TRAINABLE_TOKENS
-from ..untrained_tokens import check_tokens, describe, embedding_of, template_tokens
-from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
-from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
-from .cpu_ops import enable_fast_cpu_ops
-from .distributed import Watchdog, World, init_world, sync_from_main
-from .events import (
+from ..events import (
     BatchTokensChosen,
     CheckpointSaved,
     DataPrepared,
@@ -44,7 +37,16 @@ from .events import (
     RunWarning,
     StepReported,
 )
-from .prepare import BatchSource, load_split, pad_token_id, resolve_data_files
+from ..model import attach_adapters, count_parameters, load_base, vocab_size
+from ..rundir import RunDir
+from ..token_rows import TRAINABLE_TOKENS
+from ..untrained_tokens import check_tokens, describe, embedding_of, template_tokens
+from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
+from .batches import BatchSource
+from .checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from .cpu_ops import enable_fast_cpu_ops
+from .distributed import Watchdog, World, init_world, sync_from_main
+from .early_stop import plateau_reached
 from .schedule import build_optimizer
 from .step import build_steps, enable_grad_checkpoint
 
@@ -378,13 +380,11 @@ class Trainer:
         return "finished"
 
     def _plateau_reached(self) -> bool:
-        """The judge's plateau rule over this run's evaluations (train.early_stop_patience)."""
+        """The early-stop rule over this run's evaluations (train.early_stop_patience)."""
         patience = self.t.early_stop_patience
         if patience is None:
             return False
-        from ..judge.verdict import Rule, plateau_reached  # pure rule, no I/O
-
-        if plateau_reached(self.evaluations, Rule(patience=patience, dev_tolerance=self.t.early_stop_tolerance)):
+        if plateau_reached(self.evaluations, patience, self.t.early_stop_tolerance):
             self.early_stop_reason = (
                 f"validation loss gained at most {self.t.early_stop_tolerance:.1%} over {patience} evaluations "
                 f"(best {self.state.best_val_loss:.4f} at step {self.state.best_step})"

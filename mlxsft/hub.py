@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
-from ..safeio import exception_chain, free_bytes  # noqa: F401 - free_bytes is part of this module's API
+from .errors import ModelError
+from .safeio import exception_chain, free_bytes  # noqa: F401 - free_bytes is part of this module's API
 from .store import human_bytes
 
 _DEFAULT_ENDPOINT = "https://huggingface.co"
