@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 import time
 
+from ..errors import MlxsftError
 from ..events import Emitter
 from ..rundir import RunDir
 from ..train.loop import StopFlag, Trainer
@@ -42,8 +43,6 @@ def run_peft(spec: BenchSpec) -> BenchResult:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        from ..errors import MlxsftError
-
         raise MlxsftError(f"--against peft needs torch, transformers and peft installed ({exc}).") from None
     import resource
 

@@ -45,6 +45,7 @@ from ..store import (
     write_source,
 )
 from .catalog import HUB_ID, supported_by_mlx_lm
+from .quantize import quantize_into_store
 
 WEIGHT_PATTERNS = ["model*.safetensors"]
 SUPPORT_PATTERNS = ["*.json", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
@@ -232,7 +233,6 @@ def pull_model(hub_id: str, root: Path, *, name: str | None = None, revision: st
         result = _download(hub_id, root, name, revision, allow_bin, hub, quantize_bits)
     if quantize_bits is None:
         return result
-    from .quantize import quantize_into_store
 
     quantized = quantize_into_store(result.path, root, f"{name}-{quantize_bits}bit", quantize_bits,
                                     group_size, hub_id=hub_id)

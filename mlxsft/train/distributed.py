@@ -25,6 +25,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data.batching import Batch
+from .checkpoint import TrainerState, assign_tree
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -117,8 +118,6 @@ def sync_from_main(world: World, model, optimizer, state):
     from dataclasses import fields
 
     from mlx.utils import tree_flatten
-
-    from .checkpoint import TrainerState, assign_tree
 
     optimizer.init(model.trainable_parameters())  # no-op where a checkpoint already filled it
     weights = world.broadcast_from_main(dict(tree_flatten(model.trainable_parameters())))

@@ -21,6 +21,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from ..model import vocab_size
+from .distributed import World
 
 
 class SegmentCache:
@@ -234,8 +235,6 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
     With a distributed `world`, gradient sums, loss sums and token counts are summed over
     ranks inside the compiled step, so every rank applies the same update.
     """
-    from .distributed import World
-
     world = world or World(None)
     split = split_head(model) if gather_head else None
     plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
