@@ -105,7 +105,7 @@ def cmd_train(args) -> int:
         return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
     from .config import load_recipe
     from .events import StdoutSink
-    from .train.loop import run_training
+    from .train.run import run_training
 
     sinks = [] if args.quiet else [StdoutSink()]
     if args.resume:

@@ -15,7 +15,7 @@ from .config import load_recipe
 from .devmodel import TinyModelSpec, build_tiny_model
 from .errors import MlxsftError
 from .events import StdoutSink
-from .train.loop import run_training
+from .train.run import run_training
 
 DEMO_MODEL = Path("models/tiny-chat")
 QUICKSTART = Path("recipes/quickstart.yaml")

@@ -27,7 +27,7 @@ from mlxsft.judge.results import read_results
 from mlxsft.judge.suite import Suite
 from mlxsft.judge.verdict import OVERSHOOTING, STILL_LEARNING, choose, judge_history, points
 from mlxsft.rundir import RunDir
-from mlxsft.train.loop import run_training
+from mlxsft.train.run import run_training
 
 from .conftest import write_jsonl
 

@@ -24,7 +24,7 @@ from mlxsft.judge.sampling import prompts_from_examples, sample_completions
 from mlxsft.judge.suite import Suite
 from mlxsft.rundir import RunDir
 from mlxsft.token_rows import EmbeddingRows, LinearRows, attach_token_rows
-from mlxsft.train.loop import StopFlag, run_training
+from mlxsft.train.run import StopFlag, run_training
 
 from .conftest import BASE_TASK, PRETRAINED_BASE
 from .export_fixtures import max_abs_diff, mlx_logits, torch_logits

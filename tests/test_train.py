@@ -9,7 +9,7 @@ from mlxsft.config import recipe_from_dict
 from mlxsft.errors import DataError, MlxsftError
 from mlxsft.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.loop import run_training
+from mlxsft.train.run import run_training
 
 from .conftest import QUICKSTART_DATA, write_jsonl
 

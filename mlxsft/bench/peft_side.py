@@ -16,9 +16,8 @@ import tempfile
 import time
 
 from ..errors import MlxsftError
-from ..events import Emitter
 from ..rundir import RunDir
-from ..train.loop import StopFlag, Trainer
+from ..train.prepare import prepare
 from .ours import spec_to_recipe
 from .sideinfo import cores, torch_side_info
 from .spec import BenchResult, BenchSpec
@@ -28,9 +27,7 @@ def _batches(spec: BenchSpec):
     """This project's batches for the spec, as numpy (no MLX work beyond loading)."""
     recipe = spec_to_recipe(spec)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(recipe, RunDir(tmp), Emitter([]), StopFlag())
-        trainer.prepare(resume=False)
-        src = trainer.train_src
+        src = prepare(recipe, RunDir(tmp)).train_src
         count = spec.warmup + spec.steps
         plan = [(epoch, i) for epoch in range(count // max(src.batches_per_epoch(), 1) + 1)
                 for i in range(src.batches_per_epoch())][:count]
