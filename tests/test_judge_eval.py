@@ -286,7 +286,7 @@ def test_eval_and_select_errors_are_clear(tiny_llama, animals, tmp_path, capsys)
         )
     )
     assert main(["select", str(run), "--rule", str(rule)]) == 2
-    assert "rule key 'within' must be float" in capsys.readouterr().err
+    assert "rule key 'within' must be a number" in capsys.readouterr().err
     assert main(["select", str(run), "--within", "0.1", "--dry-run"]) == 0
     assert "Chosen: step 2" in capsys.readouterr().out
     assert "chosen_step" not in RunDir(run).read_meta()

@@ -95,7 +95,7 @@ def test_load_suite_resolves_paths_and_reports_bad_keys(tmp_path):
     with pytest.raises(SuiteError, match=r"suite.yaml:2: unknown key 'samples'"):
         load_suite(path)
     path.write_text("k: two\n")
-    with pytest.raises(SuiteError, match="'k' must be int"):
+    with pytest.raises(SuiteError, match="'k' must be an integer"):
         load_suite(path)
     path.write_text("metrics: [fit, vibes]\n")
     with pytest.raises(SuiteError, match="unknown groups"):

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 from ..train import early_stop
 from ..train.early_stop import loss_gain
+from ..typed_yaml import coerce
 from .metrics import relative_change
 from .noise import beyond_noise, change_se
 
@@ -116,20 +117,10 @@ def rule_from_dict(raw: dict, base: Rule | None = None) -> Rule:
 
 
 def _coerce(key: str, value, tp):
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is str and isinstance(value, str):
-        return value
-    if typing.get_origin(tp) is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    raise RuleError(
-        f"rule key '{key}' must be {getattr(tp, '__name__', 'a list of strings')}, got {value!r}."
-    )
+    try:
+        return coerce(value, tp)
+    except TypeError as exc:
+        raise RuleError(f"rule key '{key}' must be {exc}, got {value!r}.") from None
 
 
 # --------------------------------------------------------------------------- verdicts
