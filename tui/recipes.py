@@ -92,10 +92,6 @@ def flatten(recipe_dict: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def recipe_values(recipe: Recipe) -> dict[str, str]:
-    return {k: format_value(v) for k, v in flatten(recipe.to_dict()).items()}
-
-
 def default_values() -> dict[str, str]:
     return {spec.name: format_value(spec.default) for spec in field_specs().values()}
 

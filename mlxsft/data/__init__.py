@@ -14,7 +14,6 @@ from .batching import (
     padding_waste,
     plan_batches,
     plan_padding_waste,
-    segment_attention_mask,
 )
 from .formats import Example, load_jsonl
 from .masking import (
@@ -39,7 +38,6 @@ __all__ = [
     "padding_waste",
     "plan_batches",
     "plan_padding_waste",
-    "segment_attention_mask",
     "tokenize_dataset",
     "tokenize_row",
 ]

@@ -13,7 +13,6 @@ host after `MLXSFT_DIST_TIMEOUT` seconds without a finished step.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -185,15 +184,3 @@ class Watchdog:
                     file=sys.stderr, flush=True,
                 )
                 os._exit(4)
-
-
-def ring_hosts_from_env() -> list[str]:
-    """Host addresses of each rank in a ring launch (for messages), or [] if unknown."""
-    path = os.environ.get("MLX_HOSTFILE")
-    if not path or not os.path.isfile(path):
-        return []
-    try:
-        hosts = json.loads(open(path, encoding="utf-8").read())
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [h[0].rsplit(":", 1)[0] if isinstance(h, list) and h else str(h) for h in hosts]
