@@ -26,6 +26,7 @@ from ..errors import ModelError
 from ..hub import (
     HubSettings,
     RemoteFile,
+    download,
     free_bytes,
     gated_message,
     have_token,
@@ -115,10 +116,7 @@ def check_disk(needed: int, root: Path) -> None:
 
 def _fetch(hub_id: str, commit: str, partial: Path, names: list[str], hub: HubSettings) -> None:
     """Download `names` of the repo at `commit` into `partial` (finished files are skipped)."""
-    from huggingface_hub import snapshot_download
-
-    snapshot_download(hub_id, revision=commit, local_dir=str(partial), allow_patterns=names,
-                      endpoint=hub.endpoint, cache_dir=hub.cache_dir, max_workers=4)
+    download(hub_id, hub, names, revision=commit, local_dir=partial)
 
 
 def _check_architecture(partial: Path, hub_id: str) -> None:
