@@ -8,6 +8,8 @@ from pathlib import Path
 from ..safeio import atomic_write_text
 from .spec import BenchSpec
 
+# The runner is imported when `mlxsft bench` runs, so building the CLI parser stays light.
+
 
 def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="Time training steps; with --against, side by side with mlx-lm or PEFT.")

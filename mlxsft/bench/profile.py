@@ -79,6 +79,7 @@ def roofline(backend: str, size: int = 1024) -> float:
 
 
 def step_time(args) -> tuple[float, int]:
+    # imported here: the --matmuls-only torch child runs this module without loading MLX
     import tempfile
 
     import mlx.core as mx

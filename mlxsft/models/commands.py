@@ -8,6 +8,9 @@ from pathlib import Path
 from ..errors import ModelError
 from ..store import STORE_ENV
 
+# Handlers import their module (MLX, the hub client) when they run, so building the CLI
+# parser stays light for every other command.
+
 MODEL_ARG = "Model folder, its name in the store, or a hub id already pulled."
 
 
