@@ -55,12 +55,15 @@ def test_run_dir_describes_itself(tiny_llama, tmp_path):
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
     assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [3, 6]
-    assert isinstance(events[-1], RunFinished) and events[-1].best_step in (3, 6)
-    # the run root's adapters load in mlx-lm as they are
+    evals = [e for e in events if isinstance(e, EvalFinished)]
+    assert isinstance(events[-1], RunFinished) and events[-1].best_step == min(evals, key=lambda e: e.loss).step
+    # the run root's adapters load in mlx-lm as they are, and change what the model computes
     from mlx_lm.utils import load
 
-    model, _ = load(str(tiny_llama), adapter_path=str(run.path))
-    assert model(mx.array([[1, 2, 3]])).shape[-1] > 0
+    tokens = mx.array([[1, 2, 3]])
+    tuned = load(str(tiny_llama), adapter_path=str(run.path))[0](tokens)
+    base = load(str(tiny_llama))[0](tokens)
+    assert tuned.shape == base.shape and not mx.allclose(tuned, base, atol=1e-4).item()
 
 
 def test_tiny_model_learns_toy_task_to_near_zero(tiny_llama, tmp_path):
@@ -102,7 +105,7 @@ def test_packing_and_accumulation_train(tiny_llama, tmp_path):
                                       grad_checkpoint=True, batch_size=2))
     assert result.status == "finished"
     losses = val_losses(result.run_dir)
-    assert losses[-1] < losses[0] or losses[-1] < 3.0
+    assert len(losses) == 2 and losses[-1] < losses[0]
 
 
 def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path):
