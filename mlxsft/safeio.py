@@ -1,8 +1,8 @@
 """File-system edges that must fail safely: unreadable JSON, failed writes, swaps, leftovers.
 
 Owns:
-- `atomic_write_text` and `fsync_dir`: the one atomic write (temp file beside the target, fsync,
-  rename) every text/JSON file of a run, export or store goes through;
+- `atomic_write_text`, `atomic_copy_file` and `fsync_dir`: the one atomic write (temp file beside
+  the target, fsync, rename) every text/JSON file and copied file of a run, store or cache goes through;
 - `read_json`: a JSON file the user or a run gave us, or one `MlxsftError` naming file and line;
 - `write_guard`: turns a failed write (disk full, quota, file-size limit, read-only disk, or
   MLX's "[write] Unable to write" RuntimeError, which carries no errno) into one error that
@@ -51,6 +51,27 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_copy_file(src: Path, dst: Path, *, mode: int | None = None, fsync: bool = True) -> None:
+    """Copy `src` to `dst` through a temp file beside it (fsync'd unless `fsync=False`), then rename.
+
+    A reader of `dst` sees the old file or the whole new one, never a partial copy.
+    """
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
