@@ -5,7 +5,8 @@ import json
 import pytest
 
 from mlxsft.errors import MlxsftError
-from mlxsft.judge.sampling import Prompt, Sample
+from mlxsft.generate import Sample
+from mlxsft.judge.sampling import Prompt
 from mlxsft.judge.suite import Suite, SuiteError, check_suite, load_suite
 from mlxsft.judge.tasks import build_checks, check_all, output_metrics
 

@@ -5,7 +5,7 @@ Floors, top to bottom (a module may import its own floor or any floor below it):
     clients   cli, demo, tui
     wings     judge, export, models, bench   (independent: no wing imports another)
     train     mlxsft.train
-    floor     model, rundir, store, hub, token_rows, untrained_tokens, hosts, launch, devmodel
+    floor     model, rundir, store, hub, generate, token_rows, untrained_tokens, hosts, launch, devmodel
     data      mlxsft.data
     base      config, events, errors, safeio, typed_yaml, blas, kernel_cache
 
@@ -28,7 +28,7 @@ FLOORS = {
     "base": ["mlxsft", "mlxsft.config", "mlxsft.events", "mlxsft.errors", "mlxsft.safeio", "mlxsft.typed_yaml",
              "mlxsft.blas", "mlxsft.kernel_cache"],
     "data": ["mlxsft.data"],
-    "floor": ["mlxsft.model", "mlxsft.rundir", "mlxsft.store", "mlxsft.hub", "mlxsft.token_rows",
+    "floor": ["mlxsft.model", "mlxsft.rundir", "mlxsft.store", "mlxsft.hub", "mlxsft.generate", "mlxsft.token_rows",
               "mlxsft.untrained_tokens", "mlxsft.hosts", "mlxsft.launch", "mlxsft.devmodel"],
     "train": ["mlxsft.train"],
     "wings": ["mlxsft.judge", "mlxsft.export", "mlxsft.models", "mlxsft.bench"],
