@@ -20,6 +20,9 @@ import platform
 import sys
 from pathlib import Path
 
+from . import __version__
+from .kernel_cache import use_persistent_kernel_cache
+
 OPENBLAS_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3",
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
@@ -125,8 +128,6 @@ def maybe_reexec_with_openblas(argv: list[str]) -> None:
 def describe_backend() -> dict[str, str]:
     import mlx.core as mx
 
-    from . import __version__
-
     try:
         import mlx_lm
 
@@ -142,7 +143,6 @@ def describe_backend() -> dict[str, str]:
             blas = f"OpenBLAS preloaded ({lib}), kernels {_core_name(lib)}"
         else:
             blas = f"OpenBLAS found but not preloaded ({lib}); the mlxsft command preloads it"
-    from .kernel_cache import use_persistent_kernel_cache
 
     return {
         "mlxsft": __version__,

@@ -13,9 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-from .blas import maybe_reexec_with_openblas
-from .config import iter_fields
+from .blas import describe_backend, maybe_reexec_with_openblas
+from .config import dump_recipe, iter_fields, load_recipe, recipe_from_text
 from .errors import MlxsftError
+from .events import StdoutSink
+from .kernel_cache import first_use_message, use_persistent_kernel_cache
+from .launch import launch_training
+from .rundir import RunDir
+from .safeio import describe_write_failure, free_bytes, write_failure
+
+# Modules that load MLX (training, the demo) are imported inside the handler that needs
+# them: `mlxsft --help` and the light verbs stay fast, and MLX never loads before
+# `maybe_reexec_with_openblas` has restarted the process with OpenBLAS.
 
 # Modules that add their own subcommands: each has `add_commands(subparsers)`, which adds
 # subparsers whose defaults set `handler=<function(args) -> exit code>`.
@@ -97,20 +106,14 @@ def _strip_launch_flags(argv: list[str]) -> list[str]:
 
 def cmd_train(args) -> int:
     if args.ranks is not None or args.hosts is not None:
-        from .launch import launch_training
-
         if args.ranks is not None and args.ranks < 1:
             raise MlxsftError("--ranks must be at least 1.")
         train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1:])
         return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
-    from .config import load_recipe
-    from .train.events import StdoutSink
-    from .train.loop import run_training
+    from .train.run import run_training
 
     sinks = [] if args.quiet else [StdoutSink()]
     if args.resume:
-        from .rundir import RunDir
-
         if args.recipe:
             raise MlxsftError("give either a recipe or --resume RUN_DIR, not both.")
         run = RunDir(args.resume)
@@ -130,7 +133,6 @@ def cmd_train(args) -> int:
 
 def _resume_recipe(run):
     """The run's recipe; under mlx.launch, other hosts receive it from rank 0."""
-    from .config import recipe_from_text
     from .train.distributed import init_world
 
     world = init_world()
@@ -143,8 +145,6 @@ def _resume_recipe(run):
 
 
 def cmd_recipe(args) -> int:
-    from .config import dump_recipe, load_recipe
-
     print(dump_recipe(load_recipe(args.recipe, args.set or [])), end="")
     return 0
 
@@ -157,8 +157,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_doctor(_args) -> int:
-    from .blas import describe_backend
-
     for key, value in describe_backend().items():
         print(f"{key:>14}: {value}")
     return 0
@@ -169,8 +167,6 @@ COMMANDS = {"train": cmd_train, "recipe": cmd_recipe, "demo": cmd_demo, "doctor"
 
 def _use_kernel_cache(announce: bool) -> None:
     """Keep MLX's compiled CPU kernels across reboots; say so when this run will build them."""
-    from .kernel_cache import first_use_message, use_persistent_kernel_cache
-
     message = first_use_message(use_persistent_kernel_cache())
     if announce and message:
         print(message, file=sys.stderr, flush=True)
@@ -196,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlxsft: error: {exc.filename}: file not found.", file=sys.stderr)
         return 2
     except OSError as exc:  # a file-system problem no check foresaw: still one line, no traceback
-        from .safeio import describe_write_failure, free_bytes, write_failure
-
         where = f"{exc.filename}: " if exc.filename else ""
         failure = write_failure(exc)
         what = describe_write_failure(failure, free_bytes(Path(exc.filename or "."))) if failure else exc.strerror

@@ -9,16 +9,14 @@ wrong type is a `RecipeError` naming the key, the file and the line.
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .errors import RecipeError
+from .typed_yaml import Where, build_dataclass, parse_yaml_value, read_yaml_mapping
 
 METHODS = ("lora", "dora", "full")
 MASK_MODES = ("assistant", "last", "none")
@@ -161,163 +159,11 @@ class Recipe:
 
 # ---------------------------------------------------------------- YAML reading
 
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-5 (no dot) as a float, as YAML 1.2 does."""
-
-
-_RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml_value(text: str) -> Any:
-    """Parse one scalar or flow value the way recipes are parsed (for --set)."""
-    return yaml.load(text, Loader=_RecipeLoader)
-
-
-def _key_lines(node, prefix: str = "", source: str = "<recipe>") -> dict[str, int]:
-    """Map dotted keys to their 1-based line in the YAML source; a key given twice is an error."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}"
-            line = key_node.start_mark.line + 1
-            if key in lines:  # PyYAML would keep the last silently
-                raise RecipeError(
-                    f"'{key}' is given twice (also on line {lines[key]}); keep one of them.",
-                    path=source, line=line,
-                )
-            lines[key] = line
-            lines.update(_key_lines(value_node, key + ".", source))
-    return lines
-
 
 def read_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
     """Read a YAML recipe into a plain dict, with the line of each key."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError("recipe file not found; check the path.", path=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_RecipeLoader)
-        raw = yaml.load(text, Loader=_RecipeLoader)
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"not UTF-8 text ({exc.reason}); save it as UTF-8.", path=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"invalid YAML: {problem}.", path=str(path), line=line) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RecipeError("a recipe must be a mapping of keys (model:, data:, train:, ...).", path=str(path))
-    return raw, _key_lines(node, source=str(path)) if node is not None else {}
-
-
-# ---------------------------------------------------------------- validation
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
-
-
-def _type_name(tp) -> str:
-    return _TYPE_WORDS.get(tp) or getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp) -> Any:
-    """Return `value` as type `tp`, or raise TypeError with what was expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option)
-            except TypeError:
-                continue
-        raise TypeError(" or ".join(_type_name(o) for o in options))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError("true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError("an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError("a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError("a string")
-    if tp is list or origin is list:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise TypeError("a list of strings")
-    raise TypeError(_type_name(tp))
-
-
-class _Where:
-    """Where a dotted key was given: a recipe file's line, or the command-line flag that set it."""
-
-    def __init__(self, source: str, lines: dict[str, int] | None = None, origins: dict[str, str] | None = None):
-        self.source, self.lines, self.origins = source, lines or {}, origins or {}
-
-    def __call__(self, key: str) -> dict:
-        parts = key.split(".")
-        for n in range(len(parts), 0, -1):  # an override of `train` covers `train.iters`
-            origin = self.origins.get(".".join(parts[:n]))
-            if origin is not None:
-                return {"path": origin, "line": None}
-        return {"path": self.source, "line": self.lines.get(key)}
-
-
-def _build(cls, raw: dict, where: str, lines, source: str):
-    """Build dataclass `cls` from `raw`, checking every key and type (`lines`: a dict or a `_Where`)."""
-    locate = lines if isinstance(lines, _Where) else _Where(source, lines)
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        dotted = f"{where}{key}"
-        if key not in names:
-            known = ", ".join(names)
-            raise RecipeError(f"unknown key '{dotted}'. Known keys here: {known}.", **locate(dotted))
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                raise RecipeError(
-                    f"'{dotted}' must be a mapping of keys ({', '.join(f.name for f in dataclasses.fields(tp))}).",
-                    **locate(dotted),
-                )
-            values[key] = _build(tp, value, dotted + ".", locate, source)
-            continue
-        try:
-            values[key] = _coerce(value, tp)
-        except TypeError as exc:
-            raise RecipeError(f"'{dotted}' must be {exc}, got {value!r}.", **locate(dotted)) from None
-        choices = names[key].metadata.get("choices")
-        if choices and values[key] not in choices:
-            raise RecipeError(f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.", **locate(dotted))
-    return cls(**values)
+    return read_yaml_mapping(path, RecipeError, "recipe file not found; check the path.",
+                             "a recipe must be a mapping of keys (model:, data:, train:, ...).")
 
 
 def _normalize_data(raw: dict) -> dict:
@@ -365,7 +211,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
     """Value checks that types alone do not catch (`lines`: a dict of key lines or a `_Where`)."""
-    locate = lines if isinstance(lines, _Where) else _Where(source, lines)
+    locate = lines if isinstance(lines, Where) else Where(source, lines)
 
     def fail(key: str, message: str):
         raise RecipeError(f"'{key}' {message}", **locate(key))
@@ -435,15 +281,15 @@ def recipe_from_dict(
     `lines` gives each key's line in `source`; `origins` names the command-line flag of
     each overridden key, so an error blames the flag rather than the recipe's line.
     """
-    locate = _Where(source, lines, origins)
-    recipe = _build(Recipe, _normalize_data(raw), "", locate, source)
+    locate = Where(source, lines, origins)
+    recipe = build_dataclass(Recipe, _normalize_data(raw), locate, RecipeError)
     check_recipe(recipe, source, locate)
     return recipe
 
 
 def recipe_from_text(text: str, source: str = "<recipe>") -> Recipe:
     """Validate a recipe given as YAML text (e.g. received from another rank)."""
-    raw = yaml.load(text, Loader=_RecipeLoader) or {}
+    raw = parse_yaml_value(text) or {}
     return recipe_from_dict(raw, source)
 
 

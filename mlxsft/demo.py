@@ -14,8 +14,8 @@ from pathlib import Path
 from .config import load_recipe
 from .devmodel import TinyModelSpec, build_tiny_model
 from .errors import MlxsftError
-from .train.events import StdoutSink
-from .train.loop import run_training
+from .events import StdoutSink
+from .train.run import run_training
 
 DEMO_MODEL = Path("models/tiny-chat")
 QUICKSTART = Path("recipes/quickstart.yaml")

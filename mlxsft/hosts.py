@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from .errors import MlxsftError
-from .rundir import atomic_write_text
+from .safeio import atomic_write_text
 
 PROBE = (
     "import json, os, sys\n"

@@ -24,13 +24,13 @@ from __future__ import annotations
 import atexit
 import os
 import platform
-import shutil
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from .safeio import atomic_copy_file
 
 # instruction-set extensions that change what g++ may emit for MLX's kernels
 ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_fp16", "avx512_bf16",
@@ -136,25 +136,14 @@ def drop_broken(folder: Path) -> int:
     return dropped
 
 
-def _copy_atomic(src: Path, dst_dir: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst_dir, prefix=f".{src.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o700)
-        os.replace(tmp, dst_dir / src.name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sync_kernels(src: Path, dst: Path, settle_s: float = SETTLE_S) -> int:
     """Copy finished kernels that `dst` lacks (each by temp file + rename); returns the count."""
     have = {p.name for p in _kernels(dst)}
     now, copied = time.time(), 0
     for lib in _kernels(src):
         if lib.name not in have and _settled(lib, now, settle_s) and kernel_complete(lib):
-            _copy_atomic(lib, dst)
+            # no fsync: a cache, and a copy lost in a crash is rebuilt by MLX
+            atomic_copy_file(lib, dst / lib.name, mode=0o700, fsync=False)
             copied += 1
     return copied
 

@@ -8,7 +8,6 @@ resolution for LoRA/DoRA by module-name suffix, and parameter counts.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,10 @@ from mlx.utils import tree_flatten
 
 from .config import LoraConfig, QuantizeConfig, Recipe, check_layers_fit
 from .errors import ModelError
+from .hub import HubSettings, download, hub_error
 from .safeio import read_json
+from .store import find_local, store_root
+from .token_rows import TRAINABLE_TOKENS, attach_token_rows
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
@@ -73,7 +75,6 @@ def resolve_model_path(model: str) -> Path:
 
 def _from_store(repo_id: str) -> Path | None:
     """A copy of a hub id already pulled into the local model store (works offline)."""
-    from .models.store import find_local, store_root
 
     root = store_root()
     if not root.is_dir():
@@ -83,18 +84,15 @@ def _from_store(repo_id: str) -> Path | None:
 
 
 def _download(repo_id: str) -> Path:
-    """Fetch safetensors, config and tokenizer files (no pickle weights) from the hub."""
-    from huggingface_hub import snapshot_download
-
+    """Fetch safetensors, config and tokenizer files (no pickle weights) from the hub into its cache."""
+    hub = HubSettings.from_env()
+    hub.apply()
     patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
-        path = Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as exc:  # hub errors come in many types; all mean "could not fetch"
-        raise ModelError(
-            f"could not fetch '{repo_id}' from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Check the id, your network, and for gated models `huggingface-cli login`; "
-            "offline, point `model:` at a local folder.",
-        ) from None
+        path = download(repo_id, hub, patterns)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many types; hub_error words each
+        error = hub_error(exc, repo_id, hub)
+        raise ModelError(f"{error.detail} Offline, point `model:` at a local folder.") from None
     check_model_dir(path)
     return path
 
@@ -193,8 +191,6 @@ def attach_adapters(model: nn.Module, recipe: Recipe, token_ids: list[int] | Non
     """
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from .token_rows import TRAINABLE_TOKENS, attach_token_rows
-
     if recipe.method == "full":
         model.unfreeze()
         return {"fine_tune_type": "full", "num_layers": len(model.layers)}
@@ -229,9 +225,3 @@ def vocab_size(model: nn.Module) -> int:
     if hasattr(args, "vocab_size"):
         return int(args.vocab_size)
     return int(model.model.embed_tokens.weight.shape[0])
-
-
-def describe_base(path: Path) -> dict:
-    """Small facts about a model folder for run metadata."""
-    config = json.loads((path / "config.json").read_text())
-    return {"model_type": config.get("model_type"), "architectures": config.get("architectures")}

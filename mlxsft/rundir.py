@@ -21,31 +21,9 @@ from pathlib import Path
 
 from .config import Recipe, dump_recipe, load_recipe
 from .errors import MlxsftError
-from .safeio import read_json, require_creatable, swap_into_place, write_guard
+from .safeio import atomic_write_text, fsync_dir, read_json, require_creatable, swap_into_place, write_guard
 
 CHECKPOINT_PREFIX = "step-"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunDir:

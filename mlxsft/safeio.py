@@ -1,6 +1,8 @@
 """File-system edges that must fail safely: unreadable JSON, failed writes, swaps, leftovers.
 
 Owns:
+- `atomic_write_text`, `atomic_copy_file` and `fsync_dir`: the one atomic write (temp file beside
+  the target, fsync, rename) every text/JSON file and copied file of a run, store or cache goes through;
 - `read_json`: a JSON file the user or a run gave us, or one `MlxsftError` naming file and line;
 - `write_guard`: turns a failed write (disk full, quota, file-size limit, read-only disk, or
   MLX's "[write] Unable to write" RuntimeError, which carries no errno) into one error that
@@ -36,6 +38,54 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 WRITE_ERRNOS = DISK_FULL_ERRNOS | {errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 LOW_SPACE_BYTES = 16 * 2**20  # below this, a write error without an errno is a full disk
 STAGING_TAG = ".staging-"
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temp file beside it, fsync, then rename (all or nothing)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_copy_file(src: Path, dst: Path, *, mode: int | None = None, fsync: bool = True) -> None:
+    """Copy `src` to `dst` through a temp file beside it (fsync'd unless `fsync=False`), then rename.
+
+    A reader of `dst` sees the old file or the whole new one, never a partial copy.
+    """
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 
 # ---------------------------------------------------------------- reading

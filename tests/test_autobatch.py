@@ -3,11 +3,11 @@
 import pytest
 
 from mlxsft.config import recipe_from_dict
+from mlxsft.events import BatchTokensChosen, read_events
 from mlxsft.model import attach_adapters, load_base, vocab_size
 from mlxsft.rundir import RunDir
 from mlxsft.train.autobatch import choose_batch_tokens
-from mlxsft.train.events import BatchTokensChosen, read_events
-from mlxsft.train.loop import run_training
+from mlxsft.train.run import run_training
 from mlxsft.train.schedule import build_optimizer
 from mlxsft.train.step import build_steps
 

@@ -308,7 +308,7 @@ def base(tiny_llama, tmp_path_factory) -> dict[str, Path]:
     """Built once: good data, a run trained for 2 steps (checkpoints 1 and 2), its mlx and PEFT exports."""
     from mlxsft.config import load_recipe
     from mlxsft.export import export_mlx_adapter, export_peft
-    from mlxsft.train.loop import run_training
+    from mlxsft.train.run import run_training
 
     root = tmp_path_factory.mktemp("bad-input-base")
     data = root / "data"

@@ -9,7 +9,6 @@ from mlxsft.data.batching import (
     padding_waste,
     plan_batches,
     plan_padding_waste,
-    segment_attention_mask,
 )
 from mlxsft.data.formats import Example
 from mlxsft.data.masking import TokenizedExample, tokenize_dataset
@@ -208,37 +207,3 @@ def test_batches_from_real_tokenized_rows(data_tokenizers):
     batch = collate(ds.examples, batches[0], tok.eos_token_id)
     assert batch.num_sequences == 3
     assert batch.num_trained == sum(int(ex.trained[1:].sum()) for ex in ds.examples)
-
-
-# --- attention mask -----------------------------------------------------------------
-
-
-def test_segment_attention_mask_by_hand():
-    segments = np.array([[1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0]])
-    mask = segment_attention_mask(segments)
-    assert mask.shape == (2, 1, 6, 6) and mask.dtype == np.bool_
-    expected0 = np.array(
-        [
-            [1, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0, 0],
-            [0, 0, 1, 0, 0, 0],
-            [0, 0, 1, 1, 0, 0],
-            [0, 0, 1, 1, 1, 0],
-            [0, 0, 0, 0, 0, 1],  # padding attends to itself only
-        ],
-        dtype=bool,
-    )
-    expected1 = np.array(
-        [
-            [1, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 0, 0],
-            [1, 1, 1, 0, 0, 0],
-            [0, 0, 0, 1, 0, 0],
-            [0, 0, 0, 0, 1, 0],
-            [0, 0, 0, 0, 0, 1],
-        ],
-        dtype=bool,
-    )
-    assert np.array_equal(mask[0, 0], expected0)
-    assert np.array_equal(mask[1, 0], expected1)
-    assert mask.any(axis=-1).all()  # no query row is fully masked

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from mlxsft.events import CheckpointSaved, RunStarted, StepReported, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import CheckpointSaved, RunStarted, StepReported, read_events
 
 from .conftest import QUICKSTART_DATA
 

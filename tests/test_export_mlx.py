@@ -150,7 +150,7 @@ def test_cli_handlers(tiny_llama, run, tmp_path, capsys):
 
 def test_imported_run_can_resume_training(tiny_llama, run, tmp_path):
     """An import is a run: `train --resume` continues from its step-0 checkpoint."""
-    from mlxsft.train.loop import run_training
+    from mlxsft.train.run import run_training
 
     from .conftest import QUICKSTART_DATA
 

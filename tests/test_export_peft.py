@@ -193,7 +193,7 @@ def test_full_fine_tune_has_no_peft_export(tiny_llama, tmp_path):
 def test_peft_export_of_trained_run(tiny_llama, tmp_path):
     """A run the real trainer wrote exports to PEFT and matches in transformers + peft."""
     from mlxsft.config import recipe_from_dict
-    from mlxsft.train.loop import run_training
+    from mlxsft.train.run import run_training
 
     from .conftest import QUICKSTART_DATA
 

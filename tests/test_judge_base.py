@@ -18,12 +18,12 @@ import pytest
 from mlxsft.cli import main
 from mlxsft.data.formats import load_jsonl
 from mlxsft.data.masking import tokenize_dataset
+from mlxsft.events import RunStarted, SelectionMade, StepReported, read_events
 from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
 from mlxsft.judge.scoring import score_rows
 from mlxsft.judge.suite import Suite
 from mlxsft.judge.verdict import OVERSHOOTING, PLATEAU, STILL_LEARNING, Rule, choose, judge_history, points
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import RunStarted, SelectionMade, StepReported, read_events
 from mlxsft.untrained_tokens import check_tokens, read_embedding
 
 from .conftest import BASE_TASK, PRETRAINED_BASE

@@ -15,19 +15,19 @@ import pytest
 
 from mlxsft.cli import main
 from mlxsft.config import recipe_from_dict
-from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
-from mlxsft.judge.results import read_results
-from mlxsft.judge.suite import Suite
-from mlxsft.judge.verdict import OVERSHOOTING, STILL_LEARNING, choose, judge_history, points
-from mlxsft.rundir import RunDir
-from mlxsft.train.events import (
+from mlxsft.events import (
     CheckpointEvaluated,
     EvalFinished,
     SelectionMade,
     StepReported,
     read_events,
 )
-from mlxsft.train.loop import run_training
+from mlxsft.judge.battery import evaluate_checkpoint, evaluate_run, open_bench
+from mlxsft.judge.results import read_results
+from mlxsft.judge.suite import Suite
+from mlxsft.judge.verdict import OVERSHOOTING, STILL_LEARNING, choose, judge_history, points
+from mlxsft.rundir import RunDir
+from mlxsft.train.run import run_training
 
 from .conftest import write_jsonl
 
@@ -286,7 +286,7 @@ def test_eval_and_select_errors_are_clear(tiny_llama, animals, tmp_path, capsys)
         )
     )
     assert main(["select", str(run), "--rule", str(rule)]) == 2
-    assert "rule key 'within' must be float" in capsys.readouterr().err
+    assert "rule key 'within' must be a number" in capsys.readouterr().err
     assert main(["select", str(run), "--within", "0.1", "--dry-run"]) == 0
     assert "Chosen: step 2" in capsys.readouterr().out
     assert "chosen_step" not in RunDir(run).read_meta()

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from mlxsft.errors import MlxsftError
-from mlxsft.judge.sampling import Prompt, Sample
+from mlxsft.generate import Sample
+from mlxsft.judge.sampling import Prompt
 from mlxsft.judge.suite import Suite, SuiteError, check_suite, load_suite
 from mlxsft.judge.tasks import build_checks, check_all, output_metrics
 
@@ -95,7 +96,7 @@ def test_load_suite_resolves_paths_and_reports_bad_keys(tmp_path):
     with pytest.raises(SuiteError, match=r"suite.yaml:2: unknown key 'samples'"):
         load_suite(path)
     path.write_text("k: two\n")
-    with pytest.raises(SuiteError, match="'k' must be int"):
+    with pytest.raises(SuiteError, match="'k' must be an integer"):
         load_suite(path)
     path.write_text("metrics: [fit, vibes]\n")
     with pytest.raises(SuiteError, match="unknown groups"):

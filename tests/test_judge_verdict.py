@@ -2,6 +2,7 @@
 
 import pytest
 
+from mlxsft.events import EvalFinished
 from mlxsft.judge.verdict import (
     OVERSHOOTING,
     PLATEAU,
@@ -14,7 +15,6 @@ from mlxsft.judge.verdict import (
     plateau_reached,
     rule_from_dict,
 )
-from mlxsft.train.events import EvalFinished
 
 
 def history(rows):
@@ -211,7 +211,7 @@ def test_rule_from_dict_checks_keys_and_values():
     )
     for bad, message in [
         ({"withn": 1}, "unknown rule key"),
-        ({"within": "x"}, "must be float"),
+        ({"within": "x"}, "must be a number"),
         ({"exclude": ["bad"]}, "not a verdict"),
         ({"prefer": ["pass_at_1"]}, "METRIC:max"),
         ({"min_signals": 0}, "at least 1"),

@@ -14,7 +14,7 @@ from mlxsft.config import DEFAULT_TARGETS
 from mlxsft.errors import ModelError
 from mlxsft.models.info import describe_model, format_facts
 from mlxsft.models.quantize import quantize_into_store
-from mlxsft.models.store import list_local, resolve_local, store_root
+from mlxsft.store import list_local, resolve_local, store_root
 
 
 def _run(argv: list[str]) -> int:

@@ -27,7 +27,7 @@ import pytest
 from mlxsft.devmodel import TinyModelSpec, build_tiny_model
 from mlxsft.errors import ModelError
 from mlxsft.models.pull import HubSettings, pull_model
-from mlxsft.models.store import SOURCE_FILE, list_partial, read_source
+from mlxsft.store import SOURCE_FILE, list_partial, read_source
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "tiny-org/Tiny-Chat-0.1B"

@@ -4,7 +4,8 @@ import pytest
 
 from mlxsft.config import load_recipe
 from mlxsft.errors import RecipeError
-from mlxsft.judge.preference import PrefPoint, choose_preference, collapse_warning, flagged_steps
+from mlxsft.judge.preference import choose_preference
+from mlxsft.train.collapse import PrefPoint, collapse_warning, flagged_steps
 
 
 def history(margins, logps, accs=None, ppls=None):

@@ -11,8 +11,8 @@ from mlxsft.cli import main
 from mlxsft.config import recipe_from_dict
 from mlxsft.data.preference import collate_pairs, load_pairs
 from mlxsft.errors import TrainingError
+from mlxsft.events import EvalFinished, PreferenceReported, RunFinished, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import EvalFinished, PreferenceReported, RunFinished, read_events
 from mlxsft.train.loop import run_training
 from mlxsft.train.preference_run import batch_arrays, logps_of
 

@@ -8,8 +8,8 @@ import time
 
 import yaml
 
+from mlxsft.events import CheckpointSaved, RunFinished, StepReported, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import CheckpointSaved, RunFinished, StepReported, read_events
 
 from .conftest import QUICKSTART_DATA
 

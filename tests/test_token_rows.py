@@ -16,15 +16,16 @@ import pytest
 
 from mlxsft.config import recipe_from_dict
 from mlxsft.data.formats import load_jsonl
+from mlxsft.events import RunStarted, StepReported, read_events
 from mlxsft.export import export_peft, load_trained, resolve_source
 from mlxsft.export.merged import export_hf
+from mlxsft.generate import sample_completions
 from mlxsft.judge.battery import open_bench
-from mlxsft.judge.sampling import prompts_from_examples, sample_completions
+from mlxsft.judge.sampling import prompts_from_examples
 from mlxsft.judge.suite import Suite
 from mlxsft.rundir import RunDir
 from mlxsft.token_rows import EmbeddingRows, LinearRows, attach_token_rows
-from mlxsft.train.events import RunStarted, StepReported, read_events
-from mlxsft.train.loop import StopFlag, run_training
+from mlxsft.train.run import StopFlag, run_training
 
 from .conftest import BASE_TASK, PRETRAINED_BASE
 from .export_fixtures import max_abs_diff, mlx_logits, torch_logits
@@ -109,7 +110,7 @@ def test_chatml_fine_tune_trains_the_marker_rows_and_stops(trained):
         s
         for i, p in enumerate(prompts)
         for s in sample_completions(
-            loaded.model, loaded.tokenizer, p, k=2, max_tokens=48, temperature=0.7, top_p=1.0, seed=i
+            loaded.model, loaded.tokenizer, p.ids, k=2, max_tokens=48, temperature=0.7, top_p=1.0, seed=i
         )
     ]
     stopped = [len(s.entropies) > len(s.ids) for s in samples]  # the last step chose the end marker

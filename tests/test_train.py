@@ -7,9 +7,9 @@ import pytest
 
 from mlxsft.config import recipe_from_dict
 from mlxsft.errors import DataError, MlxsftError
+from mlxsft.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.events import CheckpointSaved, EvalFinished, RunFinished, StepReported, read_events
-from mlxsft.train.loop import run_training
+from mlxsft.train.run import run_training
 
 from .conftest import QUICKSTART_DATA, write_jsonl
 
@@ -55,12 +55,15 @@ def test_run_dir_describes_itself(tiny_llama, tmp_path):
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
     assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [3, 6]
-    assert isinstance(events[-1], RunFinished) and events[-1].best_step in (3, 6)
-    # the run root's adapters load in mlx-lm as they are
+    evals = [e for e in events if isinstance(e, EvalFinished)]
+    assert isinstance(events[-1], RunFinished) and events[-1].best_step == min(evals, key=lambda e: e.loss).step
+    # the run root's adapters load in mlx-lm as they are, and change what the model computes
     from mlx_lm.utils import load
 
-    model, _ = load(str(tiny_llama), adapter_path=str(run.path))
-    assert model(mx.array([[1, 2, 3]])).shape[-1] > 0
+    tokens = mx.array([[1, 2, 3]])
+    tuned = load(str(tiny_llama), adapter_path=str(run.path))[0](tokens)
+    base = load(str(tiny_llama))[0](tokens)
+    assert tuned.shape == base.shape and not mx.allclose(tuned, base, atol=1e-4).item()
 
 
 def test_tiny_model_learns_toy_task_to_near_zero(tiny_llama, tmp_path):
@@ -102,12 +105,12 @@ def test_packing_and_accumulation_train(tiny_llama, tmp_path):
                                       grad_checkpoint=True, batch_size=2))
     assert result.status == "finished"
     losses = val_losses(result.run_dir)
-    assert losses[-1] < losses[0] or losses[-1] < 3.0
+    assert len(losses) == 2 and losses[-1] < losses[0]
 
 
 def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_path):
     from mlxsft.errors import TrainingError
-    from mlxsft.train.events import RunFailed
+    from mlxsft.events import RunFailed
 
     recipe = make_recipe(tiny_llama, tmp_path / "run", iters=20, learning_rate=1e30, max_grad_norm=None,
                          steps_per_report=1, steps_per_save=1, steps_per_eval=0, warmup_steps=0,
@@ -143,7 +146,7 @@ def test_early_stop_on_plateau(tiny_llama, tmp_path):
 
 
 def test_bad_rows_stop_before_training_or_are_skipped_and_reported(tiny_llama, tmp_path):
-    from mlxsft.train.events import DataPrepared
+    from mlxsft.events import DataPrepared
 
     rows = [json.loads(line) for line in (QUICKSTART_DATA / "train.jsonl").read_text().splitlines()[:40]]
     rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},

@@ -32,7 +32,7 @@ from mlxsft.tui.run_state import EventTail, RunState, replay
 
 from mlxsft.config import iter_fields, load_recipe
 from mlxsft.errors import MlxsftError, RecipeError
-from mlxsft.train.events import RunStarted, StepReported
+from mlxsft.events import RunStarted, StepReported
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_RUN = ROOT / "tests" / "fixtures" / "tui_run"

@@ -16,8 +16,8 @@ from mlxsft.config import DataConfig
 from mlxsft.data.formats import load_jsonl
 from mlxsft.data.masking import tokenize_row
 from mlxsft.data.preview import view_row
+from mlxsft.data.splits import resolve_data_files
 from mlxsft.errors import DataError
-from mlxsft.train.prepare import resolve_data_files
 
 MAX_ROWS_TOKENIZED = 2000  # enough for a length histogram; big files are sampled evenly
 

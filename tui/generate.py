@@ -81,27 +81,14 @@ def adapter_file(run, which: str) -> Path:
     return path
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt as the fine-tune saw its inputs: the chat template when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(prompt))
-
-
 def generate_all(model, tokenizer, label: str, prompts: list[str], max_tokens: int) -> None:
-    from mlx_lm import stream_generate
+    from mlxsft.generate import stream_text, user_prompt
 
-    model.eval()
     for i, prompt in enumerate(prompts):
         tokens, rate = 0, 0.0
-        for response in stream_generate(
-            model, tokenizer, prompt_ids(tokenizer, prompt), max_tokens=max_tokens
-        ):
-            emit(type="text", label=label, prompt=i, delta=response.text)
-            tokens, rate = response.generation_tokens, response.generation_tps
+        for delta in stream_text(model, tokenizer, user_prompt(tokenizer, prompt)[1], max_tokens):
+            emit(type="text", label=label, prompt=i, delta=delta.text)
+            tokens, rate = delta.tokens, delta.tokens_per_second
         emit(type="done", label=label, prompt=i, tokens=tokens, tokens_per_second=rate)
 
 

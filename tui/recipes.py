@@ -21,7 +21,7 @@ from mlxsft.config import (
     read_recipe_file,
     recipe_from_dict,
 )
-from mlxsft.rundir import atomic_write_text
+from mlxsft.safeio import atomic_write_text
 
 from .runs import LAUNCH_RECIPE
 
@@ -90,10 +90,6 @@ def flatten(recipe_dict: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def recipe_values(recipe: Recipe) -> dict[str, str]:
-    return {k: format_value(v) for k, v in flatten(recipe.to_dict()).items()}
 
 
 def default_values() -> dict[str, str]:

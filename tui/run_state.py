@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlxsft.train.events import (
+from mlxsft.events import (
     EVENT_TYPES,
     CheckpointSaved,
     DataPrepared,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..rundir import atomic_write_text
+from ..safeio import atomic_write_text
 from .spec import BenchSpec
+
+# The runner is imported when `mlxsft bench` runs, so building the CLI parser stays light.
 
 
 def add_commands(sub) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.optimizers as optim
 
+from ..data.splits import resolve_data_files
 from ..model import lora_parameters, resolve_targets
-from ..train.prepare import resolve_data_files
 from .ours import spec_to_recipe
 from .sideinfo import mlx_side_info
 from .spec import BenchResult, BenchSpec

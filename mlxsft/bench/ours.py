@@ -1,4 +1,4 @@
-"""Time this project's trainer: the same `Trainer` code path `mlxsft train` runs."""
+"""Time this project's trainer through its public API: `prepare`, then `take_step`, as `mlxsft train` runs them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import mlx.core as mx
 from ..config import recipe_from_dict
 from ..kernel_cache import use_persistent_kernel_cache
 from ..rundir import RunDir
-from ..train.events import Emitter
-from ..train.loop import StopFlag, Trainer
+from ..train.checkpoint import TrainerState
+from ..train.loop import take_step
+from ..train.prepare import Prepared, prepare
 from .sideinfo import mlx_side_info
 from .spec import BenchResult, BenchSpec
 
@@ -29,11 +30,11 @@ def spec_to_recipe(spec: BenchSpec, method: str | None = None):
     })
 
 
-def _timed_steps(trainer: Trainer, count: int) -> list[float]:
+def _timed_steps(prepared: Prepared, state: TrainerState, count: int) -> list[float]:
     times = []
     for _ in range(count):
         start = time.perf_counter()
-        trainer.one_step()
+        take_step(prepared, state)
         times.append(time.perf_counter() - start)
     return times
 
@@ -43,18 +44,16 @@ def run_ours(spec: BenchSpec) -> BenchResult:
     recipe = spec_to_recipe(spec)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        trainer = Trainer(recipe, RunDir(tmp), Emitter([]), StopFlag())
-        trainer.prepare(resume=False)
+        prepared = prepare(recipe, RunDir(tmp))
         prepare_s = time.perf_counter() - start
-        warmup = _timed_steps(trainer, spec.warmup)
+        state = TrainerState()
+        warmup = _timed_steps(prepared, state, spec.warmup)
         mx.reset_peak_memory()
         tokens = trained = positions = 0
         start = time.perf_counter()
         for _ in range(spec.steps):
-            trainer.one_step()
-            tokens += trainer.last_step_tokens[0]
-            trained += trainer.last_step_tokens[1]
-            positions += trainer.last_batch_positions
+            stats = take_step(prepared, state)
+            tokens, trained, positions = tokens + stats.tokens, trained + stats.trained, positions + stats.positions
         seconds = time.perf_counter() - start
     return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9,
                        prepare_s=prepare_s, first_step_s=warmup[0] if warmup else 0.0, warmup_s=sum(warmup),

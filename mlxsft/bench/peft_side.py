@@ -15,9 +15,9 @@ from __future__ import annotations
 import tempfile
 import time
 
+from ..errors import MlxsftError
 from ..rundir import RunDir
-from ..train.events import Emitter
-from ..train.loop import StopFlag, Trainer
+from ..train.prepare import prepare
 from .ours import spec_to_recipe
 from .sideinfo import cores, torch_side_info
 from .spec import BenchResult, BenchSpec
@@ -27,9 +27,7 @@ def _batches(spec: BenchSpec):
     """This project's batches for the spec, as numpy (no MLX work beyond loading)."""
     recipe = spec_to_recipe(spec)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(recipe, RunDir(tmp), Emitter([]), StopFlag())
-        trainer.prepare(resume=False)
-        src = trainer.train_src
+        src = prepare(recipe, RunDir(tmp)).train_src
         count = spec.warmup + spec.steps
         plan = [(epoch, i) for epoch in range(count // max(src.batches_per_epoch(), 1) + 1)
                 for i in range(src.batches_per_epoch())][:count]
@@ -42,8 +40,6 @@ def run_peft(spec: BenchSpec) -> BenchResult:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        from ..errors import MlxsftError
-
         raise MlxsftError(f"--against peft needs torch, transformers and peft installed ({exc}).") from None
     import resource
 

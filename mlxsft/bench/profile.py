@@ -79,14 +79,16 @@ def roofline(backend: str, size: int = 1024) -> float:
 
 
 def step_time(args) -> tuple[float, int]:
+    # imported here: the --matmuls-only torch child runs this module without loading MLX
     import tempfile
 
     import mlx.core as mx
 
     from ..kernel_cache import use_persistent_kernel_cache
     from ..rundir import RunDir
-    from ..train.events import Emitter
-    from ..train.loop import StopFlag, Trainer
+    from ..train.checkpoint import TrainerState
+    from ..train.loop import take_step
+    from ..train.prepare import prepare
     from .ours import spec_to_recipe
     from .spec import BenchSpec
 
@@ -94,17 +96,17 @@ def step_time(args) -> tuple[float, int]:
     spec = BenchSpec(model=args.model, data=args.data, batch_size=args.batch_size,
                      max_seq_length=args.max_seq_length, steps=args.steps, warmup=3, rank=args.rank)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(spec_to_recipe(spec), RunDir(tmp), Emitter([]), StopFlag())
-        trainer.prepare(resume=False)
+        prepared = prepare(spec_to_recipe(spec), RunDir(tmp))
+        state = TrainerState()
         for _ in range(3):
-            trainer.one_step()
+            take_step(prepared, state)
         times, trained = [], 0
         for _ in range(args.steps):
             start = time.perf_counter()
-            trainer.one_step()
+            stats = take_step(prepared, state)
             mx.synchronize()
             times.append(time.perf_counter() - start)
-            trained = max(trained, trainer.last_step_tokens[1])
+            trained = max(trained, stats.trained)
     return sorted(times)[len(times) // 2], trained
 
 

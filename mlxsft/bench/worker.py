@@ -14,6 +14,8 @@ import sys
 from ..errors import MlxsftError
 from .spec import BenchSpec
 
+# Each side is imported only in the child that runs it (mlx-lm and PyTorch are not loaded elsewhere).
+
 RESULT_MARKER = "MLXSFT_BENCH_RESULT "
 ERROR_MARKER = "MLXSFT_BENCH_ERROR "
 

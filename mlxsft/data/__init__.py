@@ -3,6 +3,7 @@
 - `formats`: read and validate chat / prompt-completion / text JSONL into `Example`s.
 - `templates`: what a chat template says the model generates per assistant turn.
 - `masking`: tokenization into training sequences and the per-token training mask.
+- `splits`: a recipe's data files (`resolve_data_files`) and their tokenized splits.
 - `batching`: length-sorted batch plans, token budgets, packing, and `Batch` arrays.
 """
 
@@ -13,7 +14,6 @@ from .batching import (
     padding_waste,
     plan_batches,
     plan_padding_waste,
-    segment_attention_mask,
 )
 from .formats import Example, load_jsonl
 from .masking import (
@@ -38,7 +38,6 @@ __all__ = [
     "padding_waste",
     "plan_batches",
     "plan_padding_waste",
-    "segment_attention_mask",
     "tokenize_dataset",
     "tokenize_row",
 ]

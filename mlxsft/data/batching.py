@@ -208,19 +208,3 @@ def plan_padding_waste(
 def count_batches(lengths: Sequence[int], **plan_kwargs) -> int:
     """Batches per epoch for these lengths and `plan_batches` keyword arguments."""
     return len(plan_batches(lengths, **plan_kwargs))
-
-
-def segment_attention_mask(segments: np.ndarray) -> np.ndarray:
-    """Block-diagonal causal mask from segment ids (B, T) -> bool (B, 1, T, T).
-
-    mask[b, 0, i, j] is True when query i may attend key j: both in the same non-zero
-    segment and j <= i. A padding position attends only to itself, so no row of the
-    mask is empty (an empty row would give NaN in softmax).
-    """
-    segments = np.asarray(segments)
-    T = segments.shape[1]
-    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
-    real = (segments != 0)[:, :, None]
-    causal = np.tril(np.ones((T, T), dtype=bool))
-    mask = (same & real & causal) | np.eye(T, dtype=bool)
-    return mask[:, None, :, :]

@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 
-from ..rundir import atomic_write_text
+from ..safeio import atomic_write_text
 from .source import AdapterSource, load_trained
 
 # Max |logit diff| allowed, relative to the reference's largest |logit|, per stored dtype.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..models.hub import HubSettings
+from ..hub import HubSettings
 from ..rundir import RunDir
 from .errors import ExportError
 from .peft import export_peft

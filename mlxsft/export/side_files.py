@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..rundir import atomic_write_text
+from ..safeio import atomic_write_text
 
 SIDE_FILES = (
     "tokenizer.json",

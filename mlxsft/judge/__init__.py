@@ -4,6 +4,6 @@
   duplicates, leakage, role statistics).
 - `battery` (+ `weights`, `scoring`, `sampling`, `tasks`, `suite`, `results`): `mlxsft eval`.
 - `verdict`: pure rules, "still learning" / "plateau" / "overshooting", the choice
-  rule and `plateau_reached` for early stopping; `mlxsft select`.
+  rule and `plateau_reached` (the trainer's early-stop rule, `train/early_stop.py`); `mlxsft select`.
 - `metrics`: pure metric functions; `report`: plain-text tables; `commands`: the CLI.
 """

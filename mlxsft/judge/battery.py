@@ -23,19 +23,14 @@ import mlx.core as mx
 from ..config import Recipe
 from ..data.formats import Example, load_jsonl
 from ..data.masking import TokenizedDataset, TokenizedExample, tokenize_dataset
+from ..data.splits import pad_token_id, resolve_data_files
 from ..errors import MlxsftError
+from ..events import CheckpointEvaluated, JsonlSink
+from ..generate import Sample, sample_completions
 from ..model import load_base
 from ..rundir import RunDir
-from ..train.events import CheckpointEvaluated, JsonlSink
-from ..train.prepare import pad_token_id, resolve_data_files
 from . import results as R
-from .sampling import (
-    Prompt,
-    Sample,
-    prompts_from_examples,
-    prompts_from_strings,
-    sample_completions,
-)
+from .sampling import Prompt, prompts_from_examples, prompts_from_strings
 from .scoring import RowScore, loss_plan, score_rows, score_rows_with_kl
 from .suite import Suite, check_suite
 from .tasks import TaskChecks, build_checks, check_all, output_metrics, per_prompt_values
@@ -262,7 +257,7 @@ def _sample_all(bench: Bench) -> list[list[Sample]]:
         sample_completions(
             bench.model,
             bench.tokenizer,
-            p,
+            p.ids,
             k=s.k,
             max_tokens=s.max_tokens,
             temperature=s.temperature,

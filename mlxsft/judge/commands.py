@@ -13,8 +13,13 @@ from pathlib import Path
 
 from ..config import MASK_MODES, MULTI_TURN_MODES
 from ..errors import MlxsftError
-from ..rundir import RunDir, atomic_write_text
+from ..rundir import RunDir
+from ..safeio import atomic_write_text
+from ..typed_yaml import parse_yaml_value, read_yaml_mapping
 from .datacheck import SPLITS
+
+# Handlers import the evaluation machinery (MLX, models) when they run, so building the
+# CLI parser stays light for every other command.
 
 
 def add_commands(sub) -> None:
@@ -235,8 +240,6 @@ def _add_rule_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _flag_values(args) -> dict:
-    from ..config import parse_yaml_value
-
     values = {}
     for name, tp, _ in _rule_fields():
         text = getattr(args, f"rule:{name}")
@@ -259,28 +262,13 @@ def load_rule(path: str | None, flags: dict):
 
 
 def _read_rule_file(path: str) -> dict:
-    import yaml
-
-    from ..config import parse_yaml_value
-
-    file = Path(path)
-    if not file.is_file():
-        raise MlxsftError("rule file not found; check the path given to --rule.", path=path)
-    try:
-        raw = parse_yaml_value(file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MlxsftError(f"cannot read this YAML: {exc}", path=path) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise MlxsftError(
-            "a rule file must be a mapping of rule keys, e.g. `within: 0.05`.", path=path
-        )
+    raw, _lines = read_yaml_mapping(path, MlxsftError, "rule file not found; check the path given to --rule.",
+                                    "a rule file must be a mapping of rule keys, e.g. `within: 0.05`.")
     return raw
 
 
 def cmd_select(args) -> int:
-    from ..train.events import JsonlSink, SelectionMade
+    from ..events import JsonlSink, SelectionMade
     from .report import format_verdicts
     from .results import require_results
     from .verdict import RuleError, choose, explain, judge_history, points

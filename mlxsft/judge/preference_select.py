@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+from ..events import EvalFinished, JsonlSink, PreferenceReported, SelectionMade, read_events
 from ..rundir import RunDir
-from ..train.events import EvalFinished, JsonlSink, PreferenceReported, SelectionMade, read_events
 from .preference import PrefPoint, choose_preference, flagged_steps
 
 RULE = ("preference runs: not collapse-flagged; validation preference accuracy within 1% of the best, then "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .verdict import explain
+
 MISSING = "-"
 FINDINGS_SHOWN = 50  # per kind of check, in the terminal
 
@@ -244,8 +246,6 @@ def format_eval(doc: dict) -> str:
 
 
 def format_verdicts(verdicts, choice, rule, chosen_written: bool) -> str:
-    from .verdict import explain
-
     rows = []
     for v in verdicts:
         n = v.numbers

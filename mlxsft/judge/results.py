@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from ..errors import MlxsftError
-from ..rundir import RunDir, atomic_write_text
+from ..rundir import RunDir
+from ..safeio import atomic_write_text
 
 FORMAT = 1
 

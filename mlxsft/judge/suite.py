@@ -3,19 +3,18 @@
 Without a file every default applies: prompts are the first 8 validation rows'
 prompts, 4 samples each, the general-text probe set shipped in this package, and all
 metric groups the data allows. Relative paths in a suite file are resolved against
-the file's folder. Unknown keys and wrong types are errors naming the file and line.
+the file's folder. The file is read by the typed YAML loader (`mlxsft/typed_yaml.py`), so
+unknown keys and wrong types are errors naming the file and line, and `1e-5` is a number.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import MlxsftError
+from ..typed_yaml import Where, build_dataclass, read_yaml_mapping
 
 GROUPS = ("fit", "ood", "output", "task", "regression")
 PROBES_FILE = Path(__file__).parent / "probes" / "general.jsonl"
@@ -67,31 +66,14 @@ _PATH_KEYS = ("valid", "ood", "probes", "verifier")
 
 
 def load_suite(path: str | Path | None) -> Suite:
-    """The defaults, or the settings of a YAML suite file (validated)."""
+    """The defaults, or the settings of a YAML suite file (validated; `1e-5` reads as a number)."""
     if path is None:
         return Suite()
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError("suite file not found; check the path given to --suite.", path=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text) or {}
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SuiteError(
-            f"cannot read this YAML: {getattr(exc, 'problem', None) or exc}.",
-            path=str(path),
-            line=mark.line + 1 if mark else None,
-        ) from None
-    if not isinstance(raw, dict):
-        raise SuiteError(
-            "a suite must be a mapping of keys (prompts:, k:, max_tokens:, ...).", path=str(path)
-        )
-    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
-    values = {
-        key: _check_value(key, value, str(path), lines.get(key)) for key, value in raw.items()
-    }
+    raw, lines = read_yaml_mapping(path, SuiteError, "suite file not found; check the path given to --suite.",
+                                   "a suite must be a mapping of keys (prompts:, k:, max_tokens:, ...).")
+    values = dataclasses.asdict(build_dataclass(Suite, raw, Where(str(path), lines), SuiteError, skip=("source",)))
+    values = {key: values[key] for key in raw}
     base = path.parent
     for key in _PATH_KEYS:
         if values.get(key):
@@ -103,29 +85,6 @@ def load_suite(path: str | Path | None) -> Suite:
     suite = Suite(**values, source=str(path))
     check_suite(suite)
     return suite
-
-
-def _check_value(key: str, value, where: str, line: int | None):
-    names = {f.name for f in dataclasses.fields(Suite)} - {"source"}
-    if key not in names:
-        raise SuiteError(
-            f"unknown key '{key}'. Known keys: {', '.join(sorted(names))}.", path=where, line=line
-        )
-    hint = typing.get_type_hints(Suite)[key]
-    options = typing.get_args(hint) or (hint,)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option in (str, bool, dict, list) and isinstance(value, option):
-            return value
-    wanted = " or ".join(
-        getattr(o, "__name__", str(o)).replace("NoneType", "null") for o in options
-    )
-    raise SuiteError(f"'{key}' must be {wanted}, got {value!r}.", path=where, line=line)
 
 
 def check_suite(suite: Suite) -> None:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MlxsftError
+from ..generate import Sample
 from . import metrics as M
-from .sampling import Prompt, Sample
+from .sampling import Prompt
 
 
 @dataclass

@@ -40,6 +40,9 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..train import early_stop
+from ..train.early_stop import loss_gain
+from ..typed_yaml import coerce
 from .metrics import relative_change
 from .noise import beyond_noise, change_se
 
@@ -114,20 +117,10 @@ def rule_from_dict(raw: dict, base: Rule | None = None) -> Rule:
 
 
 def _coerce(key: str, value, tp):
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if tp is str and isinstance(value, str):
-        return value
-    if typing.get_origin(tp) is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    raise RuleError(
-        f"rule key '{key}' must be {getattr(tp, '__name__', 'a list of strings')}, got {value!r}."
-    )
+    try:
+        return coerce(value, tp)
+    except TypeError as exc:
+        raise RuleError(f"rule key '{key}' must be {exc}, got {value!r}.") from None
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -186,8 +179,7 @@ def dev_metric(history: Sequence[Point], rule: Rule) -> str:
 
 def _gain(new: float | None, old: float | None) -> float | None:
     """Relative improvement of a loss: positive when `new` is lower."""
-    change = relative_change(new, old)
-    return None if change is None else -change
+    return loss_gain(new, old)
 
 
 def _diff(new: float | None, old: float | None) -> float | None:
@@ -438,21 +430,6 @@ def _steps(pool: Sequence[Point]) -> str:
 
 
 def plateau_reached(history: Sequence, rule: Rule = Rule()) -> bool:
-    """True when the last `patience` validation losses gained <= `dev_tolerance` on the best before.
-
-    `history`: EvalFinished events (or anything with `.loss` and optional `.split`, or
-    dicts with "loss"), in the order they happened. For the trainer's early stop.
-    """
-    losses = []
-    for record in history:
-        get = (
-            record.get if isinstance(record, dict) else lambda k, d=None, r=record: getattr(r, k, d)
-        )
-        if get("split", "valid") != "valid" or get("loss") is None:
-            continue
-        losses.append(float(get("loss")))
-    if len(losses) <= rule.patience:
-        return False
-    before, recent = min(losses[: -rule.patience]), min(losses[-rule.patience :])
-    gain = _gain(recent, before)
-    return gain is not None and gain <= rule.dev_tolerance
+    """The trainer's early-stop rule (`train/early_stop.py`) with this rule's `patience` and
+    `dev_tolerance`: the last `patience` validation losses gained <= `dev_tolerance` on the best before."""
+    return early_stop.plateau_reached(history, rule.patience, rule.dev_tolerance)

@@ -4,15 +4,16 @@
 `catalog.yaml`. One job per module:
 
 - `catalog`: the curated base models (`load_catalog()`), for the CLI, recipes and the TUI.
-- `store`: where the store is, what is in it, where each folder came from.
-- `hub`: hub settings, the listing call, hub errors in plain words.
 - `pull`: download (safetensors, config, tokenizer only) into a temp folder, then rename.
 - `quantize`: a quantized copy of a stored model through mlx-lm's converter.
 - `info`: architecture, parameters, dtype, quantization, chat template, LoRA targets.
 - `fit` (estimate), `measure` (this machine, dry runs), `report` (the verdict).
 - `commands`: the `mlxsft models ...` subcommands.
 
-Loading a base for training stays in `mlxsft.model`; this package calls it.
+The store itself (`mlxsft.store`: where it is, what is in it, where each folder came
+from) and the hub (`mlxsft.hub`: settings, listing, errors in plain words) sit a floor
+below, because `mlxsft.model` resolves hub ids through them. Loading a base for
+training stays in `mlxsft.model`; this package calls it.
 """
 
 from .catalog import CatalogEntry, find_entry, load_catalog

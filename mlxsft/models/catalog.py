@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ModelError
-from .store import store_root
+from ..store import store_root
 
 CATALOG_FILE = "catalog.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")

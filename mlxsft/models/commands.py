@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..errors import ModelError
-from .store import STORE_ENV
+from ..store import STORE_ENV
+
+# Handlers import their module (MLX, the hub client) when they run, so building the CLI
+# parser stays light for every other command.
 
 MODEL_ARG = "Model folder, its name in the store, or a hub id already pulled."
 
@@ -77,14 +80,14 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _root(args) -> Path:
-    from .store import store_root
+    from ..store import store_root
 
     return store_root(args.store)
 
 
 def cmd_list(args) -> int:
+    from ..store import find_local, human_bytes, list_local, list_partial, read_source
     from .catalog import catalog_path, load_catalog
-    from .store import find_local, human_bytes, list_local, list_partial, read_source
 
     root, path = _root(args), catalog_path(args.store)
     claimed: set[Path] = set()
@@ -112,9 +115,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_pull(args) -> int:
+    from ..store import human_bytes
     from .pull import pull_model
     from .quantize import check_quantize_args
-    from .store import human_bytes
 
     if args.quantize is not None:
         check_quantize_args(args.quantize, args.group_size)
@@ -132,8 +135,8 @@ def cmd_pull(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from ..store import resolve_local
     from .quantize import check_quantize_args, quantize_into_store
-    from .store import resolve_local
 
     check_quantize_args(args.bits, args.group_size, bits_flag="--bits")
     root = _root(args)
@@ -147,8 +150,8 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from ..store import resolve_local
     from .info import describe_model, format_facts
-    from .store import resolve_local
 
     print(format_facts(describe_model(resolve_local(args.model, _root(args)))))
     return 0
@@ -185,8 +188,8 @@ def fit_settings(args):
 
 
 def cmd_fit(args) -> int:
+    from ..store import resolve_local
     from .report import build_report, format_report
-    from .store import resolve_local
 
     settings = fit_settings(args)
     path = resolve_local(args.model, _root(args))

@@ -42,8 +42,18 @@ from pathlib import Path
 
 from ..config import DEFAULT_TARGETS, recipe_from_dict
 from ..errors import ModelError
+from ..model import (
+    attach_adapters,
+    cast_floating,
+    compute_dtype,
+    count_parameters,
+    is_quantized,
+    num_adapted_layers,
+    quantize_base,
+)
+from ..store import read_config, read_source
+from ..train.step import gather_trained
 from .info import ArchShape, block_linear_layers, build_lazy, recommended_targets
-from .store import read_config, read_source
 
 # Values kept per token and block for the backward pass (see the module docstring).
 COEF_HIDDEN = 5.0  # block and mid-block residuals, norm outputs (q/k/v and gate/up inputs), o input
@@ -151,8 +161,6 @@ def _nbytes(tree) -> int:
 
 def _prepare_lazy(path: Path, settings: FitSettings, targets: tuple[str, ...]):
     """The model as training holds it (dtype, quantization, adapters), with lazy arrays."""
-    from ..model import attach_adapters, cast_floating, compute_dtype, quantize_base
-
     recipe = settings.recipe(path, targets)
     model, _ = build_lazy(path)
     cast_floating(model, compute_dtype(recipe.train.dtype))
@@ -176,8 +184,6 @@ def activation_dtype(model):
 
 def backward_depth(model, recipe) -> int:
     """Blocks the backward pass goes through: all for full, the adapted top blocks for LoRA."""
-    from ..model import num_adapted_layers
-
     return len(model.layers) if recipe.method == "full" else num_adapted_layers(model, recipe.lora)
 
 
@@ -194,8 +200,6 @@ def _adapter_widths(model) -> tuple[int, int]:
 def trained_positions(rows: int, seq: int, fraction: float) -> int:
     """K: head positions, rounded up as `mlxsft.train.step.gather_trained` rounds them."""
     import numpy as np
-
-    from ..train.step import gather_trained
 
     weights = np.zeros((rows, seq), np.float32)
     weights.reshape(-1)[: max(1, round(fraction * rows * seq))] = 1.0
@@ -272,15 +276,11 @@ def resolve_targets(path: Path, settings: FitSettings) -> tuple[str, ...]:
 def _quantized_on_cpu(model) -> bool:
     import mlx.core as mx
 
-    from ..model import is_quantized
-
     return mx.default_device() == mx.cpu and is_quantized(model)
 
 
 def estimate_fit(path: Path, settings: FitSettings) -> FitEstimate:
     """Estimated peak memory and FLOPs per token for training `path` with `settings`."""
-    from ..model import compute_dtype, count_parameters
-
     settings.check()
     shape = ArchShape.from_config(read_config(path), str(path / "config.json"))
     targets = resolve_targets(path, settings)

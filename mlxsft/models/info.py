@@ -16,7 +16,8 @@ from pathlib import Path
 from ..config import DEFAULT_TARGETS
 from ..errors import ModelError
 from ..model import check_model_dir, count_parameters
-from .store import folder_size, quantization_bits, read_config, read_source
+from ..store import folder_size, human_bytes, quantization_bits, read_config, read_source
+from .catalog import find_entry, load_catalog
 
 _TEMPLATE_STYLES = (  # marker in the template -> name users recognise
     ("<|im_start|>", "ChatML"),
@@ -185,8 +186,6 @@ def block_linear_layers(model) -> tuple[str, ...]:
 
 def recommended_targets(linear: tuple[str, ...], hub_id: str | None) -> tuple[str, ...]:
     """The catalog's targets for this hub id, else every default target this model has."""
-    from .catalog import find_entry, load_catalog
-
     leaves = {n.rsplit(".", 1)[-1] for n in linear}
     if hub_id:
         try:
@@ -236,8 +235,6 @@ def human_count(n: int) -> str:
 
 
 def format_facts(f: ModelFacts) -> str:
-    from .store import human_bytes
-
     s = f.shape
     archs = f" ({', '.join(f.architectures)})" if f.architectures else ""
     context = f"{s.max_position_embeddings:,} tokens" if s.max_position_embeddings else "unknown"

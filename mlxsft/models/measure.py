@@ -14,9 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.batching import Batch
+from ..model import attach_adapters, load_base
+from ..store import read_config
+from ..train.schedule import build_optimizer
+from ..train.step import build_steps, enable_grad_checkpoint
 from .fit import FitSettings, resolve_targets
 from .info import ArchShape
-from .store import read_config
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,6 @@ def synthetic_batch(rows: int, seq: int, vocab: int, fraction: float, seed: int 
     """A data-layer Batch of random tokens with `fraction` of its positions trained."""
     import numpy as np
 
-    from ..data.batching import Batch
-
     rng = np.random.default_rng(seed)
     inputs = rng.integers(0, vocab, (rows, seq)).astype(np.int32)
     targets = rng.integers(0, vocab, (rows, seq)).astype(np.int32)
@@ -58,10 +60,6 @@ def measure_fit(path: Path, settings: FitSettings, steps: int = 4) -> Measured:
     training does.
     """
     import mlx.core as mx
-
-    from ..model import attach_adapters, load_base
-    from ..train.schedule import build_optimizer
-    from ..train.step import build_steps, enable_grad_checkpoint
 
     settings.check()
     steps = max(2, steps)

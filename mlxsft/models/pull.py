@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
-from ..model import check_model_dir
-from .catalog import HUB_ID, supported_by_mlx_lm
-from .hub import (
+from ..hub import (
     HubSettings,
     RemoteFile,
+    download,
     free_bytes,
     gated_message,
     have_token,
     hub_error,
     list_remote,
 )
-from .store import (
+from ..model import check_model_dir
+from ..store import (
     SOURCE_FILE,
     find_local,
     folder_name,
@@ -45,6 +45,8 @@ from .store import (
     read_source,
     write_source,
 )
+from .catalog import HUB_ID, supported_by_mlx_lm
+from .quantize import quantize_into_store
 
 WEIGHT_PATTERNS = ["model*.safetensors"]
 SUPPORT_PATTERNS = ["*.json", "tokenizer.model", "*.tiktoken", "tiktoken.model", "*.txt", "*.jinja"]
@@ -114,10 +116,7 @@ def check_disk(needed: int, root: Path) -> None:
 
 def _fetch(hub_id: str, commit: str, partial: Path, names: list[str], hub: HubSettings) -> None:
     """Download `names` of the repo at `commit` into `partial` (finished files are skipped)."""
-    from huggingface_hub import snapshot_download
-
-    snapshot_download(hub_id, revision=commit, local_dir=str(partial), allow_patterns=names,
-                      endpoint=hub.endpoint, cache_dir=hub.cache_dir, max_workers=4)
+    download(hub_id, hub, names, revision=commit, local_dir=partial)
 
 
 def _check_architecture(partial: Path, hub_id: str) -> None:
@@ -232,7 +231,6 @@ def pull_model(hub_id: str, root: Path, *, name: str | None = None, revision: st
         result = _download(hub_id, root, name, revision, allow_bin, hub, quantize_bits)
     if quantize_bits is None:
         return result
-    from .quantize import quantize_into_store
 
     quantized = quantize_into_store(result.path, root, f"{name}-{quantize_bits}bit", quantize_bits,
                                     group_size, hub_id=hub_id)

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..model import check_model_dir
 from ..safeio import write_guard
-from .store import folder_size, human_bytes, partial_dir, read_source, write_source
+from ..store import folder_size, human_bytes, partial_dir, read_source, write_source
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)

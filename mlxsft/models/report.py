@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..store import human_bytes as hb
 from .fit import FitEstimate, FitSettings, estimate_fit
 from .info import human_count
 from .measure import MachineMemory, Measured, machine_memory, matmul_flops, measure_fit
-from .store import human_bytes as hb
 
 UTILIZATION = 0.5
 FITS_BELOW = 0.8  # share of the budget; up to 1.0 the run is "tight"

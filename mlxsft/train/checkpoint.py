@@ -10,7 +10,6 @@ reseeds MLX's RNG from (seed, micro-batch) before every micro-batch.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from ..errors import TrainingError
-from ..rundir import RunDir, atomic_write_text
-from ..safeio import write_guard
+from ..rundir import RunDir
+from ..safeio import atomic_copy_file, atomic_write_text, write_guard
 
 
 @dataclass
@@ -82,14 +81,7 @@ def save_checkpoint(
 
 def _publish_latest(run: RunDir, checkpoint: Path, adapter_config: dict) -> None:
     """Copy a checkpoint's adapters to the run root (temp + rename), for mlx-lm and export."""
-    tmp = run.path / ".adapters.tmp.safetensors"
-    try:
-        shutil.copyfile(checkpoint / "adapters.safetensors", tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, run.adapters_file)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_copy_file(checkpoint / "adapters.safetensors", run.adapters_file)
     atomic_write_text(run.adapter_config_file, json.dumps(adapter_config, indent=2))
 
 

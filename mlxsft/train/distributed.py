@@ -13,7 +13,6 @@ host after `MLXSFT_DIST_TIMEOUT` seconds without a finished step.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from ..data.batching import Batch
+from .checkpoint import TrainerState, assign_tree
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -118,8 +118,6 @@ def sync_from_main(world: World, model, optimizer, state):
 
     from mlx.utils import tree_flatten
 
-    from .checkpoint import TrainerState, assign_tree
-
     optimizer.init(model.trainable_parameters())  # no-op where a checkpoint already filled it
     weights = world.broadcast_from_main(dict(tree_flatten(model.trainable_parameters())))
     model.load_weights(list(weights.items()), strict=False)
@@ -186,15 +184,3 @@ class Watchdog:
                     file=sys.stderr, flush=True,
                 )
                 os._exit(4)
-
-
-def ring_hosts_from_env() -> list[str]:
-    """Host addresses of each rank in a ring launch (for messages), or [] if unknown."""
-    path = os.environ.get("MLX_HOSTFILE")
-    if not path or not os.path.isfile(path):
-        return []
-    try:
-        hosts = json.loads(open(path, encoding="utf-8").read())
-    except (OSError, json.JSONDecodeError):
-        return []
-    return [h[0].rsplit(":", 1)[0] if isinstance(h, list) and h else str(h) for h in hosts]

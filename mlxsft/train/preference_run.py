@@ -23,7 +23,9 @@ import numpy as np
 from ..config import Recipe, TrainConfig
 from ..data.batching import Batch, padding_waste, plan_batches
 from ..data.preference import PreferenceDataset, collate_pairs, load_pairs
-from .events import EvalFinished, PreferenceReported
+from ..events import EvalFinished, PreferenceReported
+from .collapse import PrefPoint, collapse_warning
+from .distributed import empty_batch, shard_rows
 from .preference import PreferenceLoss, pair_loss, sequence_logps, summarize, token_kl, token_logps
 from .reference import Reference, compute_cache, load_cache, save_cache
 
@@ -105,16 +107,12 @@ class PairSource:
     def pair_indices(self, epoch: int, index: int, world=None) -> tuple[int, ...]:
         rows = self.plan(epoch)[index]
         if world is not None and world.distributed:
-            from .distributed import shard_rows
-
             rows = shard_rows(rows, world)
         return tuple(i for row in rows for i in row)
 
     def batch(self, epoch: int, index: int, world=None) -> PairBatch:
         indices = self.pair_indices(epoch, index, world)
         if not indices:  # an empty shard: one padding pair, no trained token
-            from .distributed import empty_batch
-
             pad = empty_batch(self.pad_id)
             batch = Batch(*(np.concatenate([a, a]) for a in (pad.inputs, pad.targets, pad.weights, pad.segments)),
                           num_sequences=0, num_tokens=0, num_trained=0)
@@ -139,6 +137,7 @@ class PreferenceHook:
         self.caches: dict[str, np.ndarray] = {}
         self.window = None  # summed metrics since the last report
         self.valid_history: list = []  # PrefPoint per validation pass, for the collapse flag
+        self.last_valid: PreferenceReported | None = None  # the last validation pass's metrics
         self.warned = False
 
     def load_split(self, path: Path, tokenizer, data, train: TrainConfig) -> PreferenceDataset:
@@ -192,8 +191,6 @@ class PreferenceHook:
 
     def collapse_warning(self, evaluation: EvalFinished, metrics: PreferenceReported) -> str | None:
         """The judge's likelihood-collapse flag after this pass (said once per run session)."""
-        from ..judge.preference import PrefPoint, collapse_warning  # pure rule, no I/O
-
         self.valid_history.append(PrefPoint(metrics.step, metrics.accuracy, metrics.margin, metrics.logps_chosen,
                                             evaluation.perplexity))
         warning = collapse_warning(self.valid_history)

@@ -1,134 +1,193 @@
-"""Turn a recipe's data section into tokenized splits and per-epoch batch plans.
+"""Everything a run needs before its first step, as one frozen value: `prepare(recipe, run, world)`.
 
-The plan for epoch e is a pure function of (lengths, batching knobs, seed + e), so a
-resumed run rebuilds the exact batch order from its saved (epoch, cursor).
+`prepare` loads the base, tokenizes the data, attaches adapters, picks the token budget,
+builds the optimizer and the compiled steps, and (on resume) restores the last
+checkpoint. It writes nothing into the run directory, so a typo in a recipe fails here
+and leaves no half-made run behind. `loop.train(prepared, ...)` then runs the steps.
 """
 
 from __future__ import annotations
 
-import errno
-import os
+import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 
-from ..config import DataConfig, TrainConfig
-from ..data.batching import Batch, collate, padding_waste, plan_batches
-from ..data.formats import load_jsonl
-from ..data.masking import TokenizedDataset, tokenize_dataset
+from ..config import Recipe, TrainConfig
+from ..data.splits import load_split, pad_token_id, resolve_data_files
 from ..errors import DataError
+from ..model import attach_adapters, load_base, vocab_size
+from ..rundir import RunDir
+from ..token_rows import TRAINABLE_TOKENS
+from ..untrained_tokens import UntrainedToken, check_tokens, describe, embedding_of, template_tokens
+from .autobatch import MAX_ROWS, BudgetProbe, choose_batch_tokens, memory_limit_bytes
+from .batches import BatchSource
+from .checkpoint import TrainerState, load_checkpoint
+from .cpu_ops import enable_fast_cpu_ops
+from .distributed import World, sync_from_main
+from .init_from import load_init_adapter
+from .preference_run import PairSource, PreferenceHook
+from .schedule import build_optimizer
+from .step import StepFunctions, build_steps, enable_grad_checkpoint
 
 
-def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
-    """Paths of the train/valid/test files; `train` may be a folder holding train.jsonl etc."""
-    train = Path(data.train)
-    if train.is_dir():
-        folder = train
-        files = {name: folder / f"{name}.jsonl" for name in ("train", "valid", "test")}
-        if not files["train"].is_file():
-            raise DataError(f"{_not_a_file(files['train'])}; a data folder needs a train.jsonl file.",
-                            path=str(files["train"]))
-        for name in ("valid", "test"):  # absent is fine; present but unusable is not
-            path = files[name]
-            if path.exists() or path.is_symlink():
-                if not path.is_file():
-                    raise DataError(f"{_not_a_file(path)}; make it a JSONL file or remove it.", path=str(path))
-            else:
-                files[name] = None
-    else:
-        files = {"train": train, "valid": None, "test": None}
-    for name in ("valid", "test"):
-        given = getattr(data, name)
-        if given:
-            files[name] = Path(given)
-    for name, path in files.items():
-        if path is not None and not path.is_file():
-            raise DataError(f"{_not_a_file(path)}; check data.{name} in the recipe.", path=str(path))
-    return files
+@dataclass(frozen=True)
+class BudgetChoice:
+    """How `train.batch_tokens: auto` was resolved on this machine (None fields on resume)."""
+
+    batch_tokens: int
+    memory_limit_gb: float
+    probes: tuple[BudgetProbe, ...]
 
 
-def _not_a_file(path: Path) -> str:
-    """Why `path` cannot be read as a data file, in words."""
-    if path.is_dir():
-        return "this is a folder, not a JSONL file"
-    if path.is_symlink():
-        try:
-            path.stat()
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return f"this is a symlink loop (it points to {os.readlink(path)}, which leads back to itself)"
-            return f"this symlink points to {os.readlink(path)}, which does not exist"
-    if path.exists():
-        return "this is not a regular file"
-    return "data file not found"
+@dataclass(frozen=True)
+class Prepared:
+    """A run ready to step: model, data, optimizer, compiled steps and where it starts."""
+
+    recipe: Recipe
+    train: TrainConfig  # recipe.train with `batch_tokens: auto` resolved
+    run: RunDir
+    world: World
+    model: nn.Module
+    tokenizer: object
+    model_path: Path
+    files: dict[str, Path | None]  # train/valid/test data files
+    train_src: BatchSource | PairSource
+    valid_src: BatchSource | PairSource | None  # None: no validation data
+    adapter_config: dict
+    untrained_tokens: tuple[UntrainedToken, ...]
+    optimizer: optim.Optimizer
+    steps: StepFunctions
+    total_steps: int
+    start: TrainerState  # where the run starts (restored on resume); `train` works on a copy
+    last_checkpoint: Path | None  # the checkpoint it resumed from
+    budget: BudgetChoice | None  # set when this session measured `batch_tokens: auto`
+    restore_ops: Callable[[], None]  # undoes enable_fast_cpu_ops; call when done with the model
+    preference: PreferenceHook | None = None  # objective dpo/orpo: pair data, loss, reference, metrics
+
+    def token_warnings(self) -> tuple[str, ...]:
+        """What RunStarted says about untrained template tokens and trained embedding rows."""
+        if self.recipe.method == "full":
+            return ()  # every row trains
+        trained = self.adapter_config.get(TRAINABLE_TOKENS) or []
+        out = (describe(list(self.untrained_tokens)),) if self.untrained_tokens and not trained else ()
+        if trained:
+            out += (f"training the embedding and LM-head rows of token ids {trained} beside the adapter "
+                    f"(lora.train_new_tokens: {self.recipe.lora.train_new_tokens}).",)
+        return out
 
 
-def load_split(path: Path, tokenizer, data: DataConfig, train: TrainConfig) -> TokenizedDataset:
-    examples = load_jsonl(path)
-    return tokenize_dataset(
-        examples,
-        tokenizer,
-        mask=data.mask,
-        max_seq_length=train.max_seq_length,
-        multi_turn=data.multi_turn,
-        on_bad_row=data.on_bad_row,
-        train_reasoning=data.train_reasoning,
+def total_steps(recipe: Recipe, batches_per_epoch: int) -> int:
+    t = recipe.train
+    if t.iters is not None:
+        return t.iters
+    epochs = t.epochs if t.epochs is not None else 1.0
+    return max(1, math.ceil(epochs * batches_per_epoch / t.grad_accumulation))
+
+
+def prepare(recipe: Recipe, run: RunDir, world: World | None = None, *, resume: bool = False) -> Prepared:
+    """Load and build everything for `recipe`; with `resume`, continue from `run`'s last checkpoint."""
+    world = world or World(None)
+    t = recipe.train
+    mx.random.seed(t.seed)
+    model, tokenizer, model_path, _ = load_base(recipe)
+    untrained = tuple(check_tokens(embedding_of(model), tokenizer))
+    files = resolve_data_files(recipe.data)
+    pad_id = pad_token_id(tokenizer)
+    hook = PreferenceHook(recipe) if recipe.objective != "sft" else None
+    load = hook.load_split if hook else load_split
+    train_ds = load(files["train"], tokenizer, recipe.data, t)
+    valid_ds = load(files["valid"], tokenizer, recipe.data, t) if files["valid"] else None
+    token_ids = _new_token_ids(recipe, tokenizer, untrained)
+    adapter_config = attach_adapters(model, recipe, token_ids) | {"model": str(model_path)}
+    if recipe.init:
+        load_init_adapter(model, recipe.init, adapter_config, model_path)
+    if t.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    restore_ops = enable_fast_cpu_ops(model) if t.fast_cpu_ops else (lambda: None)
+    try:
+        budget = None
+        if t.batch_tokens == "auto":
+            t, budget = _resolve_auto_budget(model, t, run, world, resume)
+        source = hook.source if hook else BatchSource
+        train_src = source(train_ds, t, pad_id, shuffle=True)
+        has_valid = valid_ds is not None and bool(valid_ds.examples)
+        valid_src = source(valid_ds, t, pad_id, shuffle=False) if has_valid else None
+        _check_data(train_src, t, files["train"])
+        if hook:  # the reference is the model as it starts: before any checkpoint is loaded
+            hook.start(model, {"train": train_src, "valid": valid_src}, run.path, resume)
+        steps_total = total_steps(recipe, train_src.batches_per_epoch())
+        optimizer = build_optimizer(t, steps_total)
+        state, last = _restore(run, world, model, optimizer, resume)
+        # compiled after the restore: the compiled step captures the optimizer's state dict
+        steps = build_steps(model, optimizer, t.max_grad_norm, packed=t.pack, world=world,
+                            loss=hook.plan() if hook else None)
+    except BaseException:
+        restore_ops()
+        raise
+    return Prepared(
+        recipe=recipe, train=t, run=run, world=world, model=model, tokenizer=tokenizer, model_path=model_path,
+        files=files, train_src=train_src, valid_src=valid_src, adapter_config=adapter_config,
+        untrained_tokens=untrained, optimizer=optimizer, steps=steps, total_steps=steps_total, start=state,
+        last_checkpoint=last, budget=budget, restore_ops=restore_ops, preference=hook,
     )
 
 
-@dataclass
-class BatchSource:
-    """Batches of one split in a deterministic per-epoch order."""
+def _restore(run: RunDir, world: World, model, optimizer, resume: bool) -> tuple[TrainerState, Path | None]:
+    """The state to start from: fresh, or rank 0's last checkpoint (sent to every rank)."""
+    state, last = TrainerState(), None
+    if resume and world.is_main:
+        last = run.latest_checkpoint()
+        if last is not None:
+            state = load_checkpoint(last, model, optimizer)
+    if resume and world.distributed:
+        state = sync_from_main(world, model, optimizer, state)
+    return state, last
 
-    dataset: TokenizedDataset
-    train: TrainConfig
-    pad_id: int
-    shuffle: bool
 
-    def __post_init__(self):
-        self.lengths = [len(ex.ids) for ex in self.dataset.examples]
-        self._plan = lru_cache(maxsize=2)(self._make_plan)
+def _resolve_auto_budget(model, t: TrainConfig, run: RunDir, world: World,
+                         resume: bool) -> tuple[TrainConfig, BudgetChoice | None]:
+    """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
+    chosen = run.read_meta().get("batch_tokens_chosen") if resume else None
+    budget = None
+    if chosen is None:
+        probe_steps = build_steps(model, build_optimizer(t, 1), t.max_grad_norm, packed=t.pack)
+        limit = memory_limit_bytes(t.memory_limit_gb)
+        chosen, probes = choose_batch_tokens(model, probe_steps, t.max_seq_length, vocab_size(model), limit)
+        # every rank takes 1/N of each global batch: the global budget is N times the
+        # smallest budget any rank can hold
+        chosen = world.size * world.min_int(chosen)
+        budget = BudgetChoice(int(chosen), limit / 1e9, tuple(probes))
+    # the budget alone sizes batches: no separate row cap
+    return dataclasses.replace(t, batch_tokens=int(chosen), batch_size=MAX_ROWS), budget
 
-    def _make_plan(self, epoch: int):
-        return plan_batches(
-            self.lengths,
-            batch_size=self.train.batch_size,
-            batch_tokens=self.train.batch_tokens,
-            max_seq_length=self.train.max_seq_length,
-            pack=self.train.pack,
-            shuffle=self.shuffle,
-            seed=self.train.seed + epoch,
+
+def _new_token_ids(recipe: Recipe, tokenizer, untrained: tuple[UntrainedToken, ...]) -> list[int]:
+    """lora.train_new_tokens: auto trains the rows of template tokens that look untrained."""
+    setting = recipe.lora.train_new_tokens
+    if recipe.method == "full" or setting is False:
+        return []
+    if setting is True:
+        return sorted(template_tokens(tokenizer).values())
+    return [token.id for token in untrained]
+
+
+def _check_data(train_src: BatchSource, t: TrainConfig, train_file: Path) -> None:
+    rows = len(train_src.dataset.examples)
+    if rows == 0:
+        raise DataError(
+            "no trainable rows: every row was skipped (see the reasons above); "
+            "check data.mask and train.max_seq_length.",
+            path=str(train_file),
         )
-
-    def plan(self, epoch: int = 0):
-        return self._plan(epoch)
-
-    def batches_per_epoch(self) -> int:
-        return len(self.plan(0))
-
-    def batch(self, epoch: int, index: int, world=None) -> Batch:
-        """Global batch `index` of `epoch`, or this rank's shard of it under data parallelism."""
-        rows = self.plan(epoch)[index]
-        if world is not None and world.distributed:
-            from .distributed import empty_batch, shard_rows
-
-            rows = shard_rows(rows, world)
-            if not rows:
-                return empty_batch(self.pad_id)
-        return collate(self.dataset.examples, rows, self.pad_id)
-
-    def padding_waste(self) -> float:
-        return padding_waste([self.batch(0, i) for i in range(self.batches_per_epoch())])
-
-    def trained_tokens(self) -> int:
-        return int(sum(np.count_nonzero(ex.trained) for ex in self.dataset.examples))
-
-
-def pad_token_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0
+    if not t.pack and t.batch_tokens is None and t.batch_size > rows:
+        raise DataError(
+            f"train.batch_size={t.batch_size} is larger than the {rows} trainable rows; "
+            "lower train.batch_size or add data.",
+            path=str(train_file),
+        )

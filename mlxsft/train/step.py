@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -21,6 +22,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from ..model import vocab_size
+from .distributed import World
 
 
 class SegmentCache:
@@ -188,6 +190,12 @@ class LossPlan:
         return (ce * weights).sum(), weights.sum(), (correct * weights).sum()
 
 
+def default_loss(model: nn.Module, packed: bool, gather_head: bool = True) -> LossPlan:
+    """The SFT loss: trained-token cross-entropy, through the gathered head when the model splits."""
+    split = split_head(model) if gather_head else None
+    return LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
+
+
 def masked_loss(model, inputs, targets, weights, segments=None):
     """Reference loss on full logits: (sum of trained-token CE, trained tokens)."""
     logits = forward(model, inputs, segments).astype(mx.float32)  # (B, T, V)
@@ -216,35 +224,45 @@ def enable_grad_checkpoint(model: nn.Module) -> None:
         cls._mlxsft_checkpointed = True
 
 
+class StepLoss(Protocol):
+    """A per-batch loss the compiled steps differentiate (`LossPlan` is the SFT one).
+
+    `arrays` turns a batch into step arguments; `loss` returns (loss sum, weight sum) over
+    them, the step dividing the summed gradients by the weight sum; `metrics` returns
+    (loss sum, weight sum, correct) for evaluation. A different objective (e.g. a
+    preference loss) plugs in through `loop.train(..., loss=...)`.
+    """
+
+    def arrays(self, batch) -> list[mx.array]: ...
+
+    def loss(self, model: nn.Module, *arrays: mx.array) -> tuple[mx.array, mx.array]: ...
+
+    def metrics(self, model: nn.Module, *arrays: mx.array) -> tuple[mx.array, mx.array, mx.array]: ...
+
+
 @dataclass
 class StepFunctions:
     """Compiled functions the loop calls; each returns lazy arrays."""
 
-    plan: LossPlan
-    train_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok)
-    grad_step: Callable  # same -> (loss_sum, ntok, grads); for accumulation
+    plan: StepLoss
+    train_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok, *metrics)
+    grad_step: Callable  # same -> (loss_sum, ntok, grads, *metrics); for accumulation
     apply_grads: Callable  # (grads, ntok) -> None
     eval_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok, correct)
 
 
 def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool,
-                gather_head: bool = True, world=None, plan=None) -> StepFunctions:
+                gather_head: bool = True, world=None, loss: StepLoss | None = None) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state.
 
     With a distributed `world`, gradient sums, loss sums and token counts are summed over
-    ranks inside the compiled step, so every rank applies the same update.
-
-    `plan` replaces SFT's `LossPlan` (e.g. DPO's `PreferencePlan`): its `loss` returns
-    (loss sum, count, *aux); the gradient is divided by the count, and the aux arrays
-    (metrics, no gradient) are returned after (loss sum, count) by `train_step` and
-    after the gradients by `grad_step`. SFT's plan has no aux, so its steps return as before.
+    ranks inside the compiled step, so every rank applies the same update. `loss`
+    replaces the default masked cross-entropy (`LossPlan`); its `loss` may return
+    metric arrays (no gradient) after (loss sum, count), which `train_step` returns after
+    (loss sum, count) and `grad_step` after the gradients (DPO's rewards, for example).
     """
-    from .distributed import World
-
     world = world or World(None)
-    if plan is None:
-        split = split_head(model) if gather_head else None
-        plan = LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
+    plan = loss if loss is not None else default_loss(model, packed, gather_head)
     loss_and_grad = nn.value_and_grad(model, plan.loss)
 
     def update(grads, ntok):

@@ -38,8 +38,8 @@ STATUS_CLASSES = ("running", "finished", "stopped", "failed", "waiting")
 def sample_prompts(run_dir: Path, n: int = NUM_SAMPLE_PROMPTS) -> list[str]:
     """Fixed prompts for samples: the first user turns (or prompts) of the validation set."""
     from mlxsft.data.formats import load_jsonl
+    from mlxsft.data.splits import resolve_data_files
     from mlxsft.errors import MlxsftError
-    from mlxsft.train.prepare import resolve_data_files
 
     try:
         recipe = RunDir(run_dir).load_recipe()

@@ -19,7 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
+from .errors import ModelError
+from .safeio import atomic_write_text
 
 DEFAULT_STORE = "models"
 STORE_ENV = "MLXSFT_MODELS"
@@ -65,8 +66,6 @@ def read_source(path: Path) -> dict:
 
 
 def write_source(path: Path, record: dict) -> None:
-    from ..rundir import atomic_write_text
-
     atomic_write_text(path / SOURCE_FILE, json.dumps(record, indent=2) + "\n")
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from ..errors import TrainingError
-from ..safeio import write_guard
+from .errors import TrainingError
+from .safeio import write_guard
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
-from ..safeio import exception_chain, free_bytes  # noqa: F401 - free_bytes is part of this module's API
+from .errors import ModelError
+from .safeio import exception_chain, free_bytes  # noqa: F401 - free_bytes is part of this module's API
 from .store import human_bytes
 
 _DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -94,8 +94,23 @@ def gated_message(hub_id: str, hub: HubSettings) -> str:
             "or set HF_TOKEN, and pull again.")
 
 
-def hub_error(exc: BaseException, hub_id: str, hub: HubSettings, partial: Path) -> ModelError:
-    """A user-facing ModelError for anything the hub client raised during a pull."""
+def download(hub_id: str, hub: HubSettings, patterns: list[str], *, revision: str | None = None,
+             local_dir: Path | None = None) -> Path:
+    """The one download path: files of `hub_id` matching `patterns` (no pickle weights are ever asked for).
+
+    Into `local_dir` when given (a store pull; finished files are skipped on a rerun), else
+    into the hub cache (a recipe naming a hub id). Errors are the hub client's own: callers
+    turn them into a message with `hub_error`.
+    """
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(hub_id, revision=revision, local_dir=str(local_dir) if local_dir else None,
+                             allow_patterns=patterns, endpoint=hub.endpoint, cache_dir=hub.cache_dir, max_workers=4)
+    return Path(path)
+
+
+def hub_error(exc: BaseException, hub_id: str, hub: HubSettings, partial: Path | None = None) -> ModelError:
+    """A user-facing ModelError for anything the hub client raised during a download."""
     from huggingface_hub.utils import (
         GatedRepoError,
         HfHubHTTPError,
@@ -104,12 +119,13 @@ def hub_error(exc: BaseException, hub_id: str, hub: HubSettings, partial: Path) 
     )
 
     resume = (f" Files that finished are kept in {partial}; run the same command again to resume."
-              if partial.exists() else "")
+              if partial is not None and partial.exists() else "")
     disk = _disk_error(exc)
     if disk is not None:
+        free = free_bytes(partial or Path(hub.cache_dir))
         return ModelError(
             f"could not write the download ({os.strerror(disk.errno)}): the disk is full or a "
-            f"file-size limit was hit ({human_bytes(free_bytes(partial))} free). Free some space "
+            f"file-size limit was hit ({human_bytes(free)} free). Free some space "
             f"(or use --store DIR on another disk).{resume}")
     if isinstance(exc, GatedRepoError):
         return ModelError(gated_message(hub_id, hub) + resume)
