@@ -13,7 +13,7 @@ from mlxsft.data.preference import collate_pairs, load_pairs
 from mlxsft.errors import TrainingError
 from mlxsft.events import EvalFinished, PreferenceReported, RunFinished, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.loop import run_training
+from mlxsft.train.run import run_training
 from mlxsft.train.preference_run import batch_arrays, logps_of
 
 from .conftest import write_jsonl

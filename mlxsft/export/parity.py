@@ -25,8 +25,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.tuner.dora import DoRALinear
-from mlx_lm.tuner.lora import LoRALinear
 
 from ..safeio import atomic_write_text
 from .source import AdapterSource, load_trained
@@ -146,6 +144,11 @@ def model_logits(model: nn.Module, prompts: list[list[int]]) -> list[np.ndarray]
 
 
 def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    # mlx_lm.tuner imports rich (its trainer's progress bar): imported here, not at the top,
+    # so importing the export wing keeps the core free of UI libraries (tests/test_headless.py)
+    from mlx_lm.tuner.dora import DoRALinear
+    from mlx_lm.tuner.lora import LoRALinear
+
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, DoRALinear))]
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from ..config import Recipe
 from ..model import load_base, resolve_model_path
@@ -151,6 +150,7 @@ def read_adapter(folder: Path) -> tuple[dict, dict[str, mx.array]]:
 
 def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) -> None:
     """Attach LoRA/DoRA layers as `config` says and load `weights`, checking names and shapes."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers  # imports rich: kept out of the wing's import
     kind = config.get("fine_tune_type", "lora")
     if kind != "full":
         linear_to_lora_layers(
