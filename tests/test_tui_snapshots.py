@@ -13,7 +13,7 @@ from mlxsft.tui.screens.checkpoints import CheckpointsScreen
 from mlxsft.tui.screens.live_run import LiveRunScreen
 from mlxsft.tui.screens.runs import RunsScreen
 
-from .fixtures.tui_helpers import FIXED_NOW, freeze_cursors, make_project, wait_for
+from .fixtures.tui_helpers import FIXED_NOW, freeze_cursors, live_stand_in, make_project, wait_for, write_long_run
 
 
 @pytest.fixture
@@ -58,6 +58,25 @@ def test_live_run_screen_small(project, snap_compare):
 def test_live_run_screen_large(project, snap_compare):
     app = make_app(project, "runs/quickstart-lora")
     assert snap_compare(app, terminal_size=(160, 48), run_before=settled(replayed, "the replay"))
+
+
+@pytest.fixture
+def long_run(project):
+    """runs/long: 600 of 1,000 steps, its trainer (a stand-in process) still alive."""
+    run = project / "runs" / "long"
+    write_long_run(run)
+    with live_stand_in(run):
+        yield run
+
+
+def mid_run(app):
+    return isinstance(app.screen, LiveRunScreen) and app.screen.state.step == 600
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_live_run_mid_way_through_a_long_run(project, long_run, snap_compare, size):
+    assert snap_compare(make_app(project, "runs/long"), terminal_size=size,
+                        run_before=settled(mid_run, "the replay"))
 
 
 def test_checkpoints_screen(project, snap_compare):

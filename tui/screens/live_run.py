@@ -68,7 +68,12 @@ class LiveRunScreen(Screen):
         "saves a "
         "checkpoint and exits (press s again to stop at once, without that checkpoint). **g** "
         "generates "
-        "from the latest checkpoint on a few fixed prompts from the validation set (Samples tab)."
+        "from the latest checkpoint on a few fixed prompts from the validation set (Samples tab).\n\n"
+        "The chart: **z** maximises it (again to restore), **y** switches between a log and a linear "
+        "y-axis, **m** cycles the smoothing of the training curve (the raw curve stays, dimmed), **w** "
+        "cycles the window (the whole run, the last half, the last fifth). The y-axis is fitted to "
+        "what is visible, ignoring the highest 5% of points (the first reports run off the top); "
+        "validation points are drawn on top in orange."
     )
     BINDINGS = [
         Binding("s", "stop", "Stop & save"),
@@ -76,6 +81,10 @@ class LiveRunScreen(Screen):
         Binding("e", "export", "Export"),
         Binding("t", "chat", "Chat"),
         Binding("g", "sample", "Sample"),
+        Binding("z", "maximise_chart", "Zoom chart"),
+        Binding("y", "chart('toggle_log_y')", "Log y", show=False),
+        Binding("m", "chart('cycle_smoothing')", "Smoothing", show=False),
+        Binding("w", "chart('cycle_window')", "Window", show=False),
         Binding("l", "show_tab('log-tab')", "Log", show=False),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -225,6 +234,12 @@ class LiveRunScreen(Screen):
                 "to stop at once."
             )
         self.render_state()
+
+    def action_maximise_chart(self) -> None:
+        self.toggle_class("-chart-max")
+
+    def action_chart(self, method: str) -> None:
+        getattr(self.query_one(LossChart), method)()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
