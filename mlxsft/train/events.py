@@ -177,18 +177,36 @@ def event_from_dict(record: dict):
     return cls(**values)
 
 
+def decode_event_line(line: str) -> tuple[object | None, str | None]:
+    """One line of `events.jsonl` as (event, None), or (None, why it was skipped).
+
+    Never raises: a line cut off by a crash, an event from a newer version, or one from an
+    older version missing fields is skipped with its reason. A blank line is (None, None).
+    """
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not a complete JSON line (cut off?)"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    name = record.get("event")
+    if name not in EVENT_TYPES:
+        return None, f"unknown event {name!r} (written by another mlxsft version?)"
+    cls = EVENT_TYPES[name]
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - record.keys())
+    if missing:
+        return None, f"{name} without {', '.join(missing)} (written by another mlxsft version?)"
+    return event_from_dict(record), None
+
+
 def read_events(path: str | Path) -> list:
-    """Replay `events.jsonl`; a torn last line (a killed run) is skipped."""
-    events = []
+    """Replay `events.jsonl`, skipping lines `decode_event_line` cannot read (a torn last line)."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") in EVENT_TYPES:
-                events.append(event_from_dict(record))
-    return events
+        return [event for event, _ in map(decode_event_line, f) if event is not None]
 
 
 class Sink(Protocol):

@@ -129,10 +129,13 @@ class LiveRunScreen(Screen):
         log = LineTail(self.run_dir / LAUNCH_LOG)
         while not worker.is_cancelled:
             new_events = events.read_events()
+            skipped, events.skipped = events.skipped, []
             new_log = [line for line in log.read_lines() if line.strip()]
             note = self.check_process()
             if new_events or new_log or note != self.process_note:
                 self.app.call_from_thread(self.apply, new_events, new_log, note)
+            if skipped:
+                self.app.call_from_thread(self.report_skipped, skipped)
             time.sleep(POLL_S)
 
     def check_process(self) -> str | None:
@@ -159,8 +162,14 @@ class LiveRunScreen(Screen):
         return None
 
     def apply(self, events: list, log_lines: list[str], note: str | None) -> None:
+        bad = []
         for event in events:
-            self.state.apply(event)
+            try:
+                self.state.apply(event)
+            except (TypeError, ValueError) as exc:  # a field of the wrong type (a hand-edited file)
+                bad.append(f"{type(event).__name__} with a bad field ({exc})")
+        if bad:
+            self.report_skipped(bad)
         self.process_note = note
         log = self.query_one("#run-log", RichLog)
         for line in self.state.log[self.log_lines_shown :]:
@@ -170,6 +179,14 @@ class LiveRunScreen(Screen):
             if not line.startswith("$ ") and not line.startswith("Run "):
                 log.write(f"[trainer] {line}")
         self.render_state()
+
+    def report_skipped(self, skipped: list[str]) -> None:
+        """Lines of events.jsonl the core's decoder could not read: shown, never fatal."""
+        log = self.query_one("#run-log", RichLog)
+        for line in skipped:
+            log.write(f"[skipped] {line}")
+        more = f" (and {len(skipped) - 1} more, in the log)" if len(skipped) > 1 else ""
+        self.notify(f"Skipped an event line: {skipped[0]}{more}", severity="warning", timeout=8)
 
     # ------------------------------------------------------------ rendering
     def status_text(self) -> tuple[str, str]:
