@@ -62,7 +62,8 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             await wait_for(
                 pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview"
             )
-            assert "6 steps" in str(screen.query_one("#estimate", Static).render())
+            await wait_for(pilot, lambda: "6 steps" in str(screen.query_one("#estimate", Static).render()),
+                           timeout=30, what="the estimate")
             await pilot.press("ctrl+s")
 
             live = pilot.app.screen

@@ -47,7 +47,10 @@ class MlxsftApp(App):
         self.clock = clock  # injectable, so tests see fixed ages
         self.refresh_s = refresh_s
         self.trainers: dict[Path, TrainerProcess] = {}
-        self.measured_tokens_per_second: dict[str, float] = {}  # model -> tok/s seen in runs
+        # The New run estimate's speeds: tok/s of earlier runs by run_estimate.speed_key (read once),
+        # and this machine's matmul rate (timed once); tests set them to skip the work.
+        self.measured_speeds: dict[tuple, float] | None = None
+        self.matmul_flops_per_s: float | None = None
 
     def get_default_screen(self):
         from .screens.runs import RunsScreen

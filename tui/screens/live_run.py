@@ -21,9 +21,10 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static, Tabbed
 from textual.worker import get_current_worker
 
 from mlxsft.rundir import RunDir
+from mlxsft.runlock import lock_holder
 
 from .. import generate
-from ..estimate import format_duration
+from ..run_estimate import format_duration
 from ..run_state import EventTail, LineTail, RunState
 from ..runs import LAUNCH_LOG, last_log_error, pid_alive, read_meta
 from ..widgets.generation_panes import GenerationPanes
@@ -150,6 +151,8 @@ class LiveRunScreen(Screen):
             reason = last_log_error(self.run_dir) or "no output"
             return f"the trainer exited with code {code}: {reason}"
         meta = read_meta(self.run_dir)
+        if lock_holder(self.run_dir) is not None:
+            return None  # a trainer (maybe started elsewhere) holds the run
         if meta.get("status") == "running" and not pid_alive(meta.get("pid")):
             return (
                 "interrupted: run.json says running but the trainer process is gone; "
@@ -237,7 +240,7 @@ class LiveRunScreen(Screen):
         if trainer is not None and trainer.poll() is None:
             trainer.stop()
         else:
-            pid = read_meta(self.run_dir).get("pid")
+            pid = lock_holder(self.run_dir) or read_meta(self.run_dir).get("pid")
             if not pid_alive(pid):
                 self.notify("No live trainer process for this run.", severity="warning")
                 return

@@ -21,7 +21,6 @@ from mlxsft.errors import MlxsftError
 from mlxsft.rundir import RunDir
 
 from ..dataset import DatasetPreview, load_preview_tokenizer, preview_dataset
-from ..estimate import estimate_run, format_duration, read_shape
 from ..processes import train_recipe
 from ..recipes import (
     build_recipe,
@@ -34,6 +33,7 @@ from ..recipes import (
     recipe_file_values,
     write_launch_recipe,
 )
+from ..run_estimate import DataShape, RunEstimate, estimate_for, format_duration, measured_speeds, resolve_model
 from ..runs import LAUNCH_RECIPE
 from ..widgets.length_histogram import LengthHistogram
 from ..widgets.recipe_form import RecipeForm
@@ -79,6 +79,8 @@ class NewRunScreen(Screen):
         self.preview_token = 0
         self.tokenizers: dict[str, object] = {}
         self._preview_timer = None
+        self.estimate: RunEstimate | None = None
+        self.estimate_token = 0
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -236,10 +238,10 @@ class NewRunScreen(Screen):
     @work(thread=True, exclusive=True, group="preview")
     def load_preview(self, token: int, model: str, data: str, mask: str, multi_turn: str = "auto") -> None:
         project = self.app.project_dir
-        model_dir = Path(model) if Path(model).is_absolute() else project / model
         data_path = Path(data) if Path(data).is_absolute() else project / data
         preview, error = None, None
         try:
+            model_dir = resolve_model(model, project)  # a folder, or a hub id pulled into the store
             if not (model_dir / "config.json").is_file():
                 raise MlxsftError(
                     "the preview needs a local model folder (for its tokenizer).", path=model
@@ -285,40 +287,75 @@ class NewRunScreen(Screen):
 
     # ------------------------------------------------------------ estimate
     def update_estimate(self) -> None:
-        values = self.values()
+        """Check the form now; compute the estimate (the core's models.fit) in a worker."""
         box = self.query_one("#estimate", Static)
         line = self.query_one("#estimate-line", Static)
         box.set_class(False, "error")
+        self.estimate_token += 1
         try:
-            recipe = build_recipe(values)
+            recipe = build_recipe(self.values())
         except MlxsftError as exc:
             message = str(exc).replace("the New run form: ", "")
             box.update(f"Fix this before starting:\n{message}")
             box.set_class(True, "error")
             line.update("")
             return
-        model_dir = (
-            Path(recipe.model)
-            if Path(recipe.model).is_absolute()
-            else self.app.project_dir / recipe.model
-        )
-        shape = read_shape(model_dir)
-        if shape is None:
-            box.update("The estimate needs a local model folder with a config.json.")
+        try:
+            model_dir = resolve_model(recipe.model, self.app.project_dir)
+        except MlxsftError as exc:
+            box.update(f"No estimate: {exc}")
             line.update("")
             return
-        rows = self.preview.num_rows if self.preview else 0
-        mean = self.preview.mean_length if self.preview else recipe.train.max_seq_length
-        measured = self.app.measured_tokens_per_second.get(recipe.model)
-        estimate = estimate_run(shape, recipe, rows, mean, measured)
-        box.update(
-            estimate.describe()
-            + ("" if self.preview else "\n(no dataset yet: rows taken as max length)")
-        )
-        line.update(
-            f"estimate: ~{estimate.memory_gb:.2f} GB, ~{format_duration(estimate.seconds)} "
-            f"for {estimate.steps} steps (estimate_run, rough)"
-        )
+        p = self.preview
+        if p is not None:
+            data = DataShape(p.num_rows, p.num_valid_rows or 0, p.mean_length, max(p.lengths, default=1),
+                             sum(p.trained_tokens) / max(sum(p.lengths), 1))
+        else:
+            t = recipe.train.max_seq_length
+            data = DataShape(0, 0, t, t)
+        self.compute_estimate(self.estimate_token, recipe, model_dir, data)
+
+    @work(thread=True, exclusive=True, group="estimate")
+    def compute_estimate(self, token: int, recipe, model_dir: Path, data: DataShape) -> None:
+        app = self.app
+        speeds = app.measured_speeds  # a local: the Runs screen may reset the app's copy meanwhile
+        if speeds is None:
+            speeds = app.measured_speeds = measured_speeds(self.runs_root_abs(), app.project_dir)
+        try:
+            estimate = estimate_for(recipe, model_dir, data, speeds, app.matmul_flops_per_s)
+            if not estimate.seconds and app.matmul_flops_per_s is None:
+                app.call_from_thread(self.show_estimate, token, estimate, None)
+                from mlxsft.models.measure import matmul_flops
+
+                app.matmul_flops_per_s = matmul_flops("float32")  # once per session, ~1 s
+                estimate = estimate_for(recipe, model_dir, data, speeds, app.matmul_flops_per_s)
+        except MlxsftError as exc:
+            app.call_from_thread(self.show_estimate, token, None, f"No estimate: {exc}")
+            return
+        except (OSError, ValueError, KeyError) as exc:
+            app.call_from_thread(self.show_estimate, token, None,
+                                 f"No estimate: the model folder could not be read ({exc}).")
+            return
+        app.call_from_thread(self.show_estimate, token, estimate, None)
+
+    def runs_root_abs(self) -> Path:
+        root = self.runs_root
+        return root if root.is_absolute() else self.app.project_dir / root
+
+    def show_estimate(self, token: int, estimate: RunEstimate | None, error: str | None) -> None:
+        if token != self.estimate_token:
+            return  # the form changed since
+        self.estimate = estimate
+        box = self.query_one("#estimate", Static)
+        line = self.query_one("#estimate-line", Static)
+        if estimate is None:
+            box.update(error or "")
+            line.update("")
+            return
+        box.update(estimate.describe()
+                   + ("" if self.preview else "\n(no dataset yet: rows taken as max length)"))
+        time = f"~{format_duration(estimate.seconds)}" if estimate.seconds else "timing…"
+        line.update(f"estimate: ~{estimate.memory_gb:.2f} GB, {time} for {estimate.steps} steps (models fit)")
 
     # ------------------------------------------------------------ start
     def on_button_pressed(self, event: Button.Pressed) -> None:

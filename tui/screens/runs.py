@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from mlxsft.errors import MlxsftError
+from mlxsft.runlock import lock_holder
 
 from ..processes import resume_run
 from ..runs import (
@@ -96,9 +97,7 @@ class RunsScreen(Screen):
 
     def show(self, summaries: list[RunSummary]) -> None:
         self.summaries = summaries
-        for s in summaries:
-            if s.tokens_per_second and s.model not in self.app.measured_tokens_per_second:
-                self.app.measured_tokens_per_second[s.model] = s.tokens_per_second
+        self.app.measured_speeds = None  # the New run estimate re-reads the runs' speeds
         table = self.query_one(DataTable)
         selected = self.selected()
         table.clear()
@@ -215,6 +214,11 @@ class RunsScreen(Screen):
                 f"resumed.",
                 severity="warning",
             )
+            return
+        holder = lock_holder(s.path)
+        if holder is not None:
+            self.notify(f"Trainer pid {holder} is training this run; stop it (s) before resuming.",
+                        severity="error")
             return
         self.app.add_trainer(resume_run(s.path, cwd=self.app.project_dir))
         self.notify(f"Resuming {s.name} from its last checkpoint.")
