@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlxsft.errors import MlxsftError
 from mlxsft.rundir import RunDir
+from mlxsft.runlock import lock_holder, trainer_alive
 
 LAUNCH_RECIPE = "tui-recipe.yaml"  # the recipe the TUI wrote and ran (repeatable headless)
 LAUNCH_LOG = "tui-train.log"  # the trainer child's stdout and stderr
@@ -62,27 +63,8 @@ class RunSummary:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """True when `pid` is a live process that looks like an mlxsft trainer.
-
-    Where /proc exists its command line must mention mlxsft, so a recycled pid
-    (another program now holds the number) does not count as the trainer.
-    """
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            return False
-        return "mlxsft" in text and not _is_zombie(pid)
-    return True
+    """True when `pid` is a live mlxsft process (a recycled pid held by another program is not)."""
+    return trainer_alive(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -123,6 +105,8 @@ def read_meta(path: Path) -> dict:
 def run_status(path: Path, meta: dict, launched_pid: int | None = None) -> str:
     """The honest status of a run: run.json's word, checked against the trainer's pid."""
     status = meta.get("status")
+    if lock_holder(path) is not None:
+        return RUNNING  # a trainer holds the run's lock, whatever run.json said last
     if status == RUNNING:
         return RUNNING if pid_alive(meta.get("pid")) or _alive(launched_pid) else INTERRUPTED
     if status in (FINISHED, FAILED, STOPPED):
@@ -203,7 +187,7 @@ def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
         total_steps=meta.get("total_steps"),
         tokens_per_second=last.get("tokens_per_second"),
         created=_created(path),
-        pid=meta.get("pid") or launched_pid,
+        pid=lock_holder(path) or meta.get("pid") or launched_pid,
         error=meta.get("error") or (last_log_error(path) if status == FAILED else None),
     )
 

@@ -24,6 +24,7 @@ from ..data.templates import chat_template_of
 from ..errors import DataError, MlxsftError, TrainingError
 from ..model import attach_adapters, count_parameters, load_base, vocab_size
 from ..rundir import RunDir
+from ..runlock import RunLock
 from ..token_rows import TRAINABLE_TOKENS
 from ..untrained_tokens import check_tokens, describe, embedding_of, template_tokens
 from .autobatch import MAX_ROWS, choose_batch_tokens, memory_limit_bytes
@@ -441,18 +442,24 @@ def run_training(
     world = world or init_world()
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop if stop is not None else StopFlag()  # an unset StopFlag is falsy
+    lock = RunLock(run.path) if world.is_main else None
+    if lock and resume:
+        lock.acquire()  # before anything is read or written: a second trainer is refused here
     if world.is_main:
         _check_run_dir(run, resume)
     recipe = with_absolute_paths(recipe)
     emit = Emitter(list(sinks) if world.is_main else [])
     trainer = Trainer(recipe, run, emit, stop, world)
     try:
-        return _drive(trainer, run, emit, stop, world, resume)
+        return _drive(trainer, run, emit, stop, world, resume, lock)
     finally:
         trainer.restore_ops()
+        if lock:
+            lock.release()
 
 
-def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: World, resume: bool) -> RunResult:
+def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: World, resume: bool,
+           lock: RunLock | None = None) -> RunResult:
     recipe = trainer.recipe
     with _stop_on_signals(stop, world):
         # Load model and data before touching the run directory: a typo in the recipe
@@ -462,6 +469,8 @@ def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: 
             return RunResult(run.path, trainer.loop(), trainer.state)
         if not resume:
             run.create(recipe)
+            if lock:
+                lock.acquire()
             run.save_chat_template(chat_template_of(trainer.tokenizer))
         leftovers = run.clean_staging()
         jsonl = JsonlSink(run.events_file)
