@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlxsft.tui import runs as runs_mod
-from mlxsft.tui.checkpoint_table import checkpoint_rows, read_eval_results
+from mlxsft.tui.checkpoint_table import COLUMNS, DROP_ORDER, checkpoint_table, fit_columns
 from mlxsft.tui.dataset import length_histogram, load_preview_tokenizer, preview_dataset
 from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file, push_args
 from mlxsft.tui.recipes import (
@@ -35,6 +35,8 @@ from mlxsft.errors import MlxsftError, RecipeError
 from mlxsft.train.events import RunStarted, StepReported
 
 ROOT = Path(__file__).resolve().parents[1]
+from .fixtures.tui_helpers import write_judge_results  # noqa: E402
+
 FIXTURE_RUN = ROOT / "tests" / "fixtures" / "tui_run"
 
 
@@ -371,38 +373,42 @@ def test_length_histogram_has_an_edge_at_the_limit_and_counts_every_row():
 # --------------------------------------------------------------- checkpoints and export
 
 
-def test_checkpoint_rows_merge_events_eval_results_and_the_chosen_step(fixture_run):
+def test_checkpoint_table_is_the_judges_verdicts_with_events_and_the_chosen_step(fixture_run):
     set_meta(fixture_run, chosen_step=40)
-    (fixture_run / "eval").mkdir()
-    (fixture_run / "eval" / "results.json").write_text(
-        json.dumps(
-            {"checkpoints": [{"step": 40, "metrics": {"exact_match": 0.5}, "ood_loss": 1.2}]}
-        )
-    )
+    write_judge_results(fixture_run)
     shutil.rmtree(fixture_run / "checkpoints" / "step-0000010")
-    rows = checkpoint_rows(fixture_run, replay(fixture_run / "events.jsonl"))
-    by_step = {r.step: r for r in rows}
-    assert sorted(by_step) == [10, 20, 30, 40, 50, 60]
+    table = checkpoint_table(fixture_run, replay(fixture_run / "events.jsonl"))
+    by_step = {r.step: r for r in table.rows}
+    assert sorted(by_step) == [0, 10, 20, 30, 40, 50, 60]  # the base row first
+    assert by_step[0].verdict == "base" and by_step[0].exists
     assert not by_step[10].exists and by_step[20].exists
+    assert [by_step[s].verdict for s in (20, 40, 60)] == ["still learning", "plateau", "overshooting"]
+    assert by_step[30].verdict == "not evaluated"
     assert by_step[40].is_chosen and by_step[60].is_best and not by_step[40].is_best
-    assert by_step[40].eval_metrics == {"metrics.exact_match": 0.5, "ood_loss": 1.2}
+    assert by_step[20].is_recommended and not by_step[40].is_recommended  # the judge would pick 20
+    assert "left out step(s) 60 judged overshooting" in table.reasons
+    assert by_step[40].metrics["probe_kl"] == 0.15
     assert by_step[20].val_loss == pytest.approx(1.0968691, abs=1e-6)
     assert by_step[20].train_loss == replay(fixture_run / "events.jsonl").train_loss_near(20)
+    assert "dev gain" in by_step[60].explanation
 
 
-@pytest.mark.parametrize(
-    "layout",
-    [
-        {"step-0000020": {"acc": 0.1}},
-        {"20": {"acc": 0.1}},
-        [{"step": 20, "acc": 0.1}],
-        {"results": [{"step": 20, "acc": 0.1, "name": "x"}]},
-    ],
-)
-def test_eval_results_are_read_in_any_reasonable_layout(tmp_path, layout):
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "results.json").write_text(json.dumps(layout))
-    assert read_eval_results(tmp_path) == {20: {"acc": 0.1}}
+def test_a_results_file_in_another_format_is_an_error_not_a_guess(fixture_run):
+    (fixture_run / "eval").mkdir()
+    (fixture_run / "eval" / "results.json").write_text(json.dumps([{"step": 20, "acc": 0.1}]))
+    table = checkpoint_table(fixture_run, replay(fixture_run / "events.jsonl"))
+    assert "not in the format this version writes" in table.error and not table.evaluated
+    assert all(r.verdict == "not evaluated" for r in table.rows)
+
+
+def test_columns_are_dropped_in_the_stated_order_to_fit():
+    keys = [key for key, _, _ in COLUMNS]
+    assert fit_columns(keys, 1000) == keys
+    narrow = fit_columns(keys, 78)
+    assert narrow[:4] == ["mark", "step", "verdict", "valid_loss"]
+    dropped = {k for k in keys if k not in narrow}
+    assert dropped == set(DROP_ORDER[: len(dropped)])  # the first ones of the stated order
+    assert sum(w + 2 for k, _, w in COLUMNS if k in narrow) <= 78
 
 
 def test_export_args_per_format():

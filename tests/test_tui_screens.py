@@ -32,6 +32,7 @@ from .fixtures.tui_helpers import (
     run_async,
     set_meta,
     wait_for,
+    write_judge_results,
 )
 
 # A stand-in trainer: writes the recorded events at a walking pace; on SIGINT it stops at
@@ -253,11 +254,10 @@ async def test_a_trainer_that_fails_at_start_shows_its_error(project):
 
 
 @run_async
-async def test_checkpoints_table_marks_and_chooses(project):
+async def test_checkpoints_screen_is_the_judges_table_and_fits_80_columns(project):
     run = project / "runs" / "quickstart-lora"
-    (run / "eval").mkdir()
-    (run / "eval" / "results.json").write_text(json.dumps([{"step": 20, "json_valid": 0.75}]))
-    async with app_for(project).run_test(size=(100, 30)) as pilot:
+    write_judge_results(run)
+    async with app_for(project).run_test(size=(80, 24)) as pilot:
         await runs_loaded(pilot)
         await pilot.press("c")
         await wait_for(
@@ -267,23 +267,50 @@ async def test_checkpoints_table_marks_and_chooses(project):
         )
         screen = pilot.app.screen
         table = screen.query_one(DataTable)
+        headers = [str(c.label) for c in table.columns.values()]
+        assert headers[:4] == ["", "step", "verdict", "valid"]
+        assert sum(c.get_render_width(table) for c in table.columns.values()) <= 80  # nothing off-screen
         rows = table_text(table)
-        assert [r[1] for r in rows] == ["10", "20", "30", "40", "50", "60"]
-        assert "json_valid" in [str(c.label) for c in table.columns.values()]
-        assert rows[1][6] == "0.7500" and "★ best" in rows[5][-1]
+        assert [r[1] for r in rows] == ["base", "10", "20", "30", "40", "50", "60"]
+        assert [r[2] for r in rows] == ["base", "not evaluated", "still learning", "not evaluated", "plateau",
+                                        "not evaluated", "overshooting"]
+        assert "→" in rows[2][0] and "★" in rows[6][0]  # the judge's pick; the lowest training val loss
+        panel = str(screen.query_one("#judge-panel", Static).render())
+        assert "Judge's pick: step 20" in panel and "left out step(s) 60 judged overshooting" in panel
+        assert "Rule: verdict" in panel
         assert screen.marked == [60]  # the best (also the latest) is marked by default
         table.focus()
-        await pilot.press("down", "space")
+        await pilot.press("down", "down", "space")
         assert screen.marked == [60, 20]
+        assert "This row: step 20: still learning" in str(screen.query_one("#judge-panel", Static).render())
         await pilot.press("c")
         assert json.loads((run / "run.json").read_text())["chosen_step"] == 20
-        await wait_for(
-            pilot, lambda: "✓ chosen" in table_text(table)[1][-1], what="the chosen mark"
-        )
+        await wait_for(pilot, lambda: "✓" in table_text(table)[2][0], what="the chosen mark")
         await pilot.press("b")
         assert "compare: step 60, step 20" in str(
             screen.query_one("#compare-info", Static).render()
         )
+        await pilot.press("e")  # export the highlighted checkpoint
+        assert isinstance(pilot.app.screen, ExportScreen)
+        assert pilot.app.screen.query_one("#export-checkpoint", Select).value == "20"
+
+
+@run_async
+async def test_eval_key_runs_eval_and_select_in_a_child_and_reports_a_failure(project):
+    async with app_for(project, "runs/quickstart-lora").run_test(size=(120, 36)) as pilot:
+        await pilot.press("c")
+        await wait_for(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+            what="the checkpoint table",
+        )
+        screen = pilot.app.screen
+        assert "Not judged yet: press v" in str(screen.query_one("#judge-panel", Static).render())
+        await pilot.press("v")
+        await wait_for(pilot, lambda: "failed" in str(screen.query_one("#judge-progress", Static).render()),
+                       timeout=90, what="mlxsft eval to fail (the fixture keeps no weights)")
+        assert "mlxsft eval failed:" in str(screen.query_one("#judge-progress", Static).render())
+        assert screen.child is None
 
 
 @run_async

@@ -13,7 +13,15 @@ from mlxsft.tui.screens.checkpoints import CheckpointsScreen
 from mlxsft.tui.screens.live_run import LiveRunScreen
 from mlxsft.tui.screens.runs import RunsScreen
 
-from .fixtures.tui_helpers import FIXED_NOW, freeze_cursors, live_stand_in, make_project, wait_for, write_long_run
+from .fixtures.tui_helpers import (
+    FIXED_NOW,
+    freeze_cursors,
+    live_stand_in,
+    make_project,
+    wait_for,
+    write_judge_results,
+    write_long_run,
+)
 
 
 @pytest.fixture
@@ -96,6 +104,24 @@ def test_checkpoints_screen(project, snap_compare):
     )
 
 
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_checkpoints_screen_with_judge_results(project, snap_compare, size):
+    write_judge_results(project / "runs" / "quickstart-lora")
+
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: replayed(pilot.app), what="the replay")
+        await pilot.press("c")
+        await wait_for(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.table.evaluated,
+            what="the judged checkpoints",
+        )
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=size, run_before=run_before)
+
+
 def test_new_run_screen(project, snap_compare):
     async def run_before(pilot):
         await wait_for(pilot, lambda: runs_ready(pilot.app), what="runs")
@@ -122,6 +148,7 @@ def test_new_run_screen_large_with_recipe(project, snap_compare):
         await wait_for(
             pilot, lambda: screen.preview_error is not None, what="the preview (no tokenizer here)"
         )
+        await wait_for(pilot, lambda: screen.estimate is not None and screen.estimate.seconds, what="the estimate")
         pilot.app.clear_notifications()
         freeze_cursors(pilot.app)
         await pilot.pause()

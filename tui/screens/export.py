@@ -62,9 +62,10 @@ class ExportScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, step: int | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.step = step  # the checkpoint to preselect (from the Checkpoints screen), else the chosen one
         self.child: StreamingChild | None = None
         self.out_edited = False
         self.started_at: float | None = None
@@ -92,7 +93,8 @@ class ExportScreen(Screen):
                 yield Label("checkpoint", classes="field-label")
                 yield Select(
                     checkpoints,
-                    value=str(chosen) if chosen is not None else "latest",
+                    value=str(self.step if self.step is not None else chosen) if (
+                        self.step is not None or chosen is not None) else "latest",
                     allow_blank=False,
                     id="export-checkpoint",
                     compact=True,
