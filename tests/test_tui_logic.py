@@ -18,7 +18,14 @@ import pytest
 from mlxsft.tui import runs as runs_mod
 from mlxsft.tui.checkpoint_table import COLUMNS, DROP_ORDER, checkpoint_table, fit_columns
 from mlxsft.tui.dataset import length_histogram, load_preview_tokenizer, preview_dataset
-from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file, push_args
+from mlxsft.tui.export_job import (
+    ExportOptions,
+    describe_parity,
+    export_args,
+    parity_file,
+    push_args,
+    read_parity,
+)
 from mlxsft.tui.recipes import (
     PICKED_FIELDS,
     build_recipe,
@@ -462,18 +469,29 @@ def test_export_args_per_format():
     assert parity_file(out, "ollama") == out / "parity.json"
 
 
-def test_parity_description_says_pass_or_mismatch():
-    ok = {
-        "passed": True,
-        "max_abs_diff": 1.5e-6,
-        "tolerance": 1e-4,
-        "greedy_agreement": 1.0,
-        "num_prompts": 3,
-        "num_tokens": 40,
-    }
-    assert describe_parity(ok).startswith("parity PASSED, max |Δlogit| 1.50e-06")
-    assert "MISMATCH" in describe_parity(ok | {"passed": False})
-    assert "not checked" in describe_parity({"skipped": True, "passed": True})
+def write_parity(out: Path, **fields) -> None:
+    record = {"format": "mlx", "dtype": "float16", "passed": True, "max_abs_diff": 3.52e-2, "max_rel_diff": 7.1e-4,
+              "greedy_agreement": 1.0, "tolerance": 5e-3, "num_prompts": 3, "num_tokens": 40, "time": 1000.0}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parity.json").write_text(json.dumps(record | fields))
+
+
+def test_parity_line_says_the_tolerance_is_relative_and_comes_from_the_core(tmp_path):
+    write_parity(tmp_path / "mlx")
+    report = read_parity(tmp_path / "mlx", "mlx")
+    text = describe_parity(report)
+    assert text.startswith("parity PASSED: ")
+    assert "max |Δlogit| 3.52e-02 (relative 7.10e-04 vs relative tolerance 5e-03)" in text
+    write_parity(tmp_path / "mlx", passed=False)
+    assert describe_parity(read_parity(tmp_path / "mlx", "mlx")).startswith("parity MISMATCH")
+    write_parity(tmp_path / "mlx", skipped=True)
+    assert "not checked" in describe_parity(read_parity(tmp_path / "mlx", "mlx"))
+
+
+def test_a_parity_file_older_than_the_export_is_not_its_result(tmp_path):
+    write_parity(tmp_path / "mlx", time=1000.0)  # left by an earlier export that passed
+    assert read_parity(tmp_path / "mlx", "mlx", since=2000.0) is None
+    assert read_parity(tmp_path / "mlx", "mlx", since=500.0).passed
 
 
 def test_the_cli_registers_tui_without_importing_textual():

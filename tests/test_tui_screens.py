@@ -380,6 +380,12 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         )
         screen.query_one("#export-format", Select).value = "mlx"
         await pilot.pause()
+        # An earlier export left a passing parity.json where this one writes.
+        earlier = project / "runs" / "quickstart-lora" / "exports" / "mlx"
+        earlier.mkdir(parents=True)
+        (earlier / "parity.json").write_text(json.dumps({"format": "mlx", "dtype": "float32", "passed": True,
+                                                         "max_abs_diff": 1e-6, "max_rel_diff": 1e-7,
+                                                         "greedy_agreement": 1.0, "tolerance": 1e-4}))
         await pilot.press("ctrl+e")
         await wait_for(
             pilot,
@@ -395,6 +401,8 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         assert any(
             "error" in line for line in lines[1:]
         )  # the exporter's own message, no weights here
+        parity = str(screen.query_one("#parity-result", Static).render())
+        assert "PASSED" not in parity and "failed before its parity check" in parity
 
 
 @run_async
