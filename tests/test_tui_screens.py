@@ -113,8 +113,15 @@ async def test_delete_asks_first_and_removes_only_on_yes(project):
     run = project / "runs" / "quickstart-lora"
     async with app_for(project).run_test(size=(100, 30)) as pilot:
         await runs_loaded(pilot)
+        (run / "exports" / "peft").mkdir(parents=True)
+        (run / "exports" / "peft" / "adapter_model.safetensors").write_bytes(b"x" * 4000)
+        (run / "merged.gguf").write_bytes(b"x" * 2000)  # an export written loose in the run folder
         await pilot.press("d")
         assert isinstance(pilot.app.screen, ConfirmScreen)
+        question = str(pilot.app.screen.query_one("#confirm-question", Static).render())
+        assert "6 checkpoints (steps 10-60)" in question
+        assert "export exports/peft (4.0 KB)" in question and "export merged.gguf (2.0 KB)" in question
+        assert "Exports inside the run folder go with it" in question
         await pilot.press("n")
         assert run.exists() and isinstance(pilot.app.screen, RunsScreen)
         await pilot.press("d")

@@ -225,6 +225,35 @@ def stop_run(summary: RunSummary) -> None:
         raise MlxsftError("the trainer process is already gone.", path=str(summary.path)) from None
 
 
+EXPORT_SUFFIXES = (".gguf", ".parity.json")  # export files that may sit loose in a run folder
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def deletion_contents(path: Path) -> list[str]:
+    """What deleting a run removes, for people: checkpoints, exports (by name), the rest, with sizes."""
+    from mlxsft.models.store import human_bytes
+
+    run = RunDir(path)
+    lines = []
+    steps = run.checkpoint_steps()
+    if steps:
+        lines.append(f"{len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}), "
+                     f"{human_bytes(folder_bytes(run.checkpoints_dir))}")
+    exports = sorted(p for p in (path / "exports").glob("*")) if (path / "exports").is_dir() else []
+    exports += sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(EXPORT_SUFFIXES))
+    for export in exports:
+        lines.append(f"export {export.relative_to(path)} ({human_bytes(folder_bytes(export))})")
+    if (path / "eval").is_dir():
+        lines.append(f"evaluation results eval/ ({human_bytes(folder_bytes(path / 'eval'))})")
+    lines.append(f"in all {human_bytes(folder_bytes(path))}: events, recipe, adapters and everything else")
+    return lines
+
+
 def delete_run(summary: RunSummary) -> None:
     """Remove a run folder (never one whose trainer is still running)."""
     if summary.is_live:

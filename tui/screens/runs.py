@@ -24,6 +24,7 @@ from ..runs import (
     STOPPED,
     RunSummary,
     delete_run,
+    deletion_contents,
     format_age,
     format_tokens,
     scan_runs,
@@ -261,8 +262,10 @@ class RunsScreen(Screen):
             self.notify(f"Deleted {self.app.display_path(s.path)}.")
             self.action_rescan()
 
+        contents = "\n".join(f"  • {line}" for line in deletion_contents(s.path))
         question = (
-            f"Delete the run {self.app.display_path(s.path)}?\n\nIts checkpoints, adapters and "
-            "events are removed from disk. This cannot be undone."
+            f"Delete the run {self.app.display_path(s.path)}?\n\nThis removes from disk:\n{contents}\n\n"
+            "Exports inside the run folder go with it; copy any you want to keep first. "
+            "This cannot be undone."
         )
         self.app.push_screen(ConfirmScreen(question, yes="Delete"), answer)
