@@ -7,6 +7,7 @@ paths that fail fast before any model loads; the MLX paths are in test_tui_e2e.p
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,16 +151,29 @@ async def test_help_lists_the_keys_of_the_current_screen(project):
 
 
 @run_async
-async def test_resume_of_a_finished_run_is_refused_with_a_reason(project):
+async def test_resume_is_offered_only_when_it_can_work(project):
+    run = project / "runs" / "quickstart-lora"
     async with app_for(project).run_test(size=(100, 30)) as pilot:
-        await runs_loaded(pilot)
+        screen = await runs_loaded(pilot)
+        assert screen.check_action("resume", ()) is None  # finished: greyed out in the footer
         await pilot.press("r")
         await pilot.pause()
-        assert isinstance(pilot.app.screen, RunsScreen)
-        assert any(
-            "only a stopped, interrupted or failed run" in n.message
-            for n in pilot.app._notifications
-        )
+        assert isinstance(pilot.app.screen, RunsScreen) and not pilot.app.trainers
+        set_meta(run, status="stopped")
+        screen.action_rescan()
+        await wait_for(pilot, lambda: screen.summaries[0].status == "stopped", what="the rescan")
+        assert screen.check_action("resume", ()) is True
+        # A run that failed before its first checkpoint has nothing to resume from.
+        set_meta(run, status="failed", error="data error: train.jsonl line 3: no assistant turn")
+        shutil.rmtree(run / "checkpoints")
+        screen.action_rescan()
+        await wait_for(pilot, lambda: screen.summaries[0].status == "failed", what="the rescan")
+        assert screen.check_action("resume", ()) is None
+        detail = str(screen.query_one("#run-detail", Static).render())
+        assert "No resume: this run has no checkpoint to resume from" in detail
+        assert "no assistant turn" in detail
+        await pilot.press("r")
+        await pilot.pause()
         assert not pilot.app.trainers
 
 
@@ -232,6 +246,31 @@ async def test_live_screen_reports_a_trainer_that_died_without_a_final_event(pro
         await wait_for(pilot, lambda: screen.process_note is not None, what="the interruption note")
         status = str(screen.query_one("#run-status", Static).render())
         assert "interrupted" in status and "resume" in status
+        assert "ETA" not in str(screen.query_one("#run-eta", Static).render())  # no countdown for a dead run
+        assert screen.check_action("stop", ()) is None
+
+
+@run_async
+async def test_a_trainer_killed_with_sigkill_is_reported_as_killed_not_by_its_command_line(project):
+    run = project / "runs" / "live"
+    run.mkdir()
+    (run / "recipe.yaml").write_text((FIXTURE_RUN / "recipe.yaml").read_text())
+    lines = (FIXTURE_RUN / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[:12]) + "\n")
+    (run / LAUNCH_LOG).write_text("$ python -m mlxsft.cli train runs/live/tui-recipe.yaml --quiet\n")
+    app = app_for(project, "runs/live")
+    async with app.run_test(size=(80, 24)) as pilot:
+        popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        app.add_trainer(TrainerProcess(run, popen, []))
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.state.step > 0, what="the replay")
+        assert "ETA" in str(screen.query_one("#run-eta", Static).render())
+        popen.kill()
+        popen.wait()
+        await wait_for(pilot, lambda: screen.process_note is not None, what="the exit")
+        status = str(screen.query_one("#run-status", Static).render())
+        assert "killed (out of memory, or kill -9)" in status and "$ python" not in status
+        assert "ETA" not in str(screen.query_one("#run-eta", Static).render())
 
 
 @run_async
@@ -506,3 +545,35 @@ async def test_new_run_preview_reads_the_dataset(project, tiny_llama):
         screen.query_one("#data-path", Input).value = "recipes/data/nothing-here"
         await wait_for(pilot, lambda: screen.preview is None, timeout=30, what="the preview error")
         assert "not found" in str(screen.query_one("#data-summary", Static).render())
+
+
+@run_async
+async def test_a_second_model_load_while_training_is_announced(project):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        app = app_for(project)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await runs_loaded(pilot)
+            app.add_trainer(TrainerProcess(project / "runs" / "other", sleeper, []))
+            await pilot.press("n")
+            screen = pilot.app.screen
+            screen.query_one("#recipe-select", Select).value = str(project / "recipes" / "quickstart.yaml")
+            await wait_for(pilot, lambda: screen.query_one("#model-path", Input).value == "models/tiny-chat",
+                           what="the recipe's values")
+            await pilot.press("ctrl+s")
+            assert isinstance(pilot.app.screen, ConfirmScreen)
+            question = str(pilot.app.screen.query_one("#confirm-question", Static).render())
+            assert f"pid {sleeper.pid}" in question and "another copy of the model" in question
+            await pilot.press("n")
+            assert pilot.app.screen is screen and list(app.trainers) == [(project / "runs" / "other").resolve()]
+            await pilot.press("escape")
+            await runs_loaded(pilot)
+            await pilot.press("c")  # generating on Checkpoints warns too
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+                           what="the checkpoints")
+            pilot.app.screen.query_one("#compare-prompt", Input).value = "hello"
+            await pilot.press("g")
+            assert any("another copy of the model" in str(n.message) for n in pilot.app._notifications)
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -76,6 +76,15 @@ class MlxsftApp(App):
     def running_trainers(self) -> list[TrainerProcess]:
         return [proc for proc in self.trainers.values() if proc.poll() is None]
 
+    def training_note(self) -> str | None:
+        """A warning when trainers this app started are running: another model load competes with them."""
+        running = self.running_trainers()
+        if not running:
+            return None
+        pids = ", ".join(str(t.pid) for t in running)
+        return (f"{len(running)} trainer(s) running (pid {pids}): this loads another copy of the model "
+                "beside it, sharing memory and CPU.")
+
     def display_path(self, path: Path) -> str:
         """A path as people typed it: relative to the project folder when inside it."""
         absolute, project = Path(os.path.abspath(path)), Path(os.path.abspath(self.project_dir))

@@ -136,10 +136,10 @@ def last_log_error(path: Path) -> str | None:
     log = path / LAUNCH_LOG
     if not log.is_file():
         return None
-    lines = [
+    lines = [  # the "$ command" lines are the UI's record of what it ran, never a reason
         line.strip()
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-        if line.strip()
+        if line.strip() and not line.startswith("$ ")
     ]
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or [None])[-1]
@@ -210,6 +210,30 @@ def scan_runs(root: Path, launched: dict[Path, int] | None = None) -> list[RunSu
     """Summaries of every run under `root` (`launched`: run folder -> pid of a child we started)."""
     launched = {Path(k).resolve(): v for k, v in (launched or {}).items()}
     return [summarize_run(p, launched.get(p.resolve())) for p in find_runs(root)]
+
+
+def can_resume(summary: RunSummary) -> str | None:
+    """None when `summary`'s run can be resumed, else why not (in words, for a notice)."""
+    if summary.status not in (STOPPED, INTERRUPTED, FAILED):
+        return f"this run is {summary.status}; only a stopped, interrupted or failed run can be resumed."
+    if not RunDir(summary.path).checkpoint_steps():
+        return ("this run has no checkpoint to resume from (it stopped before its first save); "
+                "start it again as a new run (n).")
+    return None
+
+
+def exit_reason(code: int, log_error: str | None) -> str:
+    """Why a trainer child exited, in words: a signal by name, else its last error line."""
+    if code < 0:
+        import signal as signals
+
+        try:
+            name = signals.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        killed = "killed (out of memory, or kill -9)" if name == "SIGKILL" else f"ended by {name}"
+        return f"the trainer was {killed}; resume from its last checkpoint (r on the Runs screen)"
+    return f"the trainer exited with code {code}: {log_error or 'no output'}"
 
 
 def stop_run(summary: RunSummary) -> None:

@@ -91,6 +91,8 @@ class ChatScreen(Screen):
         tuned = "fine-tuned" + ("" if which == "latest" else f" (step {which})")
         variants = [("base", "base"), (tuned, which)]
         max_tokens = int(self.query_one("#chat-max-tokens", Select).value)
+        if note := self.app.training_note():
+            self.notify(note, severity="warning")
         self.query_one(GenerationPanes).generate(
             generate.command(self.run_dir, variants, [prompt], max_tokens=max_tokens),
             [(label, label) for label, _ in variants],

@@ -250,6 +250,8 @@ class CheckpointsScreen(Screen):
         variants = [("base", "base")] if self.include_base else []
         variants += [(f"step {s}", str(s)) for s in self.marked]
         panes = self.query_one("#compare", GenerationPanes)
+        if note := self.app.training_note():
+            self.notify(note, severity="warning")
         panes.generate(
             generate.command(self.run_dir, variants, [prompt], max_tokens=96),
             [(label, label) for label, _ in variants],

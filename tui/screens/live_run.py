@@ -26,7 +26,7 @@ from mlxsft.runlock import lock_holder
 from .. import generate
 from ..run_estimate import format_duration
 from ..run_state import EventTail, LineTail, RunState
-from ..runs import LAUNCH_LOG, last_log_error, pid_alive, read_meta
+from ..runs import LAUNCH_LOG, exit_reason, last_log_error, pid_alive, read_meta
 from ..widgets.generation_panes import GenerationPanes
 from ..widgets.loss_chart import LossChart
 from ..widgets.run_stats import RunStats
@@ -148,8 +148,7 @@ class LiveRunScreen(Screen):
             code = trainer.poll()
             if code is None:
                 return None
-            reason = last_log_error(self.run_dir) or "no output"
-            return f"the trainer exited with code {code}: {reason}"
+            return exit_reason(code, last_log_error(self.run_dir))
         meta = read_meta(self.run_dir)
         if lock_holder(self.run_dir) is not None:
             return None  # a trainer (maybe started elsewhere) holds the run
@@ -173,6 +172,8 @@ class LiveRunScreen(Screen):
                 bad.append(f"{type(event).__name__} with a bad field ({exc})")
         if bad:
             self.report_skipped(bad)
+        if note != self.process_note:
+            self.refresh_bindings()
         self.process_note = note
         log = self.query_one("#run-log", RichLog)
         for line in self.state.log[self.log_lines_shown :]:
@@ -222,12 +223,18 @@ class LiveRunScreen(Screen):
         bar.update(total=max(s.total_steps, 1), progress=s.step)
         eta = self.query_one("#run-eta", Static)
         r = s.last_report
-        if s.status == "running" and r is not None:
+        if s.status == "running" and r is not None and not self.process_note:  # no ETA for a dead trainer
             eta.update(f"{s.step}/{s.total_steps}  ETA {format_duration(r.eta_s)}")
         else:
             eta.update(f"{s.step}/{s.total_steps or '?'}")
 
     # ------------------------------------------------------------ actions
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Offer only what can work: no Stop once the run is over or its trainer is gone."""
+        if action == "stop" and (self.state.is_over or self.process_note):
+            return None  # shown greyed out
+        return True
+
     def action_stop(self) -> None:
         import os
         import signal
@@ -280,6 +287,8 @@ class LiveRunScreen(Screen):
         step = steps[-1]
         label = f"step {step}"
         keys = [(f"{label}#{i}", f"{label}: {p[:40]}") for i, p in enumerate(prompts)]
+        if note := self.app.training_note():
+            self.notify(note, severity="warning")
         panes.generate(
             generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48),
             keys,

@@ -375,6 +375,16 @@ class NewRunScreen(Screen):
         return default_run_dir(root, recipe)
 
     def action_start(self) -> None:
+        from .confirm import ConfirmScreen
+
+        note = self.app.training_note()
+        if note is None:
+            self.start()
+            return
+        self.app.push_screen(ConfirmScreen(f"Start another run?\n\n{note}", yes="Start"),
+                             lambda yes: self.start() if yes else None)
+
+    def start(self) -> None:
         from .live_run import LiveRunScreen
 
         error = self.query_one("#form-error", Static)

@@ -23,6 +23,7 @@ from ..runs import (
     STARTING,
     STOPPED,
     RunSummary,
+    can_resume,
     delete_run,
     deletion_contents,
     format_age,
@@ -136,6 +137,20 @@ class RunsScreen(Screen):
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self.show_detail()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Offer only actions that can work on the highlighted run (others shown greyed out)."""
+        s = self.selected() if self.is_mounted else None
+        if s is None:
+            return True
+        if action == "resume":
+            return None if can_resume(s) else True
+        if action == "stop":
+            return True if s.is_live else None
+        if action == "delete":
+            return None if s.is_live else True
+        return True
 
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open_run()
@@ -156,8 +171,11 @@ class RunsScreen(Screen):
             text.append(f"  step {s.last_step}/{s.total_steps}")
         if s.pid and s.is_live:
             text.append(f"  pid {s.pid}")
+        why_not = can_resume(s) if s.status in (STOPPED, INTERRUPTED, FAILED) else None
         if s.error:
             text.append(f"\n{s.error}", style="red")
+        if why_not:
+            text.append(f"\nNo resume: {why_not}", style="yellow")
         elif s.status == INTERRUPTED:
             text.append(
                 "\nThe trainer is gone without a final event (killed or crashed): press r to "
@@ -209,12 +227,9 @@ class RunsScreen(Screen):
         s = self._need_run()
         if s is None:
             return
-        if s.status not in (STOPPED, INTERRUPTED, FAILED):
-            self.notify(
-                f"This run is {s.status}; only a stopped, interrupted or failed run can be "
-                f"resumed.",
-                severity="warning",
-            )
+        why_not = can_resume(s)
+        if why_not is not None:
+            self.notify(why_not[0].upper() + why_not[1:], severity="warning")
             return
         holder = lock_holder(s.path)
         if holder is not None:
