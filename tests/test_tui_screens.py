@@ -100,13 +100,37 @@ async def test_runs_screen_lists_runs_with_honest_statuses(project):
             ["interrupted", "stopped (interrupted)"],
             ["quickstart-lora", "finished"],
         ]
-        assert rows[1][2:] == ["lora", "tiny-chat", "0.8019", "30.7k", "3h ago"]
+        assert rows[1][2:] == ["0.8019", "30.7k", "3h ago", "lora", "tiny-chat"]
         detail = str(screen.query_one("#run-detail", Static).render())
         assert "press r to resume" in detail
         await pilot.press("down")
-        assert "runs/quickstart-lora  step 60/60" in str(
+        assert "runs/quickstart-lora  lora on tiny-chat  step 60/60" in str(
             screen.query_one("#run-detail", Static).render()
         )
+
+
+@run_async
+async def test_runs_table_at_80_columns_shows_the_numbers_and_keeps_its_scroll(project):
+    long = project / "runs" / "qwen2.5-0.5b-instruct-lora-json-extraction"
+    shutil.copytree(FIXTURE_RUN, long)
+    set_meta(long, model="Qwen/Qwen2.5-0.5B-Instruct-with-a-long-hub-name")
+    async with app_for(project).run_test(size=(80, 24)) as pilot:
+        screen = await runs_loaded(pilot)
+        table = screen.query_one(DataTable)
+        right_edge = 0
+        for column in table.ordered_columns:
+            right_edge += column.get_render_width(table)
+            if column.label.plain == "age":
+                break
+        assert right_edge <= 80, "best val, tokens and age must be on screen at 80 columns"
+        await wait_for(pilot, lambda: table.max_scroll_x > 10, what="the table's layout")
+        table.scroll_x = 10
+        await pilot.pause()
+        assert table.scroll_x == 10
+        screen.action_rescan()  # what the 2 s refresh does
+        await pilot.pause(0.3)
+        await pilot.pause()
+        assert table.scroll_x == 10 and table.row_count == 2
 
 
 @run_async

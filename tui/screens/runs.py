@@ -40,7 +40,9 @@ STATUS_STYLE = {
     STOPPED: "yellow",
     INTERRUPTED: "yellow",
 }
-COLUMNS = ("run", "status", "method", "model", "best val", "tokens", "age")
+# What decides between runs first: at 80 columns method and model run off the right edge
+# (the detail line below the table repeats them), never the numbers.
+COLUMNS = ("run", "status", "best val", "tokens", "age", "method", "model")
 
 
 class RunsScreen(Screen):
@@ -98,29 +100,36 @@ class RunsScreen(Screen):
         self.app.call_from_thread(self.show, summaries)
 
     def show(self, summaries: list[RunSummary]) -> None:
-        self.summaries = summaries
-        self.app.measured_speeds = None  # the New run estimate re-reads the runs' speeds
+        if summaries != self.summaries:
+            self.app.measured_speeds = None  # the New run estimate re-reads the runs' speeds
         table = self.query_one(DataTable)
         selected = self.selected()
-        table.clear()
+        same_rows = [s.path for s in summaries] == [s.path for s in self.summaries] and table.row_count
+        self.summaries = summaries
         now = self.app.clock()
-        for s in summaries:
-            best = "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
-            table.add_row(
-                s.name,
-                Text(s.status, style=STATUS_STYLE.get(s.status, "dim")),
-                s.method,
-                self.model_name(s.model),
-                best,
-                format_tokens(s.tokens_seen),
-                format_age(s.created, now),
-                key=str(s.path),
-            )
-        if selected is not None:
-            for i, s in enumerate(summaries):
-                if s.path == selected.path:
-                    table.move_cursor(row=i, animate=False)
+        if same_rows:
+            # Update cells in place: clearing the table would reset its scroll and cursor every refresh.
+            for s in summaries:
+                for column, value in zip(COLUMNS, self.cells(s, now), strict=True):
+                    table.update_cell(str(s.path), column, value)
+        else:
+            table.clear()
+            for s in summaries:
+                table.add_row(*self.cells(s, now), key=str(s.path))
+            if selected is not None:
+                for i, s in enumerate(summaries):
+                    if s.path == selected.path:
+                        table.move_cursor(row=i, animate=False)
         self.show_detail()
+
+    def cells(self, s: RunSummary, now: float) -> tuple:
+        best = "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
+        status = Text(s.status, style=STATUS_STYLE.get(s.status, "dim"))
+        # Long names would push the numbers off an 80-column screen; the detail line has it in full.
+        room = max(16, self.size.width - 50)
+        name = s.name if len(s.name) <= room else s.name[: room - 1] + "…"
+        return (name, status, best, format_tokens(s.tokens_seen), format_age(s.created, now), s.method,
+                self.model_name(s.model))
 
     def model_name(self, model: str) -> str:
         """A local model folder by its name; a hub id as it is."""
@@ -167,6 +176,7 @@ class RunsScreen(Screen):
             return
         text = Text()
         text.append(self.app.display_path(s.path), style="bold")
+        text.append(f"  {s.method} on {self.model_name(s.model)}")
         if s.last_step is not None and s.total_steps:
             text.append(f"  step {s.last_step}/{s.total_steps}")
         if s.pid and s.is_live:
