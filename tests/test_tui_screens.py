@@ -590,7 +590,8 @@ async def test_a_second_model_load_while_training_is_announced(project):
             assert f"pid {sleeper.pid}" in question and "another copy of the model" in question
             await pilot.press("n")
             assert pilot.app.screen is screen and list(app.trainers) == [(project / "runs" / "other").resolve()]
-            await pilot.press("escape")
+            await pilot.press("escape")  # the form was filled from a recipe: Esc asks first
+            await pilot.press("y")
             await runs_loaded(pilot)
             await pilot.press("c")  # generating on Checkpoints warns too
             await wait_for(pilot, lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
@@ -601,3 +602,46 @@ async def test_a_second_model_load_while_training_is_announced(project):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@run_async
+async def test_keys_enter_in_the_footer_f1_in_a_text_field_palette_commands_and_esc_asks(project):
+    from textual.widgets._footer import FooterKey
+
+    app = app_for(project)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await runs_loaded(pilot)
+        await pilot.pause()
+        footer_keys = {key.key: key.description for key in app.screen.query(FooterKey)}
+        assert footer_keys.get("enter") == "Open"
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for title in ("New run", "Open run runs/quickstart-lora", "Checkpoints of runs/quickstart-lora",
+                      "Evaluate and select runs/quickstart-lora", "Export runs/quickstart-lora",
+                      "Chat with runs/quickstart-lora"):
+            assert title in titles
+        await pilot.press("enter")  # opens the highlighted run
+        assert isinstance(app.screen, LiveRunScreen)
+        await pilot.press("escape")
+        await runs_loaded(pilot)
+
+        await pilot.press("n")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        await pilot.press("escape")  # nothing changed: no question
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("n")
+        screen = app.screen
+        screen.query_one("#field-train--batch-size", Input).focus()
+        await pilot.press("f1")  # from inside a text field
+        assert isinstance(app.screen, HelpScreen)
+        help_text = app.screen.query_one("Markdown").source
+        assert "The focused field" in help_text and "train.batch_size: Rows (sequences) per micro-batch" in help_text
+        await pilot.press("f1")
+        assert app.screen is screen
+        screen.query_one("#field-train--batch-size", Input).value = "2"
+        await pilot.press("escape")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is screen and screen.query_one("#field-train--batch-size", Input).value == "2"
+        await pilot.press("escape", "y")
+        assert isinstance(app.screen, RunsScreen)

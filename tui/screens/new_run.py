@@ -68,7 +68,7 @@ class NewRunScreen(Screen):
     )
     BINDINGS = [
         Binding("ctrl+s", "start", "Start training", priority=True),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
     ]
 
     def __init__(self, runs_root: Path):
@@ -151,6 +151,7 @@ class NewRunScreen(Screen):
         return Horizontal(Label(label, classes="field-label"), editor, classes="field-row")
 
     def on_mount(self) -> None:
+        self.initial_values = self.values()  # Esc asks before discarding anything changed since
         self.sub_title = f"runs go to {self.app.display_path(self.runs_root)}/"
         self.query_one("#estimate", Static).border_title = "Estimate"
         self.query_one("#data-summary", Static).border_title = "Dataset"
@@ -208,8 +209,8 @@ class NewRunScreen(Screen):
                 self._preview_timer.stop()
             self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self.start_preview)
 
-    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        widget = event.widget
+    def field_help(self, widget: Widget) -> str | None:
+        """The recipe field or picker `widget` edits, in words (F1 shows it too)."""
         help_line = PICKER_HELP.get(widget.id or "")
         for form in self.query(RecipeForm):
             spec = form.spec_for(widget)
@@ -217,6 +218,10 @@ class NewRunScreen(Screen):
                 default = "none" if spec.default is None else spec.default
                 choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
                 help_line = f"{spec.name}: {spec.help}{choices} (default: {default})"
+        return help_line
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        help_line = self.field_help(event.widget)
         if help_line:
             self.query_one("#field-help", Static).update(help_line)
 
@@ -373,6 +378,17 @@ class NewRunScreen(Screen):
             else self.app.project_dir / self.runs_root
         )
         return default_run_dir(root, recipe)
+
+    def action_back(self) -> None:
+        from .confirm import ConfirmScreen
+
+        if self.values() == self.initial_values:
+            self.app.pop_screen()
+            return
+        self.app.push_screen(
+            ConfirmScreen("Discard this form? The values you changed are not kept.", yes="Discard"),
+            lambda yes: self.app.pop_screen() if yes else None,
+        )
 
     def action_start(self) -> None:
         from .confirm import ConfirmScreen

@@ -56,7 +56,8 @@ class RunsScreen(Screen):
     )
     BINDINGS = [
         Binding("n", "new_run", "New"),
-        Binding("enter", "open_run", "Open", key_display="⏎"),
+        # priority: the table's own (hidden) enter binding would otherwise hide this one in the footer
+        Binding("enter", "open_run", "Open", key_display="⏎", priority=True),
         Binding("o", "open_run", "Open", show=False),
         Binding("c", "checkpoints", "Ckpts"),
         Binding("e", "export", "Export"),
