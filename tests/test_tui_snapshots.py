@@ -18,6 +18,7 @@ from .fixtures.tui_helpers import (
     freeze_cursors,
     live_stand_in,
     make_project,
+    use_fake_generation,
     wait_for,
     write_judge_results,
     write_long_run,
@@ -120,6 +121,28 @@ def test_checkpoints_screen_with_judge_results(project, snap_compare, size):
         await pilot.pause()
 
     assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=size, run_before=run_before)
+
+
+def test_chat_screen_two_panes_multi_turn(project, snap_compare, monkeypatch):
+    from mlxsft.tui.screens.chat import ChatScreen
+    from mlxsft.tui.widgets.generation_panes import GenerationPanes
+
+    use_fake_generation(project, monkeypatch)
+
+    async def run_before(pilot):
+        await wait_for(pilot, lambda: replayed(pilot.app), what="the replay")
+        await pilot.press("t")
+        screen = pilot.app.screen
+        assert isinstance(screen, ChatScreen)
+        panes = screen.query_one(GenerationPanes)
+        for text in ("Ana, 30, Rome.", "And Bo, 41, Oslo?"):
+            screen.query_one("#chat-prompt").value = text
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: not panes.running and screen.pending is None, what="the answers")
+        freeze_cursors(pilot.app)
+        await pilot.pause()
+
+    assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=(100, 30), run_before=run_before)
 
 
 def test_new_run_screen(project, snap_compare):

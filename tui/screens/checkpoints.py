@@ -29,6 +29,7 @@ from ..checkpoint_table import (
     header,
     present_columns,
 )
+from ..data_prompts import system_prompt
 from ..processes import StreamingChild
 from ..run_state import RunState, replay
 from ..runs import python_command
@@ -253,7 +254,8 @@ class CheckpointsScreen(Screen):
         if note := self.app.training_note():
             self.notify(note, severity="warning")
         panes.generate(
-            generate.command(self.run_dir, variants, [prompt], max_tokens=96),
+            generate.command(self.run_dir, variants, [prompt], max_tokens=96,
+                             system=system_prompt(self.run_dir)),
             [(label, label) for label, _ in variants],
             key_of=lambda r: r["label"],
             cwd=self.app.project_dir,

@@ -24,6 +24,7 @@ from mlxsft.rundir import RunDir
 from mlxsft.runlock import lock_holder
 
 from .. import generate
+from ..data_prompts import sample_prompts, system_prompt
 from ..run_estimate import format_duration
 from ..run_state import EventTail, LineTail, RunState
 from ..runs import LAUNCH_LOG, exit_reason, last_log_error, pid_alive, read_meta
@@ -32,33 +33,8 @@ from ..widgets.loss_chart import LossChart
 from ..widgets.run_stats import RunStats
 
 POLL_S = 0.25
-NUM_SAMPLE_PROMPTS = 3
+NUM_SAMPLE_PROMPTS = 3  # the first user turns of the validation set, the same every time
 STATUS_CLASSES = ("running", "finished", "stopped", "failed", "waiting")
-
-
-def sample_prompts(run_dir: Path, n: int = NUM_SAMPLE_PROMPTS) -> list[str]:
-    """Fixed prompts for samples: the first user turns (or prompts) of the validation set."""
-    from mlxsft.data.formats import load_jsonl
-    from mlxsft.errors import MlxsftError
-    from mlxsft.train.prepare import resolve_data_files
-
-    try:
-        recipe = RunDir(run_dir).load_recipe()
-        files = resolve_data_files(recipe.data)
-        examples = load_jsonl(files["valid"] or files["train"])
-    except (MlxsftError, OSError):
-        return []
-    prompts = []
-    for ex in examples:
-        if ex.kind == "chat":
-            users = [m["content"] for m in ex.messages if m["role"] == "user"]
-            if users:
-                prompts.append(users[0])
-        elif ex.kind == "completion":
-            prompts.append(ex.prompt)
-        if len(prompts) == n:
-            break
-    return prompts
 
 
 class LiveRunScreen(Screen):
@@ -280,7 +256,7 @@ class LiveRunScreen(Screen):
         if not steps:
             self.notify("No checkpoint yet: samples need one.", severity="warning")
             return
-        prompts = sample_prompts(self.run_dir)
+        prompts = sample_prompts(self.run_dir, NUM_SAMPLE_PROMPTS)
         if not prompts:
             self.notify("No prompts: the run's data could not be read.", severity="warning")
             return
@@ -290,7 +266,8 @@ class LiveRunScreen(Screen):
         if note := self.app.training_note():
             self.notify(note, severity="warning")
         panes.generate(
-            generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48),
+            generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48,
+                             system=system_prompt(self.run_dir)),
             keys,
             key_of=lambda r: f"{r['label']}#{r['prompt']}",
             cwd=self.app.project_dir,
