@@ -201,3 +201,16 @@ def test_help_screen(project, snap_compare):
     assert snap_compare(
         make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
     )
+
+
+def test_the_readme_screenshot_is_a_snapshot_of_this_suite():
+    import re
+    from pathlib import Path
+    from urllib.parse import unquote
+
+    root = Path(__file__).resolve().parents[1]
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", (root / "README.md").read_text())
+    assert links, "the README's TUI section shows a screenshot"
+    for link in links:
+        path = root / unquote(link)
+        assert path.is_file() and path.parent.name == "test_tui_snapshots", link
