@@ -145,8 +145,10 @@ def last_log_error(path: Path) -> str | None:
     return (errors or lines or [None])[-1]
 
 
-def last_records(path: Path, max_bytes: int = 65536) -> list[dict]:
-    """The JSON records in the last `max_bytes` of an events file (cheap, for summaries)."""
+def last_events(path: Path, max_bytes: int = 65536) -> list:
+    """The events in the last `max_bytes` of an events file (cheap, for summaries), by the core's decoder."""
+    from mlxsft.train.events import decode_event_line
+
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -155,24 +157,19 @@ def last_records(path: Path, max_bytes: int = 65536) -> list[dict]:
             data = f.read()
     except OSError:
         return []
-    records = []
-    lines = data.split(b"\n")
+    lines = data.decode("utf-8", "replace").split("\n")
     if size > max_bytes:
         lines = lines[1:]  # the first line is probably cut
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return [event for event, _ in map(decode_event_line, lines) if event is not None]
 
 
 def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
     meta = read_meta(path)
     status = run_status(path, meta, launched_pid)
-    records = last_records(path / "events.jsonl")
-    steps = [r for r in records if r.get("event") == "StepReported"]
-    last = steps[-1] if steps else {}
+    from mlxsft.train.events import StepReported
+
+    steps = [e for e in last_events(path / "events.jsonl") if isinstance(e, StepReported)]
+    last = steps[-1] if steps else None
     method, model = meta.get("method"), meta.get("model")
     if method is None or model is None:
         method, model = _recipe_method_model(path, method, model)
@@ -182,10 +179,10 @@ def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
         method=method or "?",
         model=model or "?",
         best_val_loss=meta.get("best_val_loss"),
-        tokens_seen=last.get("tokens_seen"),
-        last_step=meta.get("last_step", last.get("step")),
+        tokens_seen=last.tokens_seen if last else None,
+        last_step=meta.get("last_step", last.step if last else None),
         total_steps=meta.get("total_steps"),
-        tokens_per_second=last.get("tokens_per_second"),
+        tokens_per_second=last.tokens_per_second if last else None,
         created=_created(path),
         pid=lock_holder(path) or meta.get("pid") or launched_pid,
         error=meta.get("error") or (last_log_error(path) if status == FAILED else None),
