@@ -78,6 +78,8 @@ def run_demo(output: str | None = None):
     print(f"Demo model: {model} (random weights, tokenizer trained on the demo data)")
     out = output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     recipe = load_recipe(QUICKSTART, [f"output={out}", f"model={model}"])
-    result = run_training(recipe, recipe.output, sinks=[StdoutSink()])
+    from .judge.samples import checkpoint_samples
+
+    result = run_training(recipe, recipe.output, sinks=[StdoutSink()], on_checkpoint=checkpoint_samples())
     print(f"Demo run {result.status}: {result.run_dir}")
     return result

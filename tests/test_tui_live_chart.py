@@ -90,3 +90,25 @@ async def test_live_chart_of_a_long_run_keeps_the_late_curve_readable(project):
         await pilot.press("z")
         await pilot.pause()
         assert app.screen.query_one("#run-stats").display
+
+
+@run_async
+async def test_samples_of_each_checkpoint_appear_without_asking(tmp_path):
+    import json
+
+    root = make_project(tmp_path / "p")
+    run = root / "runs" / "quickstart-lora"
+    prompts = ["Omar, 62, from Seoul.", "Meet Emeka (47)"]
+    with open(run / "events.jsonl", "a") as f:
+        for step, answer in ((40, "{\"name\": \"Om"), (60, "{\"name\": \"Omar\", \"age\": 62}")):
+            f.write(json.dumps({"event": "SamplesGenerated", "step": step, "prompts": prompts,
+                                "completions": [answer, "x"], "elapsed_s": 0.1}) + "\n")
+    app = MlxsftApp(run, project_dir=root, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LiveRunScreen) and app.screen.samples_shown == 60,
+                       what="the samples")
+        from mlxsft.tui.widgets.generation_panes import GenerationPanes
+
+        texts = app.screen.query_one("#samples", GenerationPanes).texts()
+        assert list(texts.values()) == ["{\"name\": \"Omar\", \"age\": 62}", "x"]  # the latest checkpoint's
+        assert sorted(app.screen.state.samples) == [40, 60]

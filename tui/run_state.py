@@ -19,6 +19,7 @@ from mlxsft.train.events import (
     RunFinished,
     RunStarted,
     RunStopped,
+    SamplesGenerated,
     StdoutSink,
     StepReported,
     decode_event_line,
@@ -98,6 +99,7 @@ class RunState:
     last_eval: EvalFinished | None = None
     evaluations: list[EvalFinished] = field(default_factory=list)
     checkpoints: dict[int, CheckpointSaved] = field(default_factory=dict)
+    samples: dict[int, SamplesGenerated] = field(default_factory=dict)  # by checkpoint step
     latest_checkpoint: CheckpointSaved | None = None
     best_step: int | None = None
     best_val_loss: float | None = None
@@ -133,6 +135,8 @@ class RunState:
             case CheckpointSaved():
                 self.checkpoints[event.step] = event
                 self.latest_checkpoint = event
+            case SamplesGenerated():
+                self.samples[event.step] = event
             case RunFinished():
                 self.status, self.step = "finished", event.step
                 self.best_step, self.best_val_loss = event.best_step, event.best_val_loss
@@ -161,6 +165,7 @@ class RunState:
             self.valid_loss = [p for p in self.valid_loss if p[0] <= keep]
             self.learning_rate = [p for p in self.learning_rate if p[0] <= keep]
             self.checkpoints = {s: c for s, c in self.checkpoints.items() if s <= keep}
+            self.samples = {s: c for s, c in self.samples.items() if s <= keep}
             self.evaluations = [e for e in self.evaluations if e.step <= keep]
 
     @property

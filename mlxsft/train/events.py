@@ -158,9 +158,20 @@ class SelectionMade:
     reason: str
 
 
+@dataclass(frozen=True)
+class SamplesGenerated:
+    """The checkpoint at `step` answered the same fixed validation prompts as every other (greedy)."""
+
+    step: int
+    prompts: tuple[str, ...]  # the last user turn (or the prompt) of each row, as shown to people
+    completions: tuple[str, ...]
+    elapsed_s: float
+
+
 Event = (
     RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
     | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade
+    | SamplesGenerated
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -246,6 +257,11 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 class StdoutSink:
     """Plain-text progress lines with an ETA (no terminal control codes)."""
 
@@ -319,6 +335,10 @@ class StdoutSink:
                 return f"evaluated {event.label}: " + ", ".join(parts)
             case SelectionMade():
                 return f"chose step {event.chosen_step}: {event.reason}"
+            case SamplesGenerated():
+                pairs = zip(event.prompts, event.completions, strict=True)
+                return f"step {event.step}  samples:" + "".join(
+                    f"\n  {_short(p, 40)} -> {_short(c, 80)}" for p, c in pairs)
             case RunStopped():
                 return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
             case RunWarning():

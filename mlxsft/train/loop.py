@@ -95,6 +95,7 @@ class Trainer:
         self.evaluations: list[EvalFinished] = []  # this session's, for the early-stop rule
         self.restore_ops = lambda: None  # undoes enable_fast_cpu_ops
         self.early_stop_reason: str | None = None
+        self.on_checkpoint = None  # called with the trainer after each save (the CLI's samples hook)
 
     # ------------------------------------------------------------ setup
     def prepare(self, resume: bool) -> None:
@@ -325,6 +326,8 @@ class Trainer:
             best_step=self.state.best_step, best_val_loss=self.state.best_val_loss,
         )
         self.emit(CheckpointSaved(step=self.state.step, path=str(path), val_loss=val_loss, is_best=is_best))
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self)
 
     # ------------------------------------------------------------ the loop
     def loop(self) -> str:
@@ -432,7 +435,7 @@ def _tree_add(a, b):
 
 def run_training(
     recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None,
-    world: World | None = None,
+    world: World | None = None, on_checkpoint=None,
 ) -> RunResult:
     """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event.
 
@@ -450,6 +453,7 @@ def run_training(
     recipe = with_absolute_paths(recipe)
     emit = Emitter(list(sinks) if world.is_main else [])
     trainer = Trainer(recipe, run, emit, stop, world)
+    trainer.on_checkpoint = on_checkpoint
     try:
         return _drive(trainer, run, emit, stop, world, resume, lock)
     finally:

@@ -73,6 +73,7 @@ class LiveRunScreen(Screen):
         self.process_note: str | None = None  # what the trainer process did, beyond the events
         self.stop_requested_at: float | None = None
         self.log_lines_shown = 0
+        self.samples_shown: int | None = None  # the checkpoint step whose samples the tab shows
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -88,7 +89,8 @@ class LiveRunScreen(Screen):
                 yield RichLog(id="run-log", wrap=True, max_lines=5000, markup=False)
             with TabPane("Samples", id="samples-tab"):
                 yield GenerationPanes(
-                    "Press g to generate from the latest checkpoint on a few validation prompts.",
+                    "At each checkpoint the trainer answers the same few validation prompts; they "
+                    "appear here. Press g to generate from the latest checkpoint now.",
                     id="samples",
                 )
         yield Footer()
@@ -194,6 +196,7 @@ class LiveRunScreen(Screen):
         for name in STATUS_CLASSES:
             status.set_class(name == kind, f"status-{name}")
         self.query_one(LossChart).show(s.train_loss, s.valid_loss, s.total_steps)
+        self.show_samples()
         self.query_one(RunStats).show(s)
         bar = self.query_one(ProgressBar)
         bar.update(total=max(s.total_steps, 1), progress=s.step)
@@ -203,6 +206,19 @@ class LiveRunScreen(Screen):
             eta.update(f"{s.step}/{s.total_steps}  ETA {format_duration(r.eta_s)}")
         else:
             eta.update(f"{s.step}/{s.total_steps or '?'}")
+
+    def show_samples(self) -> None:
+        """The trainer's samples of the latest checkpoint, one pane per prompt (same prompts each time)."""
+        if not self.state.samples:
+            return
+        step = max(self.state.samples)
+        panes = self.query_one("#samples", GenerationPanes)
+        if step == self.samples_shown or panes.running:
+            return
+        self.samples_shown = step
+        sample = self.state.samples[step]
+        keys = [(f"trainer#{i}", f"step {step}: {p[:40]}") for i, p in enumerate(sample.prompts)]
+        panes.reset(keys, {key: text for (key, _), text in zip(keys, sample.completions, strict=True)})
 
     # ------------------------------------------------------------ actions
     def check_action(self, action: str, parameters: tuple) -> bool | None:
