@@ -446,20 +446,22 @@ def run_training(
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop if stop is not None else StopFlag()  # an unset StopFlag is falsy
     lock = RunLock(run.path) if world.is_main else None
-    if lock and resume:
-        lock.acquire()  # before anything is read or written: a second trainer is refused here
-    if world.is_main:
-        _check_run_dir(run, resume)
-    recipe = with_absolute_paths(recipe)
-    emit = Emitter(list(sinks) if world.is_main else [])
-    trainer = Trainer(recipe, run, emit, stop, world)
-    trainer.on_checkpoint = on_checkpoint
     try:
-        return _drive(trainer, run, emit, stop, world, resume, lock)
+        if lock and resume and run.path.is_dir():
+            lock.acquire()  # before anything is read or written: a second trainer is refused here
+        if world.is_main:
+            _check_run_dir(run, resume)
+        recipe = with_absolute_paths(recipe)
+        emit = Emitter(list(sinks) if world.is_main else [])
+        trainer = Trainer(recipe, run, emit, stop, world)
+        trainer.on_checkpoint = on_checkpoint
+        try:
+            return _drive(trainer, run, emit, stop, world, resume, lock)
+        finally:
+            trainer.restore_ops()
     finally:
-        trainer.restore_ops()
         if lock:
-            lock.release()
+            lock.release()  # a refused run leaves the folder as it was
 
 
 def _drive(trainer: Trainer, run: RunDir, emit: Emitter, stop: StopFlag, world: World, resume: bool,

@@ -13,6 +13,7 @@ from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Collapsible, Footer, Header, Input, Label, Select, Static
@@ -266,10 +267,13 @@ class NewRunScreen(Screen):
         self.app.call_from_thread(self.show_preview, token, preview, error)
 
     def show_preview(self, token: int, preview: DatasetPreview | None, error: str | None) -> None:
-        if token != self.preview_token:
-            return  # a newer preview is on its way
+        if token != self.preview_token or not self.is_attached:
+            return  # a newer preview is on its way, or the screen is gone
         self.preview, self.preview_error = preview, error
-        summary = self.query_one("#data-summary", Static)
+        try:
+            summary = self.query_one("#data-summary", Static)
+        except NoMatches:  # the screen is being torn down
+            return
         summary.set_class(error is not None, "error")
         max_len = self._max_seq_length()
         if preview is None:
@@ -348,10 +352,13 @@ class NewRunScreen(Screen):
         return root if root.is_absolute() else self.app.project_dir / root
 
     def show_estimate(self, token: int, estimate: RunEstimate | None, error: str | None) -> None:
-        if token != self.estimate_token:
-            return  # the form changed since
+        if token != self.estimate_token or not self.is_attached:
+            return  # the form changed since, or the screen is gone
         self.estimate = estimate
-        box = self.query_one("#estimate", Static)
+        try:
+            box = self.query_one("#estimate", Static)
+        except NoMatches:  # the screen is being torn down
+            return
         line = self.query_one("#estimate-line", Static)
         if estimate is None:
             box.update(error or "")
