@@ -110,6 +110,7 @@ def cmd_train(args) -> int:
             raise MlxsftError("--ranks must be at least 1.")
         train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1:])
         return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
+    from .judge.samples import checkpoint_samples  # fixed validation prompts answered at each save
     from .train.run import run_training
 
     sinks = [] if args.quiet else [StdoutSink()]
@@ -120,12 +121,12 @@ def cmd_train(args) -> int:
         recipe = _resume_recipe(run)
         if _overrides(args):
             raise MlxsftError("a resumed run keeps its recipe; start a new run to change settings.")
-        result = run_training(recipe, run.path, sinks=sinks, resume=True)
+        result = run_training(recipe, run.path, sinks=sinks, resume=True, on_checkpoint=checkpoint_samples())
     else:
         if not args.recipe and not _overrides(args):
             raise MlxsftError("give a recipe file, e.g. `mlxsft train recipes/quickstart.yaml`.")
         recipe = load_recipe(args.recipe, _overrides(args), _flag_labels(args))
-        result = run_training(recipe, recipe.output, sinks=sinks)
+        result = run_training(recipe, recipe.output, sinks=sinks, on_checkpoint=checkpoint_samples())
     if os.environ.get("MLX_RANK", "0") == "0":  # under mlx.launch only rank 0 speaks
         print(f"Run {result.status}: {result.run_dir}")
     return 0 if result.status == "finished" else 130

@@ -41,14 +41,45 @@ def ensure_demo_model(recipe_path: Path = QUICKSTART, model_dir: Path = DEMO_MOD
     return model_dir
 
 
+def bundled_recipes() -> Path:
+    """The recipes shipped with mlxsft: the installed `mlxsft.recipes`, else a clone's recipes/."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxsft.recipes")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parents[1] / "recipes"
+
+
+def ensure_demo_recipe(root: Path = Path(".")) -> list[Path]:
+    """Write the quickstart recipe and its data under `root` when missing (outside a clone); return what was written."""
+    import shutil
+
+    source = bundled_recipes()
+    if (root / QUICKSTART).is_file():
+        return []
+    if not (source / "quickstart.yaml").is_file():
+        raise MlxsftError("this installation ships no demo recipe; run `mlxsft demo` from a clone of the "
+                          "repository (it uses recipes/quickstart.yaml).", path=str(source))
+    written = []
+    for rel in (Path("quickstart.yaml"), Path("data") / "quickstart"):
+        target = root / "recipes" / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (source / rel).is_dir() else shutil.copy)(source / rel, target)
+            written.append(target)
+    return written
+
+
 def run_demo(output: str | None = None):
-    if not QUICKSTART.is_file():
-        raise MlxsftError("run `mlxsft demo` from the repository root (it uses recipes/quickstart.yaml).",
-                          path=str(QUICKSTART))
+    for path in ensure_demo_recipe():
+        print(f"Wrote {path} (the demo's recipe and data, to edit and reuse)")
     model = ensure_demo_model()
     print(f"Demo model: {model} (random weights, tokenizer trained on the demo data)")
     out = output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     recipe = load_recipe(QUICKSTART, [f"output={out}", f"model={model}"])
-    result = run_training(recipe, recipe.output, sinks=[StdoutSink()])
+    from .judge.samples import checkpoint_samples
+
+    result = run_training(recipe, recipe.output, sinks=[StdoutSink()], on_checkpoint=checkpoint_samples())
     print(f"Demo run {result.status}: {result.run_dir}")
     return result

@@ -174,9 +174,20 @@ class SelectionMade:
     reason: str
 
 
+@dataclass(frozen=True)
+class SamplesGenerated:
+    """The checkpoint at `step` answered the same fixed validation prompts as every other (greedy)."""
+
+    step: int
+    prompts: tuple[str, ...]  # the last user turn (or the prompt) of each row, as shown to people
+    completions: tuple[str, ...]
+    elapsed_s: float
+
+
 Event = (
     RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
     | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade | PreferenceReported
+    | SamplesGenerated
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 
@@ -193,18 +204,36 @@ def event_from_dict(record: dict):
     return cls(**values)
 
 
+def decode_event_line(line: str) -> tuple[object | None, str | None]:
+    """One line of `events.jsonl` as (event, None), or (None, why it was skipped).
+
+    Never raises: a line cut off by a crash, an event from a newer version, or one from an
+    older version missing fields is skipped with its reason. A blank line is (None, None).
+    """
+    if not line.strip():
+        return None, None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not a complete JSON line (cut off?)"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    name = record.get("event")
+    if name not in EVENT_TYPES:
+        return None, f"unknown event {name!r} (written by another mlxsft version?)"
+    cls = EVENT_TYPES[name]
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - record.keys())
+    if missing:
+        return None, f"{name} without {', '.join(missing)} (written by another mlxsft version?)"
+    return event_from_dict(record), None
+
+
 def read_events(path: str | Path) -> list:
-    """Replay `events.jsonl`; a torn last line (a killed run) is skipped."""
-    events = []
+    """Replay `events.jsonl`, skipping lines `decode_event_line` cannot read (a torn last line)."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") in EVENT_TYPES:
-                events.append(event_from_dict(record))
-    return events
+        return [event for event, _ in map(decode_event_line, f) if event is not None]
 
 
 class Sink(Protocol):
@@ -242,6 +271,11 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 class StdoutSink:
@@ -324,6 +358,10 @@ class StdoutSink:
                 )
             case SelectionMade():
                 return f"chose step {event.chosen_step}: {event.reason}"
+            case SamplesGenerated():
+                pairs = zip(event.prompts, event.completions, strict=True)
+                return f"step {event.step}  samples:" + "".join(
+                    f"\n  {_short(p, 40)} -> {_short(c, 80)}" for p, c in pairs)
             case RunStopped():
                 return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
             case RunWarning():

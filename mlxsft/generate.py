@@ -39,14 +39,20 @@ def hf_tokenizer(tokenizer):
     return inner if hasattr(inner, "apply_chat_template") else tokenizer
 
 
-def user_prompt(tokenizer, message: str) -> tuple[str, list[int]]:
-    """(rendered text, token ids) of one user message: the chat template when there is one."""
+def conversation_prompt(tokenizer, messages: list[dict]) -> tuple[str, list[int]]:
+    """(rendered text, token ids) of a conversation up to the next reply: the chat template when
+    there is one (with its generation prompt), else the contents joined by newlines."""
     hf = hf_tokenizer(tokenizer)
     if getattr(hf, "chat_template", None):
-        text = hf.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
-                                      add_generation_prompt=True)
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, list(hf.encode(text, add_special_tokens=False))
-    return message, list(hf.encode(message, add_special_tokens=True))
+    text = "\n".join(m["content"] for m in messages)
+    return text, list(hf.encode(text, add_special_tokens=True))
+
+
+def user_prompt(tokenizer, message: str) -> tuple[str, list[int]]:
+    """(rendered text, token ids) of one user message."""
+    return conversation_prompt(tokenizer, [{"role": "user", "content": message}])
 
 
 def eos_ids(tokenizer) -> set[int]:

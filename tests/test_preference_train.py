@@ -13,8 +13,8 @@ from mlxsft.data.preference import collate_pairs, load_pairs
 from mlxsft.errors import TrainingError
 from mlxsft.events import EvalFinished, PreferenceReported, RunFinished, read_events
 from mlxsft.rundir import RunDir
-from mlxsft.train.run import run_training
 from mlxsft.train.preference_run import batch_arrays, logps_of
+from mlxsft.train.run import run_training
 
 from .conftest import write_jsonl
 from .preference_task import follows_rule, held_out_pairs, sft_rows, train_pairs

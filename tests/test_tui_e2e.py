@@ -62,7 +62,8 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             await wait_for(
                 pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview"
             )
-            assert "6 steps" in str(screen.query_one("#estimate", Static).render())
+            await wait_for(pilot, lambda: "6 steps" in str(screen.query_one("#estimate", Static).render()),
+                           timeout=30, what="the estimate")
             await pilot.press("ctrl+s")
 
             live = pilot.app.screen
@@ -147,6 +148,13 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             )
             answers = chat_panes.texts()
             assert list(answers) == ["base", "fine-tuned"] and all(answers.values()), answers
+            # a second turn: each model continues its own conversation (streamed by the real child)
+            await pilot.press(*"And Eva, 25, Kyiv?", "enter")
+            await wait_for(pilot, lambda: not chat_panes.running and chat.pending is None, timeout=120,
+                           what="the second answers")
+            answers = chat_panes.texts()
+            assert all(text.count("You: ") == 2 for text in answers.values()), answers
+            assert [m["role"] for m in chat.histories["fine-tuned"]] == ["user", "assistant"] * 2
     finally:
         for trainer in app.trainers.values():
             trainer.kill()

@@ -16,10 +16,16 @@ from pathlib import Path
 
 import pytest
 from mlxsft.tui import runs as runs_mod
-from mlxsft.tui.checkpoint_table import checkpoint_rows, read_eval_results
+from mlxsft.tui.checkpoint_table import COLUMNS, DROP_ORDER, checkpoint_table, fit_columns
 from mlxsft.tui.dataset import length_histogram, load_preview_tokenizer, preview_dataset
-from mlxsft.tui.estimate import ModelShape, estimate_run, read_shape
-from mlxsft.tui.export_job import ExportOptions, describe_parity, export_args, parity_file, push_args
+from mlxsft.tui.export_job import (
+    ExportOptions,
+    describe_parity,
+    export_args,
+    parity_file,
+    push_args,
+    read_parity,
+)
 from mlxsft.tui.recipes import (
     PICKED_FIELDS,
     build_recipe,
@@ -28,6 +34,7 @@ from mlxsft.tui.recipes import (
     recipe_file_values,
     write_launch_recipe,
 )
+from mlxsft.tui.run_estimate import DataShape, estimate_for, measured_speeds, resolve_model
 from mlxsft.tui.run_state import EventTail, RunState, replay
 
 from mlxsft.config import iter_fields, load_recipe
@@ -35,6 +42,8 @@ from mlxsft.errors import MlxsftError, RecipeError
 from mlxsft.events import RunStarted, StepReported
 
 ROOT = Path(__file__).resolve().parents[1]
+from .fixtures.tui_helpers import write_judge_results  # noqa: E402
+
 FIXTURE_RUN = ROOT / "tests" / "fixtures" / "tui_run"
 
 
@@ -225,7 +234,7 @@ def test_the_launch_recipe_reloads_to_the_same_recipe(tmp_path):
 # --------------------------------------------------------------- estimate
 
 
-def test_parameter_count_matches_the_loaded_model(tiny_llama):
+def test_estimate_counts_match_the_loaded_model(tiny_llama):
     from mlxsft.model import attach_adapters, count_parameters, load_base
 
     recipe = build_recipe(
@@ -234,34 +243,76 @@ def test_parameter_count_matches_the_loaded_model(tiny_llama):
     model, *_ = load_base(recipe)
     attach_adapters(model, recipe)
     counts = count_parameters(model)
-    estimate = estimate_run(read_shape(tiny_llama), recipe, num_rows=100, mean_tokens=50)
-    assert estimate.trainable == counts.trainable
-    assert estimate.parameters + estimate.trainable == counts.total
-    assert "trainable" in estimate.describe()
+    data = DataShape(train_rows=100, valid_rows=10, mean_tokens=50, max_tokens=80)
+    estimate = estimate_for(recipe, tiny_llama, data, {}, matmul_flops_per_s=1e9)
+    assert estimate.trainable_parameters == counts.trainable
+    assert estimate.total_parameters == counts.total
+    assert "trainable" in estimate.describe() and "timed matmul" in estimate.basis
+    assert estimate.steps == 25 and estimate.tokens_per_step == 4 * 50  # 100 rows / batch 4
 
 
-def test_estimate_grows_with_batch_steps_and_method():
-    shape = ModelShape(
-        hidden=896,
-        layers=24,
-        intermediate=4864,
-        vocab=151936,
-        heads=14,
-        kv_heads=2,
-        head_dim=64,
-        tied=True,
-        dtype_bytes=2,
-    )
-    assert 0.45e9 < shape.parameters() < 0.52e9  # Qwen2.5-0.5B is 494M
-    base = default_values() | {"model": "m", "data.train": "x", "train.epochs": "1"}
-    small = estimate_run(shape, build_recipe(base), num_rows=1000, mean_tokens=200)
+def test_estimate_grows_with_batch_steps_and_method(tiny_llama):
+    base = default_values() | {"model": str(tiny_llama), "data.train": "x", "train.epochs": "1"}
+    data = DataShape(train_rows=1000, valid_rows=0, mean_tokens=200, max_tokens=256)
+
+    def estimate(**changes):
+        values = base | {k.replace("__", "."): v for k, v in changes.items()}
+        return estimate_for(build_recipe(values), tiny_llama, data, {}, 1e9)
+
+    small = estimate()
     assert small.steps == 250  # 1000 rows / batch 4
-    big_batch = estimate_run(shape, build_recipe(base | {"train.batch_size": "16"}), 1000, 200)
-    full = estimate_run(shape, build_recipe(base | {"method": "full"}), 1000, 200)
+    big_batch, full = estimate(train__batch_size="16"), estimate(method="full")
     assert big_batch.memory_gb > small.memory_gb and big_batch.steps == 63
-    assert full.memory_gb > small.memory_gb + 16 * 0.45 and full.seconds > small.seconds
-    measured = estimate_run(shape, build_recipe(base), 1000, 200, measured_tokens_per_second=800.0)
-    assert measured.seconds == pytest.approx(250 * 4 * 200 / 800.0) and "measured" in measured.basis
+    assert full.trainable_parameters == full.total_parameters > small.trainable_parameters
+    assert full.seconds > small.seconds
+
+
+def write_measured_run(root: Path, model_dir: Path, rank: str, tokens_seen: int, elapsed_s: float) -> Path:
+    """A finished run of `model_dir` (recipe model as typed, run.json model_path absolute)."""
+    run = root / f"run-r{rank}"
+    recipe = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": rank,
+                                              "train.iters": "10"})
+    write_launch_recipe(recipe, run, "runs/run")
+    (run / "tui-recipe.yaml").rename(run / "recipe.yaml")
+    (run / "run.json").write_text(json.dumps({"status": "finished", "model": "models/tiny",
+                                              "model_path": str(model_dir.resolve())}))
+    step = {"event": "StepReported", "step": 10, "total_steps": 10, "epoch": 1.0, "loss": 1.0,
+            "learning_rate": 1e-4, "tokens_per_second": 99999.0, "trained_tokens_per_second": 1.0,
+            "tokens_seen": tokens_seen, "peak_memory_gb": 0.1, "elapsed_s": elapsed_s, "eta_s": 0.0}
+    (run / "events.jsonl").write_text(json.dumps(step) + "\n")
+    return run
+
+
+def test_measured_speed_of_an_earlier_run_is_found_under_the_absolute_model_path(tmp_path, tiny_llama):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_llama, project / "models" / "tiny")
+    write_measured_run(project / "runs", project / "models" / "tiny", "8", tokens_seen=40_000, elapsed_s=100.0)
+    write_measured_run(project / "runs", project / "models" / "tiny", "16", tokens_seen=1_000, elapsed_s=100.0)
+    speeds = measured_speeds(project / "runs", project)
+    assert sorted(speeds.values()) == [10.0, 400.0]  # tokens seen / elapsed, not the last report's rate
+    # The form says "models/tiny" relative to the project; the run recorded the absolute folder.
+    model_dir = resolve_model("models/tiny", project)
+    recipe = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "8",
+                                              "train.iters": "10"})
+    data = DataShape(train_rows=40, valid_rows=0, mean_tokens=50, max_tokens=64)
+    estimate = estimate_for(recipe, model_dir, data, speeds, matmul_flops_per_s=1e9)
+    assert "measured by an earlier run" in estimate.basis
+    assert estimate.seconds == pytest.approx(10 * 4 * 50 / 400.0)
+    other_shape = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "4",
+                                                   "train.iters": "10"})
+    assert "timed matmul" in estimate_for(other_shape, model_dir, data, speeds, 1e9).basis
+
+
+def test_a_hub_id_pulled_into_the_store_gets_an_estimate(tmp_path, tiny_llama):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_llama, project / "models" / "Tiny-Chat-0.1B")
+    assert resolve_model("someorg/Tiny-Chat-0.1B", project) == (project / "models" / "Tiny-Chat-0.1B").resolve()
+    with pytest.raises(MlxsftError, match="mlxsft models pull someorg/Other"):
+        resolve_model("someorg/Other", project)
 
 
 # --------------------------------------------------------------- dataset preview
@@ -329,38 +380,42 @@ def test_length_histogram_has_an_edge_at_the_limit_and_counts_every_row():
 # --------------------------------------------------------------- checkpoints and export
 
 
-def test_checkpoint_rows_merge_events_eval_results_and_the_chosen_step(fixture_run):
+def test_checkpoint_table_is_the_judges_verdicts_with_events_and_the_chosen_step(fixture_run):
     set_meta(fixture_run, chosen_step=40)
-    (fixture_run / "eval").mkdir()
-    (fixture_run / "eval" / "results.json").write_text(
-        json.dumps(
-            {"checkpoints": [{"step": 40, "metrics": {"exact_match": 0.5}, "ood_loss": 1.2}]}
-        )
-    )
+    write_judge_results(fixture_run)
     shutil.rmtree(fixture_run / "checkpoints" / "step-0000010")
-    rows = checkpoint_rows(fixture_run, replay(fixture_run / "events.jsonl"))
-    by_step = {r.step: r for r in rows}
-    assert sorted(by_step) == [10, 20, 30, 40, 50, 60]
+    table = checkpoint_table(fixture_run, replay(fixture_run / "events.jsonl"))
+    by_step = {r.step: r for r in table.rows}
+    assert sorted(by_step) == [0, 10, 20, 30, 40, 50, 60]  # the base row first
+    assert by_step[0].verdict == "base" and by_step[0].exists
     assert not by_step[10].exists and by_step[20].exists
+    assert [by_step[s].verdict for s in (20, 40, 60)] == ["still learning", "plateau", "overshooting"]
+    assert by_step[30].verdict == "not evaluated"
     assert by_step[40].is_chosen and by_step[60].is_best and not by_step[40].is_best
-    assert by_step[40].eval_metrics == {"metrics.exact_match": 0.5, "ood_loss": 1.2}
+    assert by_step[20].is_recommended and not by_step[40].is_recommended  # the judge would pick 20
+    assert "left out step(s) 60 judged overshooting" in table.reasons
+    assert by_step[40].metrics["probe_kl"] == 0.15
     assert by_step[20].val_loss == pytest.approx(1.0968691, abs=1e-6)
     assert by_step[20].train_loss == replay(fixture_run / "events.jsonl").train_loss_near(20)
+    assert "dev gain" in by_step[60].explanation
 
 
-@pytest.mark.parametrize(
-    "layout",
-    [
-        {"step-0000020": {"acc": 0.1}},
-        {"20": {"acc": 0.1}},
-        [{"step": 20, "acc": 0.1}],
-        {"results": [{"step": 20, "acc": 0.1, "name": "x"}]},
-    ],
-)
-def test_eval_results_are_read_in_any_reasonable_layout(tmp_path, layout):
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "eval" / "results.json").write_text(json.dumps(layout))
-    assert read_eval_results(tmp_path) == {20: {"acc": 0.1}}
+def test_a_results_file_in_another_format_is_an_error_not_a_guess(fixture_run):
+    (fixture_run / "eval").mkdir()
+    (fixture_run / "eval" / "results.json").write_text(json.dumps([{"step": 20, "acc": 0.1}]))
+    table = checkpoint_table(fixture_run, replay(fixture_run / "events.jsonl"))
+    assert "not in the format this version writes" in table.error and not table.evaluated
+    assert all(r.verdict == "not evaluated" for r in table.rows)
+
+
+def test_columns_are_dropped_in_the_stated_order_to_fit():
+    keys = [key for key, _, _ in COLUMNS]
+    assert fit_columns(keys, 1000) == keys
+    narrow = fit_columns(keys, 78)
+    assert narrow[:4] == ["mark", "step", "verdict", "valid_loss"]
+    dropped = {k for k in keys if k not in narrow}
+    assert dropped == set(DROP_ORDER[: len(dropped)])  # the first ones of the stated order
+    assert sum(w + 2 for k, _, w in COLUMNS if k in narrow) <= 78
 
 
 def test_export_args_per_format():
@@ -414,18 +469,29 @@ def test_export_args_per_format():
     assert parity_file(out, "ollama") == out / "parity.json"
 
 
-def test_parity_description_says_pass_or_mismatch():
-    ok = {
-        "passed": True,
-        "max_abs_diff": 1.5e-6,
-        "tolerance": 1e-4,
-        "greedy_agreement": 1.0,
-        "num_prompts": 3,
-        "num_tokens": 40,
-    }
-    assert describe_parity(ok).startswith("parity PASSED, max |Δlogit| 1.50e-06")
-    assert "MISMATCH" in describe_parity(ok | {"passed": False})
-    assert "not checked" in describe_parity({"skipped": True, "passed": True})
+def write_parity(out: Path, **fields) -> None:
+    record = {"format": "mlx", "dtype": "float16", "passed": True, "max_abs_diff": 3.52e-2, "max_rel_diff": 7.1e-4,
+              "greedy_agreement": 1.0, "tolerance": 5e-3, "num_prompts": 3, "num_tokens": 40, "time": 1000.0}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parity.json").write_text(json.dumps(record | fields))
+
+
+def test_parity_line_says_the_tolerance_is_relative_and_comes_from_the_core(tmp_path):
+    write_parity(tmp_path / "mlx")
+    report = read_parity(tmp_path / "mlx", "mlx")
+    text = describe_parity(report)
+    assert text.startswith("parity PASSED: ")
+    assert "max |Δlogit| 3.52e-02 (relative 7.10e-04 vs relative tolerance 5e-03)" in text
+    write_parity(tmp_path / "mlx", passed=False)
+    assert describe_parity(read_parity(tmp_path / "mlx", "mlx")).startswith("parity MISMATCH")
+    write_parity(tmp_path / "mlx", skipped=True)
+    assert "not checked" in describe_parity(read_parity(tmp_path / "mlx", "mlx"))
+
+
+def test_a_parity_file_older_than_the_export_is_not_its_result(tmp_path):
+    write_parity(tmp_path / "mlx", time=1000.0)  # left by an earlier export that passed
+    assert read_parity(tmp_path / "mlx", "mlx", since=2000.0) is None
+    assert read_parity(tmp_path / "mlx", "mlx", since=500.0).passed
 
 
 def test_the_cli_registers_tui_without_importing_textual():

@@ -7,6 +7,7 @@ paths that fail fast before any model loads; the MLX paths are in test_tui_e2e.p
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from .fixtures.tui_helpers import (
     run_async,
     set_meta,
     wait_for,
+    write_judge_results,
 )
 
 # A stand-in trainer: writes the recorded events at a walking pace; on SIGINT it stops at
@@ -98,13 +100,37 @@ async def test_runs_screen_lists_runs_with_honest_statuses(project):
             ["interrupted", "stopped (interrupted)"],
             ["quickstart-lora", "finished"],
         ]
-        assert rows[1][2:] == ["lora", "tiny-chat", "0.8019", "30.7k", "3h ago"]
+        assert rows[1][2:] == ["0.8019", "30.7k", "3h ago", "lora", "tiny-chat"]
         detail = str(screen.query_one("#run-detail", Static).render())
         assert "press r to resume" in detail
         await pilot.press("down")
-        assert "runs/quickstart-lora  step 60/60" in str(
+        assert "runs/quickstart-lora  lora on tiny-chat  step 60/60" in str(
             screen.query_one("#run-detail", Static).render()
         )
+
+
+@run_async
+async def test_runs_table_at_80_columns_shows_the_numbers_and_keeps_its_scroll(project):
+    long = project / "runs" / "qwen2.5-0.5b-instruct-lora-json-extraction"
+    shutil.copytree(FIXTURE_RUN, long)
+    set_meta(long, model="Qwen/Qwen2.5-0.5B-Instruct-with-a-long-hub-name")
+    async with app_for(project).run_test(size=(80, 24)) as pilot:
+        screen = await runs_loaded(pilot)
+        table = screen.query_one(DataTable)
+        right_edge = 0
+        for column in table.ordered_columns:
+            right_edge += column.get_render_width(table)
+            if column.label.plain == "age":
+                break
+        assert right_edge <= 80, "best val, tokens and age must be on screen at 80 columns"
+        await wait_for(pilot, lambda: table.max_scroll_x > 10, what="the table's layout")
+        table.scroll_x = 10
+        await pilot.pause()
+        assert table.scroll_x == 10
+        screen.action_rescan()  # what the 2 s refresh does
+        await pilot.pause(0.3)
+        await pilot.pause()
+        assert table.scroll_x == 10 and table.row_count == 2
 
 
 @run_async
@@ -112,8 +138,15 @@ async def test_delete_asks_first_and_removes_only_on_yes(project):
     run = project / "runs" / "quickstart-lora"
     async with app_for(project).run_test(size=(100, 30)) as pilot:
         await runs_loaded(pilot)
+        (run / "exports" / "peft").mkdir(parents=True)
+        (run / "exports" / "peft" / "adapter_model.safetensors").write_bytes(b"x" * 4000)
+        (run / "merged.gguf").write_bytes(b"x" * 2000)  # an export written loose in the run folder
         await pilot.press("d")
         assert isinstance(pilot.app.screen, ConfirmScreen)
+        question = str(pilot.app.screen.query_one("#confirm-question", Static).render())
+        assert "6 checkpoints (steps 10-60)" in question
+        assert "export exports/peft (4.0 KB)" in question and "export merged.gguf (2.0 KB)" in question
+        assert "Exports inside the run folder go with it" in question
         await pilot.press("n")
         assert run.exists() and isinstance(pilot.app.screen, RunsScreen)
         await pilot.press("d")
@@ -142,16 +175,29 @@ async def test_help_lists_the_keys_of_the_current_screen(project):
 
 
 @run_async
-async def test_resume_of_a_finished_run_is_refused_with_a_reason(project):
+async def test_resume_is_offered_only_when_it_can_work(project):
+    run = project / "runs" / "quickstart-lora"
     async with app_for(project).run_test(size=(100, 30)) as pilot:
-        await runs_loaded(pilot)
+        screen = await runs_loaded(pilot)
+        assert screen.check_action("resume", ()) is None  # finished: greyed out in the footer
         await pilot.press("r")
         await pilot.pause()
-        assert isinstance(pilot.app.screen, RunsScreen)
-        assert any(
-            "only a stopped, interrupted or failed run" in n.message
-            for n in pilot.app._notifications
-        )
+        assert isinstance(pilot.app.screen, RunsScreen) and not pilot.app.trainers
+        set_meta(run, status="stopped")
+        screen.action_rescan()
+        await wait_for(pilot, lambda: screen.summaries[0].status == "stopped", what="the rescan")
+        assert screen.check_action("resume", ()) is True
+        # A run that failed before its first checkpoint has nothing to resume from.
+        set_meta(run, status="failed", error="data error: train.jsonl line 3: no assistant turn")
+        shutil.rmtree(run / "checkpoints")
+        screen.action_rescan()
+        await wait_for(pilot, lambda: screen.summaries[0].status == "failed", what="the rescan")
+        assert screen.check_action("resume", ()) is None
+        detail = str(screen.query_one("#run-detail", Static).render())
+        assert "No resume: this run has no checkpoint to resume from" in detail
+        assert "no assistant turn" in detail
+        await pilot.press("r")
+        await pilot.pause()
         assert not pilot.app.trainers
 
 
@@ -204,13 +250,18 @@ async def test_live_screen_follows_a_running_trainer_and_stops_it_with_a_checkpo
         seen = len(screen.query_one(LossChart).train)
         assert 2 <= seen < 30
         await pilot.press("s")
-        assert "stopping" in str(screen.query_one("#run-status", Static).render())
+        assert screen.stop_requested_at is not None
+        # "stopping" until the trainer's RunStopped arrives (on a loaded machine it may already have)
+        status = str(screen.query_one("#run-status", Static).render())
+        assert "stopping" in status or screen.state.status == "stopped", status
         await wait_for(pilot, lambda: screen.state.status == "stopped", timeout=20, what="the stop")
         assert popen.wait(timeout=10) == 130
         assert screen.state.step in (10, 20) and screen.state.reason == "received SIGINT"
         assert screen.state.latest_checkpoint.step == screen.state.step
-        await pilot.press("s")  # nothing left to stop
-        assert any("already stopped" in n.message for n in pilot.app._notifications)
+        assert screen.check_action("stop", ()) is None  # nothing left to stop: greyed out
+        await pilot.press("s")
+        await pilot.pause()
+        assert screen.state.status == "stopped"
 
 
 @run_async
@@ -224,6 +275,31 @@ async def test_live_screen_reports_a_trainer_that_died_without_a_final_event(pro
         await wait_for(pilot, lambda: screen.process_note is not None, what="the interruption note")
         status = str(screen.query_one("#run-status", Static).render())
         assert "interrupted" in status and "resume" in status
+        assert "ETA" not in str(screen.query_one("#run-eta", Static).render())  # no countdown for a dead run
+        assert screen.check_action("stop", ()) is None
+
+
+@run_async
+async def test_a_trainer_killed_with_sigkill_is_reported_as_killed_not_by_its_command_line(project):
+    run = project / "runs" / "live"
+    run.mkdir()
+    (run / "recipe.yaml").write_text((FIXTURE_RUN / "recipe.yaml").read_text())
+    lines = (FIXTURE_RUN / "events.jsonl").read_text().splitlines()
+    (run / "events.jsonl").write_text("\n".join(lines[:12]) + "\n")
+    (run / LAUNCH_LOG).write_text("$ python -m mlxsft.cli train runs/live/tui-recipe.yaml --quiet\n")
+    app = app_for(project, "runs/live")
+    async with app.run_test(size=(80, 24)) as pilot:
+        popen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        app.add_trainer(TrainerProcess(run, popen, []))
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.state.step > 0, what="the replay")
+        assert "ETA" in str(screen.query_one("#run-eta", Static).render())
+        popen.kill()
+        popen.wait()
+        await wait_for(pilot, lambda: screen.process_note is not None, what="the exit")
+        status = str(screen.query_one("#run-status", Static).render())
+        assert "killed (out of memory, or kill -9)" in status and "$ python" not in status
+        assert "ETA" not in str(screen.query_one("#run-eta", Static).render())
 
 
 @run_async
@@ -253,11 +329,10 @@ async def test_a_trainer_that_fails_at_start_shows_its_error(project):
 
 
 @run_async
-async def test_checkpoints_table_marks_and_chooses(project):
+async def test_checkpoints_screen_is_the_judges_table_and_fits_80_columns(project):
     run = project / "runs" / "quickstart-lora"
-    (run / "eval").mkdir()
-    (run / "eval" / "results.json").write_text(json.dumps([{"step": 20, "json_valid": 0.75}]))
-    async with app_for(project).run_test(size=(100, 30)) as pilot:
+    write_judge_results(run)
+    async with app_for(project).run_test(size=(80, 24)) as pilot:
         await runs_loaded(pilot)
         await pilot.press("c")
         await wait_for(
@@ -267,23 +342,50 @@ async def test_checkpoints_table_marks_and_chooses(project):
         )
         screen = pilot.app.screen
         table = screen.query_one(DataTable)
+        headers = [str(c.label) for c in table.columns.values()]
+        assert headers[:4] == ["", "step", "verdict", "valid"]
+        assert sum(c.get_render_width(table) for c in table.columns.values()) <= 80  # nothing off-screen
         rows = table_text(table)
-        assert [r[1] for r in rows] == ["10", "20", "30", "40", "50", "60"]
-        assert "json_valid" in [str(c.label) for c in table.columns.values()]
-        assert rows[1][6] == "0.7500" and "★ best" in rows[5][-1]
+        assert [r[1] for r in rows] == ["base", "10", "20", "30", "40", "50", "60"]
+        assert [r[2] for r in rows] == ["base", "not evaluated", "still learning", "not evaluated", "plateau",
+                                        "not evaluated", "overshooting"]
+        assert "→" in rows[2][0] and "★" in rows[6][0]  # the judge's pick; the lowest training val loss
+        panel = str(screen.query_one("#judge-panel", Static).render())
+        assert "Judge's pick: step 20" in panel and "left out step(s) 60 judged overshooting" in panel
+        assert "Rule: verdict" in panel
         assert screen.marked == [60]  # the best (also the latest) is marked by default
         table.focus()
-        await pilot.press("down", "space")
+        await pilot.press("down", "down", "space")
         assert screen.marked == [60, 20]
+        assert "This row: step 20: still learning" in str(screen.query_one("#judge-panel", Static).render())
         await pilot.press("c")
         assert json.loads((run / "run.json").read_text())["chosen_step"] == 20
-        await wait_for(
-            pilot, lambda: "✓ chosen" in table_text(table)[1][-1], what="the chosen mark"
-        )
+        await wait_for(pilot, lambda: "✓" in table_text(table)[2][0], what="the chosen mark")
         await pilot.press("b")
         assert "compare: step 60, step 20" in str(
             screen.query_one("#compare-info", Static).render()
         )
+        await pilot.press("e")  # export the highlighted checkpoint
+        assert isinstance(pilot.app.screen, ExportScreen)
+        assert pilot.app.screen.query_one("#export-checkpoint", Select).value == "20"
+
+
+@run_async
+async def test_eval_key_runs_eval_and_select_in_a_child_and_reports_a_failure(project):
+    async with app_for(project, "runs/quickstart-lora").run_test(size=(120, 36)) as pilot:
+        await pilot.press("c")
+        await wait_for(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+            what="the checkpoint table",
+        )
+        screen = pilot.app.screen
+        assert "Not judged yet: press v" in str(screen.query_one("#judge-panel", Static).render())
+        await pilot.press("v")
+        await wait_for(pilot, lambda: "failed" in str(screen.query_one("#judge-progress", Static).render()),
+                       timeout=90, what="mlxsft eval to fail (the fixture keeps no weights)")
+        assert "mlxsft eval failed:" in str(screen.query_one("#judge-progress", Static).render())
+        assert screen.child is None
 
 
 @run_async
@@ -353,6 +455,12 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         )
         screen.query_one("#export-format", Select).value = "mlx"
         await pilot.pause()
+        # An earlier export left a passing parity.json where this one writes.
+        earlier = project / "runs" / "quickstart-lora" / "exports" / "mlx"
+        earlier.mkdir(parents=True)
+        (earlier / "parity.json").write_text(json.dumps({"format": "mlx", "dtype": "float32", "passed": True,
+                                                         "max_abs_diff": 1e-6, "max_rel_diff": 1e-7,
+                                                         "greedy_agreement": 1.0, "tolerance": 1e-4}))
         await pilot.press("ctrl+e")
         await wait_for(
             pilot,
@@ -368,6 +476,8 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         assert any(
             "error" in line for line in lines[1:]
         )  # the exporter's own message, no weights here
+        parity = str(screen.query_one("#parity-result", Static).render())
+        assert "PASSED" not in parity and "failed before its parity check" in parity
 
 
 @run_async
@@ -464,3 +574,79 @@ async def test_new_run_preview_reads_the_dataset(project, tiny_llama):
         screen.query_one("#data-path", Input).value = "recipes/data/nothing-here"
         await wait_for(pilot, lambda: screen.preview is None, timeout=30, what="the preview error")
         assert "not found" in str(screen.query_one("#data-summary", Static).render())
+
+
+@run_async
+async def test_a_second_model_load_while_training_is_announced(project):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        app = app_for(project)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await runs_loaded(pilot)
+            app.add_trainer(TrainerProcess(project / "runs" / "other", sleeper, []))
+            await pilot.press("n")
+            screen = pilot.app.screen
+            screen.query_one("#recipe-select", Select).value = str(project / "recipes" / "quickstart.yaml")
+            await wait_for(pilot, lambda: screen.query_one("#model-path", Input).value == "models/tiny-chat",
+                           what="the recipe's values")
+            await pilot.press("ctrl+s")
+            assert isinstance(pilot.app.screen, ConfirmScreen)
+            question = str(pilot.app.screen.query_one("#confirm-question", Static).render())
+            assert f"pid {sleeper.pid}" in question and "another copy of the model" in question
+            await pilot.press("n")
+            assert pilot.app.screen is screen and list(app.trainers) == [(project / "runs" / "other").resolve()]
+            await pilot.press("escape")  # the form was filled from a recipe: Esc asks first
+            await pilot.press("y")
+            await runs_loaded(pilot)
+            await pilot.press("c")  # generating on Checkpoints warns too
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+                           what="the checkpoints")
+            pilot.app.screen.query_one("#compare-prompt", Input).value = "hello"
+            await pilot.press("g")
+            assert any("another copy of the model" in str(n.message) for n in pilot.app._notifications)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@run_async
+async def test_keys_enter_in_the_footer_f1_in_a_text_field_palette_commands_and_esc_asks(project):
+    from textual.widgets._footer import FooterKey
+
+    app = app_for(project)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await runs_loaded(pilot)
+        await pilot.pause()
+        footer_keys = {key.key: key.description for key in app.screen.query(FooterKey)}
+        assert footer_keys.get("enter") == "Open"
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for title in ("New run", "Open run runs/quickstart-lora", "Checkpoints of runs/quickstart-lora",
+                      "Evaluate and select runs/quickstart-lora", "Export runs/quickstart-lora",
+                      "Chat with runs/quickstart-lora"):
+            assert title in titles
+        await pilot.press("enter")  # opens the highlighted run
+        assert isinstance(app.screen, LiveRunScreen)
+        await pilot.press("escape")
+        await runs_loaded(pilot)
+
+        await pilot.press("n")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        await pilot.press("escape")  # nothing changed: no question
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("n")
+        screen = app.screen
+        screen.query_one("#field-train--batch-size", Input).focus()
+        await pilot.press("f1")  # from inside a text field
+        assert isinstance(app.screen, HelpScreen)
+        help_text = app.screen.query_one("Markdown").source
+        assert "The focused field" in help_text and "train.batch_size: Rows (sequences) per micro-batch" in help_text
+        await pilot.press("f1")
+        assert app.screen is screen
+        screen.query_one("#field-train--batch-size", Input).value = "2"
+        await pilot.press("escape")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is screen and screen.query_one("#field-train--batch-size", Input).value == "2"
+        await pilot.press("escape", "y")
+        assert isinstance(app.screen, RunsScreen)

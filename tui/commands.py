@@ -6,6 +6,7 @@ not import textual (a test checks `sys.modules`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from mlxsft.errors import MlxsftError
@@ -41,9 +42,16 @@ def cmd_tui(args) -> int:
 
     app = MlxsftApp(path)
     app.run()
+    code = app.return_code or 0
+    if code:  # Textual printed the traceback; say what it means and keep the exit status
+        print(
+            "mlxsft: error: the TUI stopped on an unexpected error (above). Runs and trainers "
+            "are not affected; please report it with the traceback.",
+            file=sys.stderr,
+        )
     for trainer in app.running_trainers():
         print(
             f"Training goes on in the background (pid {trainer.pid}): {trainer.run_dir}\n"
             f"  watch it: mlxsft tui {trainer.run_dir}    stop it: kill -INT {trainer.pid}"
         )
-    return 0
+    return code

@@ -95,33 +95,36 @@ def parity_file(out: Path, fmt: str) -> Path:
     return out.with_name(out.name + ".parity.json") if fmt in GGUF_FILES else out / "parity.json"
 
 
-def read_parity(out: Path, fmt: str) -> dict | None:
+def read_parity(out: Path, fmt: str, since: float | None = None):
+    """The export's parity report as the core's `ParityReport`, or None.
+
+    `since`: when the export was started; a parity.json older than that is left over from
+    an earlier export (this one failed before its check) and is not shown as its result.
+    """
+    import dataclasses
+
+    from mlxsft.export.verify import ParityReport
+
     try:
         data = json.loads(parity_file(out, fmt).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    names = {f.name for f in dataclasses.fields(ParityReport)}
+    try:
+        report = ParityReport(**{k: v for k, v in data.items() if k in names})
+    except TypeError:  # a record without the required fields
+        return None
+    written = data.get("time")  # not report.time: the dataclass fills a missing one with "now"
+    if since is not None and (not isinstance(written, (int, float)) or written < since):
+        return None
+    return report
 
 
-def describe_parity(report: dict) -> str:
-    """One or two lines for people, from a parity.json record."""
-    if report.get("skipped"):
-        return "parity: not checked (verify was off)"
-    verdict = "PASSED" if report.get("passed") else "MISMATCH"
-    parts = [f"parity {verdict}"]
-
-    def add(label: str, key: str, fmt: str) -> None:
-        value = report.get(key)
-        if isinstance(value, (int, float)):
-            parts.append(f"{label} {format(value, fmt)}")
-
-    add("max |Δlogit|", "max_abs_diff", ".2e")
-    add("tolerance", "tolerance", ".0e")
-    add("greedy agreement", "greedy_agreement", ".1%")
-    add("update kept", "update_retained", ".0%")
-    text = ", ".join(parts)
-    if report.get("num_prompts"):
-        text += f" over {report.get('num_tokens', 0)} tokens in {report['num_prompts']} prompts"
-    if report.get("note"):
-        text += f"\n{report['note']}"
-    return text
+def describe_parity(report) -> str:
+    """The core's own summary of a parity check, led by its verdict in words."""
+    if report.skipped:
+        return report.summary()
+    verdict = "PASSED" if report.passed else "MISMATCH"
+    return f"parity {verdict}: {report.summary()}"

@@ -1,5 +1,10 @@
 """Generation child process: `python -m mlxsft.tui.generate RUN --variant LABEL=WHICH --prompt P`.
 
+Prompts are single user turns (`--prompt`, with an optional `--system` message before
+each), or whole conversations (`--chat FILE`: a JSON object mapping each variant's label
+to its own list of messages, ending with a user turn), so each model in a side-by-side
+chat continues the conversation it had.
+
 It owns MLX (load, attach, generate all on its one main thread) and prints one JSON
 object per line for the UI to render as it streams:
 
@@ -28,9 +33,10 @@ BASE = "base"
 
 
 def command(
-    run_dir, variants: list[tuple[str, str]], prompts: list[str], max_tokens: int = 64
+    run_dir, variants: list[tuple[str, str]], prompts: list[str], max_tokens: int = 64,
+    system: str | None = None, chat_file: Path | None = None,
 ) -> list[str]:
-    """The command line that runs this module as a child for `variants` and `prompts`."""
+    """The command line that runs this module as a child for `variants` and `prompts` (or a chat file)."""
     args = [
         sys.executable,
         "-m",
@@ -43,7 +49,29 @@ def command(
         args += ["--variant", f"{label}={which}"]
     for prompt in prompts:
         args += ["--prompt", prompt]
+    if system:
+        args += ["--system", system]
+    if chat_file is not None:
+        args += ["--chat", str(chat_file)]
     return args
+
+
+def conversations(args: argparse.Namespace, labels: list[str]) -> dict[str, list[list[dict]]]:
+    """Each variant's conversations (one per prompt), each a list of chat messages."""
+    if args.chat:
+        from mlxsft.errors import MlxsftError
+
+        try:
+            chats = json.loads(Path(args.chat).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MlxsftError(f"cannot read the chat file ({exc}).", path=args.chat) from None
+        missing = [label for label in labels if label not in chats]
+        if missing:
+            raise MlxsftError(f"the chat file has no conversation for {', '.join(missing)}.", path=args.chat)
+        return {label: [chats[label]] for label in labels}
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    turns = [system + [{"role": "user", "content": p}] for p in args.prompt or []]
+    return {label: turns for label in labels}
 
 
 def emit(**record) -> None:
@@ -60,7 +88,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="LABEL=WHICH",
         help="WHICH: base, latest or a checkpoint step (repeatable).",
     )
-    p.add_argument("--prompt", action="append", required=True, help="A user prompt (repeatable).")
+    p.add_argument("--prompt", action="append", help="A user prompt (repeatable).")
+    p.add_argument("--system", help="A system message before each --prompt (the data's own, usually).")
+    p.add_argument("--chat", metavar="FILE",
+                   help="JSON: {label: [messages]}, each variant's conversation so far (instead of --prompt).")
     p.add_argument("--max-tokens", type=int, default=64)
     return p.parse_args(argv)
 
@@ -81,24 +112,28 @@ def adapter_file(run, which: str) -> Path:
     return path
 
 
-def generate_all(model, tokenizer, label: str, prompts: list[str], max_tokens: int) -> None:
-    from mlxsft.generate import stream_text, user_prompt
+def generate_all(model, tokenizer, label: str, prompts: list[list[dict]], max_tokens: int) -> None:
+    from mlxsft.generate import conversation_prompt, stream_text
 
     for i, prompt in enumerate(prompts):
         tokens, rate = 0, 0.0
-        for delta in stream_text(model, tokenizer, user_prompt(tokenizer, prompt)[1], max_tokens):
+        for delta in stream_text(model, tokenizer, conversation_prompt(tokenizer, prompt)[1], max_tokens):
             emit(type="text", label=label, prompt=i, delta=delta.text)
             tokens, rate = delta.tokens, delta.tokens_per_second
         emit(type="done", label=label, prompt=i, tokens=tokens, tokens_per_second=rate)
 
 
 def run(args: argparse.Namespace) -> None:
+    from mlxsft.errors import MlxsftError
     from mlxsft.model import attach_adapters, load_base
     from mlxsft.rundir import RunDir
 
     run_dir = RunDir(args.run)
     recipe = run_dir.load_recipe()
     variants = [v.split("=", 1) if "=" in v else (v, v) for v in args.variant]
+    chats = conversations(args, [label for label, _ in variants])
+    if not any(chats.values()):
+        raise MlxsftError("nothing to answer: give --prompt or --chat.")
     for _label, which in variants:  # check every file before the slow loads
         if which != BASE:
             adapter_file(run_dir, which)
@@ -108,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
         model, tokenizer, _, _ = load_base(recipe)
         for label, which in variants:
             if which == BASE:
-                generate_all(model, tokenizer, label, args.prompt, args.max_tokens)
+                generate_all(model, tokenizer, label, chats[label], args.max_tokens)
         del model
         gc.collect()
     tuned = [(label, which) for label, which in variants if which != BASE]
@@ -119,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
         attach_adapters(model, recipe)
         for label, which in tuned:
             model.load_weights(str(adapter_file(run_dir, which)), strict=False)
-            generate_all(model, tokenizer, label, args.prompt, args.max_tokens)
+            generate_all(model, tokenizer, label, chats[label], args.max_tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

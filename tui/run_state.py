@@ -8,12 +8,10 @@ a live one are the same code path: the tail simply starts at byte 0.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlxsft.events import (
-    EVENT_TYPES,
     CheckpointSaved,
     DataPrepared,
     EvalFinished,
@@ -21,9 +19,10 @@ from mlxsft.events import (
     RunFinished,
     RunStarted,
     RunStopped,
+    SamplesGenerated,
     StdoutSink,
     StepReported,
-    event_from_dict,
+    decode_event_line,
 )
 
 
@@ -34,6 +33,7 @@ class LineTail:
         self.path = Path(path)
         self.offset = 0
         self._partial = b""
+        self.restarts = 0  # times the file was replaced or truncated
 
     def read_lines(self) -> list[str]:
         try:
@@ -42,6 +42,7 @@ class LineTail:
             return []
         if size < self.offset:  # replaced or truncated: start over
             self.offset, self._partial = 0, b""
+            self.restarts += 1
         if size == self.offset:
             return []
         with open(self.path, "rb") as f:
@@ -54,20 +55,30 @@ class LineTail:
 
 
 class EventTail:
-    """New events of an `events.jsonl`, as typed event objects."""
+    """New events of an `events.jsonl`, as typed event objects (read by the core's decoder).
+
+    Lines the decoder cannot read (cut off, unknown, missing fields) are skipped and kept
+    in `skipped` as "events.jsonl line N: why", for the screen to show.
+    """
 
     def __init__(self, path: str | Path):
         self.lines = LineTail(path)
+        self.line_number = 0
+        self.skipped: list[str] = []
 
     def read_events(self) -> list:
         events = []
-        for line in self.lines.read_lines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("event") in EVENT_TYPES:
-                events.append(event_from_dict(record))
+        restarts = self.lines.restarts
+        lines = self.lines.read_lines()
+        if self.lines.restarts != restarts:
+            self.line_number = 0
+        for line in lines:
+            self.line_number += 1
+            event, problem = decode_event_line(line)
+            if event is not None:
+                events.append(event)
+            elif problem:
+                self.skipped.append(f"{self.lines.path.name} line {self.line_number}: {problem}")
         return events
 
 
@@ -88,6 +99,7 @@ class RunState:
     last_eval: EvalFinished | None = None
     evaluations: list[EvalFinished] = field(default_factory=list)
     checkpoints: dict[int, CheckpointSaved] = field(default_factory=dict)
+    samples: dict[int, SamplesGenerated] = field(default_factory=dict)  # by checkpoint step
     latest_checkpoint: CheckpointSaved | None = None
     best_step: int | None = None
     best_val_loss: float | None = None
@@ -123,6 +135,8 @@ class RunState:
             case CheckpointSaved():
                 self.checkpoints[event.step] = event
                 self.latest_checkpoint = event
+            case SamplesGenerated():
+                self.samples[event.step] = event
             case RunFinished():
                 self.status, self.step = "finished", event.step
                 self.best_step, self.best_val_loss = event.best_step, event.best_val_loss
@@ -151,6 +165,7 @@ class RunState:
             self.valid_loss = [p for p in self.valid_loss if p[0] <= keep]
             self.learning_rate = [p for p in self.learning_rate if p[0] <= keep]
             self.checkpoints = {s: c for s, c in self.checkpoints.items() if s <= keep}
+            self.samples = {s: c for s, c in self.samples.items() if s <= keep}
             self.evaluations = [e for e in self.evaluations if e.step <= keep]
 
     @property

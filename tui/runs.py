@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlxsft.errors import MlxsftError
 from mlxsft.rundir import RunDir
+from mlxsft.runlock import lock_holder, trainer_alive
 
 LAUNCH_RECIPE = "tui-recipe.yaml"  # the recipe the TUI wrote and ran (repeatable headless)
 LAUNCH_LOG = "tui-train.log"  # the trainer child's stdout and stderr
@@ -62,27 +63,8 @@ class RunSummary:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """True when `pid` is a live process that looks like an mlxsft trainer.
-
-    Where /proc exists its command line must mention mlxsft, so a recycled pid
-    (another program now holds the number) does not count as the trainer.
-    """
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by someone else
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            return False
-        return "mlxsft" in text and not _is_zombie(pid)
-    return True
+    """True when `pid` is a live mlxsft process (a recycled pid held by another program is not)."""
+    return trainer_alive(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -123,6 +105,8 @@ def read_meta(path: Path) -> dict:
 def run_status(path: Path, meta: dict, launched_pid: int | None = None) -> str:
     """The honest status of a run: run.json's word, checked against the trainer's pid."""
     status = meta.get("status")
+    if lock_holder(path) is not None:
+        return RUNNING  # a trainer holds the run's lock, whatever run.json said last
     if status == RUNNING:
         return RUNNING if pid_alive(meta.get("pid")) or _alive(launched_pid) else INTERRUPTED
     if status in (FINISHED, FAILED, STOPPED):
@@ -152,17 +136,19 @@ def last_log_error(path: Path) -> str | None:
     log = path / LAUNCH_LOG
     if not log.is_file():
         return None
-    lines = [
+    lines = [  # the "$ command" lines are the UI's record of what it ran, never a reason
         line.strip()
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-        if line.strip()
+        if line.strip() and not line.startswith("$ ")
     ]
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or [None])[-1]
 
 
-def last_records(path: Path, max_bytes: int = 65536) -> list[dict]:
-    """The JSON records in the last `max_bytes` of an events file (cheap, for summaries)."""
+def last_events(path: Path, max_bytes: int = 65536) -> list:
+    """The events in the last `max_bytes` of an events file (cheap, for summaries), by the core's decoder."""
+    from mlxsft.events import decode_event_line
+
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -171,24 +157,19 @@ def last_records(path: Path, max_bytes: int = 65536) -> list[dict]:
             data = f.read()
     except OSError:
         return []
-    records = []
-    lines = data.split(b"\n")
+    lines = data.decode("utf-8", "replace").split("\n")
     if size > max_bytes:
         lines = lines[1:]  # the first line is probably cut
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return [event for event, _ in map(decode_event_line, lines) if event is not None]
 
 
 def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
     meta = read_meta(path)
     status = run_status(path, meta, launched_pid)
-    records = last_records(path / "events.jsonl")
-    steps = [r for r in records if r.get("event") == "StepReported"]
-    last = steps[-1] if steps else {}
+    from mlxsft.events import StepReported
+
+    steps = [e for e in last_events(path / "events.jsonl") if isinstance(e, StepReported)]
+    last = steps[-1] if steps else None
     method, model = meta.get("method"), meta.get("model")
     if method is None or model is None:
         method, model = _recipe_method_model(path, method, model)
@@ -198,12 +179,12 @@ def summarize_run(path: Path, launched_pid: int | None = None) -> RunSummary:
         method=method or "?",
         model=model or "?",
         best_val_loss=meta.get("best_val_loss"),
-        tokens_seen=last.get("tokens_seen"),
-        last_step=meta.get("last_step", last.get("step")),
+        tokens_seen=last.tokens_seen if last else None,
+        last_step=meta.get("last_step", last.step if last else None),
         total_steps=meta.get("total_steps"),
-        tokens_per_second=last.get("tokens_per_second"),
+        tokens_per_second=last.tokens_per_second if last else None,
         created=_created(path),
-        pid=meta.get("pid") or launched_pid,
+        pid=lock_holder(path) or meta.get("pid") or launched_pid,
         error=meta.get("error") or (last_log_error(path) if status == FAILED else None),
     )
 
@@ -228,6 +209,30 @@ def scan_runs(root: Path, launched: dict[Path, int] | None = None) -> list[RunSu
     return [summarize_run(p, launched.get(p.resolve())) for p in find_runs(root)]
 
 
+def can_resume(summary: RunSummary) -> str | None:
+    """None when `summary`'s run can be resumed, else why not (in words, for a notice)."""
+    if summary.status not in (STOPPED, INTERRUPTED, FAILED):
+        return f"this run is {summary.status}; only a stopped, interrupted or failed run can be resumed."
+    if not RunDir(summary.path).checkpoint_steps():
+        return ("this run has no checkpoint to resume from (it stopped before its first save); "
+                "start it again as a new run (n).")
+    return None
+
+
+def exit_reason(code: int, log_error: str | None) -> str:
+    """Why a trainer child exited, in words: a signal by name, else its last error line."""
+    if code < 0:
+        import signal as signals
+
+        try:
+            name = signals.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        killed = "killed (out of memory, or kill -9)" if name == "SIGKILL" else f"ended by {name}"
+        return f"the trainer was {killed}; resume from its last checkpoint (r on the Runs screen)"
+    return f"the trainer exited with code {code}: {log_error or 'no output'}"
+
+
 def stop_run(summary: RunSummary) -> None:
     """Ask a running trainer to stop: SIGINT makes it save a checkpoint and exit."""
     if not summary.is_live or not summary.pid:
@@ -239,6 +244,35 @@ def stop_run(summary: RunSummary) -> None:
         os.kill(summary.pid, signal.SIGINT)
     except ProcessLookupError:
         raise MlxsftError("the trainer process is already gone.", path=str(summary.path)) from None
+
+
+EXPORT_SUFFIXES = (".gguf", ".parity.json")  # export files that may sit loose in a run folder
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def deletion_contents(path: Path) -> list[str]:
+    """What deleting a run removes, for people: checkpoints, exports (by name), the rest, with sizes."""
+    from mlxsft.store import human_bytes
+
+    run = RunDir(path)
+    lines = []
+    steps = run.checkpoint_steps()
+    if steps:
+        lines.append(f"{len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}), "
+                     f"{human_bytes(folder_bytes(run.checkpoints_dir))}")
+    exports = sorted(p for p in (path / "exports").glob("*")) if (path / "exports").is_dir() else []
+    exports += sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(EXPORT_SUFFIXES))
+    for export in exports:
+        lines.append(f"export {export.relative_to(path)} ({human_bytes(folder_bytes(export))})")
+    if (path / "eval").is_dir():
+        lines.append(f"evaluation results eval/ ({human_bytes(folder_bytes(path / 'eval'))})")
+    lines.append(f"in all {human_bytes(folder_bytes(path))}: events, recipe, adapters and everything else")
+    return lines
 
 
 def delete_run(summary: RunSummary) -> None:

@@ -88,7 +88,8 @@ class ParityReport:
         if self.skipped:
             return f"parity [{self.format}]: not checked (--no-verify)"
         verdict = "OK" if self.passed else "MISMATCH"
-        limit = "" if self.requantized else f", tolerance {self.tolerance:.0e}"
+        # The tolerance applies to the relative difference (|Δlogit| / the largest |logit|): say so.
+        limit = "" if self.requantized else f" vs relative tolerance {self.tolerance:.0e}"
         against = (
             "" if self.reference_dtype == "float32" else f" vs {self.reference_dtype} reference"
         )

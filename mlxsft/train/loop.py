@@ -59,6 +59,12 @@ class Batches(Protocol):
     def batches_per_epoch(self) -> int: ...
 
 
+class CheckpointHook(Protocol):
+    """Called on rank 0 after each checkpoint is written, with the state it holds."""
+
+    def __call__(self, prepared: Prepared, state: TrainerState, emit: Emitter) -> None: ...
+
+
 @dataclass(frozen=True)
 class StepStats:
     """What one optimizer step did. Losses are lazy arrays summed over ranks; counts are this rank's."""
@@ -208,11 +214,12 @@ class _Run:
 
 
 def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss | None = None,
-          batches: Batches | None = None) -> TrainOutcome:
+          batches: Batches | None = None, on_checkpoint: CheckpointHook | None = None) -> TrainOutcome:
     """Step `prepared` to its total steps (or a stop, or early stop); emit what happens.
 
     `loss` replaces the per-batch loss (the steps are compiled for it), `batches` the
-    training batch stream. A failure emits RunFailed and raises.
+    training batch stream, `on_checkpoint` runs after each save (the CLI's samples). A failure
+    emits RunFailed and raises.
     """
     p = prepared
     steps = p.steps if loss is None else build_steps(p.model, p.optimizer, p.train.max_grad_norm,
@@ -221,7 +228,7 @@ def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss |
     run = _Run(dataclasses.replace(p.start), p.last_checkpoint, [], time.time())
     watchdog = Watchdog(p.world).start()
     try:
-        status = _steps(p, run, emit, stop, steps, batches, watchdog)
+        status = _steps(p, run, emit, stop, steps, batches, watchdog, on_checkpoint)
     except MlxsftError as exc:
         _emit_failure(emit, run, str(exc))
         raise
@@ -237,7 +244,7 @@ def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss |
 
 
 def _steps(p: Prepared, run: _Run, emit: Emitter, stop: StopFlag, steps: StepFunctions, batches: Batches,
-           watchdog: Watchdog) -> str:
+           watchdog: Watchdog, on_checkpoint: CheckpointHook | None) -> str:
     t, s = p.train, run.state
     window = _Window()
     run_start = time.time() - s.elapsed_s
@@ -270,8 +277,10 @@ def _steps(p: Prepared, run: _Run, emit: Emitter, stop: StopFlag, steps: StepFun
                 must_save, last = True, True
         if must_save or is_best:
             s.elapsed_s = time.time() - run_start
-            run.last_checkpoint = save(p, s, emit, evaluation.loss if evaluation else None, is_best) \
-                or run.last_checkpoint
+            saved = save(p, s, emit, evaluation.loss if evaluation else None, is_best)
+            run.last_checkpoint = saved or run.last_checkpoint
+            if saved is not None and on_checkpoint is not None:
+                on_checkpoint(p, s, emit)
         if stopping and not last:
             if not stop:
                 stop.set("another rank was asked to stop")

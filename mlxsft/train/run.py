@@ -22,9 +22,10 @@ from ..errors import MlxsftError, TrainingError
 from ..events import BatchTokensChosen, DataPrepared, Emitter, JsonlSink, RunFailed, RunStarted, RunWarning
 from ..model import count_parameters
 from ..rundir import RunDir
+from ..runlock import RunLock
 from .checkpoint import TrainerState
 from .distributed import World, init_world
-from .loop import StopFlag, train
+from .loop import CheckpointHook, StopFlag, train
 from .prepare import Prepared, prepare
 
 
@@ -42,33 +43,47 @@ def default_output(recipe: Recipe) -> Path:
 
 def run_training(
     recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None,
-    world: World | None = None,
+    world: World | None = None, on_checkpoint: CheckpointHook | None = None,
 ) -> RunResult:
-    """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event."""
+    """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event.
+
+    Rank 0 holds the run folder's lock (`RUN/trainer.lock`) while it trains: a second
+    trainer on the same folder is refused with the holder's pid.
+    """
     world = world or init_world()
     run = RunDir(run_dir or recipe.output or default_output(recipe))
     stop = stop if stop is not None else StopFlag()  # an unset StopFlag is falsy
-    if world.is_main:
-        _check_run_dir(run, resume)
-    recipe = with_absolute_paths(recipe)
-    emit = Emitter(list(sinks) if world.is_main else [])
-    with _stop_on_signals(stop, world):
-        # Load model and data before touching the run directory: a typo in the recipe
-        # must not leave a half-made run behind that blocks the corrected command.
-        prepared = prepare(recipe, run, world, resume=resume)
-        try:
-            if not world.is_main:
-                outcome = train(prepared, emit, stop)
-                return RunResult(run.path, outcome.status, outcome.state)
-            return _run_main(prepared, emit, stop, resume)
-        finally:
-            prepared.restore_ops()
+    lock = RunLock(run.path) if world.is_main else None
+    try:
+        if lock and resume and run.path.is_dir():
+            lock.acquire()  # before anything is read or written: a second trainer is refused here
+        if world.is_main:
+            _check_run_dir(run, resume)
+        recipe = with_absolute_paths(recipe)
+        emit = Emitter(list(sinks) if world.is_main else [])
+        with _stop_on_signals(stop, world):
+            # Load model and data before touching the run directory: a typo in the recipe
+            # must not leave a half-made run behind that blocks the corrected command.
+            prepared = prepare(recipe, run, world, resume=resume)
+            try:
+                if not world.is_main:
+                    outcome = train(prepared, emit, stop)
+                    return RunResult(run.path, outcome.status, outcome.state)
+                return _run_main(prepared, emit, stop, resume, lock, on_checkpoint)
+            finally:
+                prepared.restore_ops()
+    finally:
+        if lock:
+            lock.release()  # a refused run leaves the folder as it was
 
 
-def _run_main(prepared: Prepared, emit: Emitter, stop: StopFlag, resume: bool) -> RunResult:
+def _run_main(prepared: Prepared, emit: Emitter, stop: StopFlag, resume: bool, lock: RunLock | None,
+              on_checkpoint: CheckpointHook | None) -> RunResult:
     run = prepared.run
     if not resume:
         run.create(prepared.recipe)
+        if lock:
+            lock.acquire()
         run.save_chat_template(chat_template_of(prepared.tokenizer))
     leftovers = run.clean_staging()
     jsonl = JsonlSink(run.events_file)
@@ -80,7 +95,7 @@ def _run_main(prepared: Prepared, emit: Emitter, stop: StopFlag, resume: bool) -
         except MlxsftError as exc:
             _emit_failure(emit, prepared, str(exc))
             raise
-        outcome = train(prepared, emit, stop)  # emits its own outcome, RunFailed included
+        outcome = train(prepared, emit, stop, on_checkpoint=on_checkpoint)  # emits its outcome, RunFailed too
     except MlxsftError as exc:
         _mark_failed(run, str(exc))
         raise

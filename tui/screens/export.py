@@ -62,9 +62,10 @@ class ExportScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, step: int | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.step = step  # the checkpoint to preselect (from the Checkpoints screen), else the chosen one
         self.child: StreamingChild | None = None
         self.out_edited = False
         self.started_at: float | None = None
@@ -92,7 +93,8 @@ class ExportScreen(Screen):
                 yield Label("checkpoint", classes="field-label")
                 yield Select(
                     checkpoints,
-                    value=str(chosen) if chosen is not None else "latest",
+                    value=str(self.step if self.step is not None else chosen) if (
+                        self.step is not None or chosen is not None) else "latest",
                     allow_blank=False,
                     id="export-checkpoint",
                     compact=True,
@@ -203,7 +205,9 @@ class ExportScreen(Screen):
         command = export_command(
             self.run_dir.resolve(), ExportOptions(**{**opts.__dict__, "out": out})
         )
-        self.query_one("#parity-result", Static).update("")
+        result = self.query_one("#parity-result", Static)
+        result.update("")
+        result.set_classes("")  # no colour left from the previous export
         log = self.query_one("#export-log", RichLog)
         log.write("$ mlxsft " + shlex.join(command[3:]))
         self.set_running(True, f"exporting {opts.format}…")
@@ -242,6 +246,7 @@ class ExportScreen(Screen):
     @work(thread=True, exclusive=True, group="export")
     def run_export(self, command: list[str], out: Path, fmt: str | None) -> None:
         worker = get_current_worker()
+        started = time.time()
         child = self.child = StreamingChild(command, cwd=self.app.project_dir)
         for line in child.lines():
             if worker.is_cancelled:
@@ -249,9 +254,11 @@ class ExportScreen(Screen):
                 break
             self.app.call_from_thread(self.query_one("#export-log", RichLog).write, line)
         code = child.wait()
-        self.app.call_from_thread(self.finished, code, out, fmt)
+        # Only a parity.json this export wrote counts (an older one would show a stale PASSED).
+        parity = read_parity(out, fmt, since=started) if fmt is not None else None
+        self.app.call_from_thread(self.finished, code, out, fmt, parity)
 
-    def finished(self, code: int, out: Path, fmt: str | None) -> None:
+    def finished(self, code: int, out: Path, fmt: str | None, parity=None) -> None:
         elapsed = time.time() - (self.started_at or time.time())
         self.child = None
         if fmt is None:  # a push: the log says where it went
@@ -259,18 +266,20 @@ class ExportScreen(Screen):
             self.set_running(False, "pushed" if done else f"push failed (exit code {code}); see the log")
             self.notify("Pushed to the hub." if done else "Push failed.", severity="information" if done else "error")
             return
-        parity = read_parity(out, fmt)
         result = self.query_one("#parity-result", Static)
         result.set_class(False, "parity-ok")
         result.set_class(False, "parity-bad")
         if parity is not None:
             result.update(describe_parity(parity))
-            result.set_class(bool(parity.get("passed")) and not parity.get("skipped"), "parity-ok")
-            result.set_class(not parity.get("passed"), "parity-bad")
+            result.set_class(parity.passed and not parity.skipped, "parity-ok")
+            result.set_class(not parity.passed, "parity-bad")
         elif code == 0:
             result.update(
                 "no parity.json was written (verify was off, or the exporter does not write one)"
             )
+        else:
+            result.update("no parity result: this export failed before its parity check (see the log)")
+            result.set_class(True, "parity-bad")
         if code == 0:
             self.set_running(False, f"done in {elapsed:.0f}s: {self.app.display_path(out)}")
             self.notify(f"Exported {fmt} to {self.app.display_path(out)}.")

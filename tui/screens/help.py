@@ -1,4 +1,4 @@
-"""`?`: what the current screen is for and every key it answers to."""
+"""`?` / F1: what the focused field and the current screen are for, and every key they answer to."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Markdown
 
 GLOBAL_KEYS = [
-    ("?", "show or close this help"),
+    ("F1 / ?", "show or close this help (F1 works inside text fields too)"),
     ("ctrl+q", "quit (a training run keeps going in the background)"),
-    ("ctrl+p", "command palette (themes, screenshots)"),
+    ("ctrl+p", "command palette: new run, open a run, checkpoints, export, chat, evaluate, themes"),
     ("tab / shift+tab", "move between fields"),
     ("escape", "back to the previous screen"),
 ]
@@ -21,9 +21,23 @@ def _key_name(binding) -> str:
     return binding.key_display or binding.key.replace("question_mark", "?")
 
 
+def focused_help(screen: Screen) -> str | None:
+    """What the focused widget is, in words: the screen's `field_help` for it, else its tooltip."""
+    widget = screen.focused
+    if widget is None:
+        return None
+    describe = getattr(screen, "field_help", None)
+    text = describe(widget) if describe is not None else None
+    return text or (str(widget.tooltip) if widget.tooltip else None)
+
+
 def help_markdown(screen: Screen) -> str:
     title = getattr(screen, "TITLE", None) or type(screen).__name__
-    lines = [f"# {title}", "", getattr(screen, "HELP", "") or "", "", "| key | does |", "|---|---|"]
+    lines = [f"# {title}", ""]
+    field = focused_help(screen)
+    if field:
+        lines += ["## The focused field", "", field, ""]
+    lines += [getattr(screen, "HELP", "") or "", "", "| key | does |", "|---|---|"]
     seen = set()
     for binding in getattr(screen, "BINDINGS", []):
         if isinstance(binding, tuple):
@@ -37,7 +51,8 @@ def help_markdown(screen: Screen) -> str:
 
 
 class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("q", "dismiss", "Close", show=False)]
+    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("q", "dismiss", "Close", show=False),
+                Binding("f1", "dismiss", "Close", show=False)]
 
     def __init__(self, about: Screen):
         super().__init__()

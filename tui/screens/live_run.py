@@ -21,43 +21,20 @@ from textual.widgets import Footer, Header, ProgressBar, RichLog, Static, Tabbed
 from textual.worker import get_current_worker
 
 from mlxsft.rundir import RunDir
+from mlxsft.runlock import lock_holder
 
 from .. import generate
-from ..estimate import format_duration
+from ..data_prompts import sample_prompts, system_prompt
+from ..run_estimate import format_duration
 from ..run_state import EventTail, LineTail, RunState
-from ..runs import LAUNCH_LOG, last_log_error, pid_alive, read_meta
+from ..runs import LAUNCH_LOG, exit_reason, last_log_error, pid_alive, read_meta
 from ..widgets.generation_panes import GenerationPanes
 from ..widgets.loss_chart import LossChart
 from ..widgets.run_stats import RunStats
 
 POLL_S = 0.25
-NUM_SAMPLE_PROMPTS = 3
+NUM_SAMPLE_PROMPTS = 3  # the first user turns of the validation set, the same every time
 STATUS_CLASSES = ("running", "finished", "stopped", "failed", "waiting")
-
-
-def sample_prompts(run_dir: Path, n: int = NUM_SAMPLE_PROMPTS) -> list[str]:
-    """Fixed prompts for samples: the first user turns (or prompts) of the validation set."""
-    from mlxsft.data.formats import load_jsonl
-    from mlxsft.data.splits import resolve_data_files
-    from mlxsft.errors import MlxsftError
-
-    try:
-        recipe = RunDir(run_dir).load_recipe()
-        files = resolve_data_files(recipe.data)
-        examples = load_jsonl(files["valid"] or files["train"])
-    except (MlxsftError, OSError):
-        return []
-    prompts = []
-    for ex in examples:
-        if ex.kind == "chat":
-            users = [m["content"] for m in ex.messages if m["role"] == "user"]
-            if users:
-                prompts.append(users[0])
-        elif ex.kind == "completion":
-            prompts.append(ex.prompt)
-        if len(prompts) == n:
-            break
-    return prompts
 
 
 class LiveRunScreen(Screen):
@@ -68,7 +45,12 @@ class LiveRunScreen(Screen):
         "saves a "
         "checkpoint and exits (press s again to stop at once, without that checkpoint). **g** "
         "generates "
-        "from the latest checkpoint on a few fixed prompts from the validation set (Samples tab)."
+        "from the latest checkpoint on a few fixed prompts from the validation set (Samples tab).\n\n"
+        "The chart: **z** maximises it (again to restore), **y** switches between a log and a linear "
+        "y-axis, **m** cycles the smoothing of the training curve (the raw curve stays, dimmed), **w** "
+        "cycles the window (the whole run, the last half, the last fifth). The y-axis is fitted to "
+        "what is visible, ignoring the highest 5% of points (the first reports run off the top); "
+        "validation points are drawn on top in orange."
     )
     BINDINGS = [
         Binding("s", "stop", "Stop & save"),
@@ -76,6 +58,10 @@ class LiveRunScreen(Screen):
         Binding("e", "export", "Export"),
         Binding("t", "chat", "Chat"),
         Binding("g", "sample", "Sample"),
+        Binding("z", "maximise_chart", "Zoom chart"),
+        Binding("y", "chart('toggle_log_y')", "Log y", show=False),
+        Binding("m", "chart('cycle_smoothing')", "Smoothing", show=False),
+        Binding("w", "chart('cycle_window')", "Window", show=False),
         Binding("l", "show_tab('log-tab')", "Log", show=False),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -87,6 +73,7 @@ class LiveRunScreen(Screen):
         self.process_note: str | None = None  # what the trainer process did, beyond the events
         self.stop_requested_at: float | None = None
         self.log_lines_shown = 0
+        self.samples_shown: int | None = None  # the checkpoint step whose samples the tab shows
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -102,7 +89,8 @@ class LiveRunScreen(Screen):
                 yield RichLog(id="run-log", wrap=True, max_lines=5000, markup=False)
             with TabPane("Samples", id="samples-tab"):
                 yield GenerationPanes(
-                    "Press g to generate from the latest checkpoint on a few validation prompts.",
+                    "At each checkpoint the trainer answers the same few validation prompts; they "
+                    "appear here. Press g to generate from the latest checkpoint now.",
                     id="samples",
                 )
         yield Footer()
@@ -120,10 +108,13 @@ class LiveRunScreen(Screen):
         log = LineTail(self.run_dir / LAUNCH_LOG)
         while not worker.is_cancelled:
             new_events = events.read_events()
+            skipped, events.skipped = events.skipped, []
             new_log = [line for line in log.read_lines() if line.strip()]
             note = self.check_process()
             if new_events or new_log or note != self.process_note:
                 self.app.call_from_thread(self.apply, new_events, new_log, note)
+            if skipped:
+                self.app.call_from_thread(self.report_skipped, skipped)
             time.sleep(POLL_S)
 
     def check_process(self) -> str | None:
@@ -135,9 +126,10 @@ class LiveRunScreen(Screen):
             code = trainer.poll()
             if code is None:
                 return None
-            reason = last_log_error(self.run_dir) or "no output"
-            return f"the trainer exited with code {code}: {reason}"
+            return exit_reason(code, last_log_error(self.run_dir))
         meta = read_meta(self.run_dir)
+        if lock_holder(self.run_dir) is not None:
+            return None  # a trainer (maybe started elsewhere) holds the run
         if meta.get("status") == "running" and not pid_alive(meta.get("pid")):
             return (
                 "interrupted: run.json says running but the trainer process is gone; "
@@ -150,8 +142,16 @@ class LiveRunScreen(Screen):
         return None
 
     def apply(self, events: list, log_lines: list[str], note: str | None) -> None:
+        bad = []
         for event in events:
-            self.state.apply(event)
+            try:
+                self.state.apply(event)
+            except (TypeError, ValueError) as exc:  # a field of the wrong type (a hand-edited file)
+                bad.append(f"{type(event).__name__} with a bad field ({exc})")
+        if bad:
+            self.report_skipped(bad)
+        if note != self.process_note:
+            self.refresh_bindings()
         self.process_note = note
         log = self.query_one("#run-log", RichLog)
         for line in self.state.log[self.log_lines_shown :]:
@@ -161,6 +161,14 @@ class LiveRunScreen(Screen):
             if not line.startswith("$ ") and not line.startswith("Run "):
                 log.write(f"[trainer] {line}")
         self.render_state()
+
+    def report_skipped(self, skipped: list[str]) -> None:
+        """Lines of events.jsonl the core's decoder could not read: shown, never fatal."""
+        log = self.query_one("#run-log", RichLog)
+        for line in skipped:
+            log.write(f"[skipped] {line}")
+        more = f" (and {len(skipped) - 1} more, in the log)" if len(skipped) > 1 else ""
+        self.notify(f"Skipped an event line: {skipped[0]}{more}", severity="warning", timeout=8)
 
     # ------------------------------------------------------------ rendering
     def status_text(self) -> tuple[str, str]:
@@ -188,17 +196,37 @@ class LiveRunScreen(Screen):
         for name in STATUS_CLASSES:
             status.set_class(name == kind, f"status-{name}")
         self.query_one(LossChart).show(s.train_loss, s.valid_loss, s.total_steps)
+        self.show_samples()
         self.query_one(RunStats).show(s)
         bar = self.query_one(ProgressBar)
         bar.update(total=max(s.total_steps, 1), progress=s.step)
         eta = self.query_one("#run-eta", Static)
         r = s.last_report
-        if s.status == "running" and r is not None:
+        if s.status == "running" and r is not None and not self.process_note:  # no ETA for a dead trainer
             eta.update(f"{s.step}/{s.total_steps}  ETA {format_duration(r.eta_s)}")
         else:
             eta.update(f"{s.step}/{s.total_steps or '?'}")
 
+    def show_samples(self) -> None:
+        """The trainer's samples of the latest checkpoint, one pane per prompt (same prompts each time)."""
+        if not self.state.samples:
+            return
+        step = max(self.state.samples)
+        panes = self.query_one("#samples", GenerationPanes)
+        if step == self.samples_shown or panes.running:
+            return
+        self.samples_shown = step
+        sample = self.state.samples[step]
+        keys = [(f"trainer#{i}", f"step {step}: {p[:40]}") for i, p in enumerate(sample.prompts)]
+        panes.reset(keys, {key: text for (key, _), text in zip(keys, sample.completions, strict=True)})
+
     # ------------------------------------------------------------ actions
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Offer only what can work: no Stop once the run is over or its trainer is gone."""
+        if action == "stop" and (self.state.is_over or self.process_note):
+            return None  # shown greyed out
+        return True
+
     def action_stop(self) -> None:
         import os
         import signal
@@ -211,7 +239,7 @@ class LiveRunScreen(Screen):
         if trainer is not None and trainer.poll() is None:
             trainer.stop()
         else:
-            pid = read_meta(self.run_dir).get("pid")
+            pid = lock_holder(self.run_dir) or read_meta(self.run_dir).get("pid")
             if not pid_alive(pid):
                 self.notify("No live trainer process for this run.", severity="warning")
                 return
@@ -226,6 +254,12 @@ class LiveRunScreen(Screen):
             )
         self.render_state()
 
+    def action_maximise_chart(self) -> None:
+        self.toggle_class("-chart-max")
+
+    def action_chart(self, method: str) -> None:
+        getattr(self.query_one(LossChart), method)()
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
 
@@ -238,15 +272,18 @@ class LiveRunScreen(Screen):
         if not steps:
             self.notify("No checkpoint yet: samples need one.", severity="warning")
             return
-        prompts = sample_prompts(self.run_dir)
+        prompts = sample_prompts(self.run_dir, NUM_SAMPLE_PROMPTS)
         if not prompts:
             self.notify("No prompts: the run's data could not be read.", severity="warning")
             return
         step = steps[-1]
         label = f"step {step}"
         keys = [(f"{label}#{i}", f"{label}: {p[:40]}") for i, p in enumerate(prompts)]
+        if note := self.app.training_note():
+            self.notify(note, severity="warning")
         panes.generate(
-            generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48),
+            generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48,
+                             system=system_prompt(self.run_dir)),
             keys,
             key_of=lambda r: f"{r['label']}#{r['prompt']}",
             cwd=self.app.project_dir,

@@ -13,6 +13,7 @@ from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Collapsible, Footer, Header, Input, Label, Select, Static
@@ -21,7 +22,6 @@ from mlxsft.errors import MlxsftError
 from mlxsft.rundir import RunDir
 
 from ..dataset import DatasetPreview, load_preview_tokenizer, preview_dataset
-from ..estimate import estimate_run, format_duration, read_shape
 from ..processes import train_recipe
 from ..recipes import (
     build_recipe,
@@ -34,6 +34,7 @@ from ..recipes import (
     recipe_file_values,
     write_launch_recipe,
 )
+from ..run_estimate import DataShape, RunEstimate, estimate_for, format_duration, measured_speeds, resolve_model
 from ..runs import LAUNCH_RECIPE
 from ..widgets.length_histogram import LengthHistogram
 from ..widgets.recipe_form import RecipeForm
@@ -68,7 +69,7 @@ class NewRunScreen(Screen):
     )
     BINDINGS = [
         Binding("ctrl+s", "start", "Start training", priority=True),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "back", "Back"),
     ]
 
     def __init__(self, runs_root: Path):
@@ -79,6 +80,8 @@ class NewRunScreen(Screen):
         self.preview_token = 0
         self.tokenizers: dict[str, object] = {}
         self._preview_timer = None
+        self.estimate: RunEstimate | None = None
+        self.estimate_token = 0
 
     # ------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -149,6 +152,7 @@ class NewRunScreen(Screen):
         return Horizontal(Label(label, classes="field-label"), editor, classes="field-row")
 
     def on_mount(self) -> None:
+        self.initial_values = self.values()  # Esc asks before discarding anything changed since
         self.sub_title = f"runs go to {self.app.display_path(self.runs_root)}/"
         self.query_one("#estimate", Static).border_title = "Estimate"
         self.query_one("#data-summary", Static).border_title = "Dataset"
@@ -206,8 +210,8 @@ class NewRunScreen(Screen):
                 self._preview_timer.stop()
             self._preview_timer = self.set_timer(PREVIEW_DELAY_S, self.start_preview)
 
-    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
-        widget = event.widget
+    def field_help(self, widget: Widget) -> str | None:
+        """The recipe field or picker `widget` edits, in words (F1 shows it too)."""
         help_line = PICKER_HELP.get(widget.id or "")
         for form in self.query(RecipeForm):
             spec = form.spec_for(widget)
@@ -215,6 +219,10 @@ class NewRunScreen(Screen):
                 default = "none" if spec.default is None else spec.default
                 choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
                 help_line = f"{spec.name}: {spec.help}{choices} (default: {default})"
+        return help_line
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        help_line = self.field_help(event.widget)
         if help_line:
             self.query_one("#field-help", Static).update(help_line)
 
@@ -236,10 +244,10 @@ class NewRunScreen(Screen):
     @work(thread=True, exclusive=True, group="preview")
     def load_preview(self, token: int, model: str, data: str, mask: str, multi_turn: str = "auto") -> None:
         project = self.app.project_dir
-        model_dir = Path(model) if Path(model).is_absolute() else project / model
         data_path = Path(data) if Path(data).is_absolute() else project / data
         preview, error = None, None
         try:
+            model_dir = resolve_model(model, project)  # a folder, or a hub id pulled into the store
             if not (model_dir / "config.json").is_file():
                 raise MlxsftError(
                     "the preview needs a local model folder (for its tokenizer).", path=model
@@ -259,10 +267,13 @@ class NewRunScreen(Screen):
         self.app.call_from_thread(self.show_preview, token, preview, error)
 
     def show_preview(self, token: int, preview: DatasetPreview | None, error: str | None) -> None:
-        if token != self.preview_token:
-            return  # a newer preview is on its way
+        if token != self.preview_token or not self.is_attached:
+            return  # a newer preview is on its way, or the screen is gone
         self.preview, self.preview_error = preview, error
-        summary = self.query_one("#data-summary", Static)
+        try:
+            summary = self.query_one("#data-summary", Static)
+        except NoMatches:  # the screen is being torn down
+            return
         summary.set_class(error is not None, "error")
         max_len = self._max_seq_length()
         if preview is None:
@@ -285,40 +296,78 @@ class NewRunScreen(Screen):
 
     # ------------------------------------------------------------ estimate
     def update_estimate(self) -> None:
-        values = self.values()
+        """Check the form now; compute the estimate (the core's models.fit) in a worker."""
         box = self.query_one("#estimate", Static)
         line = self.query_one("#estimate-line", Static)
         box.set_class(False, "error")
+        self.estimate_token += 1
         try:
-            recipe = build_recipe(values)
+            recipe = build_recipe(self.values())
         except MlxsftError as exc:
             message = str(exc).replace("the New run form: ", "")
             box.update(f"Fix this before starting:\n{message}")
             box.set_class(True, "error")
             line.update("")
             return
-        model_dir = (
-            Path(recipe.model)
-            if Path(recipe.model).is_absolute()
-            else self.app.project_dir / recipe.model
-        )
-        shape = read_shape(model_dir)
-        if shape is None:
-            box.update("The estimate needs a local model folder with a config.json.")
+        try:
+            model_dir = resolve_model(recipe.model, self.app.project_dir)
+        except MlxsftError as exc:
+            box.update(f"No estimate: {exc}")
             line.update("")
             return
-        rows = self.preview.num_rows if self.preview else 0
-        mean = self.preview.mean_length if self.preview else recipe.train.max_seq_length
-        measured = self.app.measured_tokens_per_second.get(recipe.model)
-        estimate = estimate_run(shape, recipe, rows, mean, measured)
-        box.update(
-            estimate.describe()
-            + ("" if self.preview else "\n(no dataset yet: rows taken as max length)")
-        )
-        line.update(
-            f"estimate: ~{estimate.memory_gb:.2f} GB, ~{format_duration(estimate.seconds)} "
-            f"for {estimate.steps} steps (estimate_run, rough)"
-        )
+        p = self.preview
+        if p is not None:
+            data = DataShape(p.num_rows, p.num_valid_rows or 0, p.mean_length, max(p.lengths, default=1),
+                             sum(p.trained_tokens) / max(sum(p.lengths), 1))
+        else:
+            t = recipe.train.max_seq_length
+            data = DataShape(0, 0, t, t)
+        self.compute_estimate(self.estimate_token, recipe, model_dir, data)
+
+    @work(thread=True, exclusive=True, group="estimate")
+    def compute_estimate(self, token: int, recipe, model_dir: Path, data: DataShape) -> None:
+        app = self.app
+        speeds = app.measured_speeds  # a local: the Runs screen may reset the app's copy meanwhile
+        if speeds is None:
+            speeds = app.measured_speeds = measured_speeds(self.runs_root_abs(), app.project_dir)
+        try:
+            estimate = estimate_for(recipe, model_dir, data, speeds, app.matmul_flops_per_s)
+            if not estimate.seconds and app.matmul_flops_per_s is None:
+                app.call_from_thread(self.show_estimate, token, estimate, None)
+                from mlxsft.models.measure import matmul_flops
+
+                app.matmul_flops_per_s = matmul_flops("float32")  # once per session, ~1 s
+                estimate = estimate_for(recipe, model_dir, data, speeds, app.matmul_flops_per_s)
+        except MlxsftError as exc:
+            app.call_from_thread(self.show_estimate, token, None, f"No estimate: {exc}")
+            return
+        except (OSError, ValueError, KeyError) as exc:
+            app.call_from_thread(self.show_estimate, token, None,
+                                 f"No estimate: the model folder could not be read ({exc}).")
+            return
+        app.call_from_thread(self.show_estimate, token, estimate, None)
+
+    def runs_root_abs(self) -> Path:
+        root = self.runs_root
+        return root if root.is_absolute() else self.app.project_dir / root
+
+    def show_estimate(self, token: int, estimate: RunEstimate | None, error: str | None) -> None:
+        if token != self.estimate_token or not self.is_attached:
+            return  # the form changed since, or the screen is gone
+        self.estimate = estimate
+        try:
+            box = self.query_one("#estimate", Static)
+        except NoMatches:  # the screen is being torn down
+            return
+        line = self.query_one("#estimate-line", Static)
+        if estimate is None:
+            box.update(error or "")
+            line.update("")
+            return
+        box.update(estimate.describe()
+                   + ("" if self.preview else "\n(no dataset yet: rows taken as max length)"))
+        time = f"~{format_duration(estimate.seconds)}" if estimate.seconds else "timing…"
+        line.update(f"estimate: ~{estimate.memory_gb:.2f} GB, {time} for {estimate.steps} steps (models fit)")
 
     # ------------------------------------------------------------ start
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -337,7 +386,28 @@ class NewRunScreen(Screen):
         )
         return default_run_dir(root, recipe)
 
+    def action_back(self) -> None:
+        from .confirm import ConfirmScreen
+
+        if self.values() == self.initial_values:
+            self.app.pop_screen()
+            return
+        self.app.push_screen(
+            ConfirmScreen("Discard this form? The values you changed are not kept.", yes="Discard"),
+            lambda yes: self.app.pop_screen() if yes else None,
+        )
+
     def action_start(self) -> None:
+        from .confirm import ConfirmScreen
+
+        note = self.app.training_note()
+        if note is None:
+            self.start()
+            return
+        self.app.push_screen(ConfirmScreen(f"Start another run?\n\n{note}", yes="Start"),
+                             lambda yes: self.start() if yes else None)
+
+    def start(self) -> None:
         from .live_run import LiveRunScreen
 
         error = self.query_one("#form-error", Static)

@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from mlxsft.errors import MlxsftError
+from mlxsft.runlock import lock_holder
 
 from ..processes import resume_run
 from ..runs import (
@@ -22,7 +23,9 @@ from ..runs import (
     STARTING,
     STOPPED,
     RunSummary,
+    can_resume,
     delete_run,
+    deletion_contents,
     format_age,
     format_tokens,
     scan_runs,
@@ -37,7 +40,9 @@ STATUS_STYLE = {
     STOPPED: "yellow",
     INTERRUPTED: "yellow",
 }
-COLUMNS = ("run", "status", "method", "model", "best val", "tokens", "age")
+# What decides between runs first: at 80 columns method and model run off the right edge
+# (the detail line below the table repeats them), never the numbers.
+COLUMNS = ("run", "status", "best val", "tokens", "age", "method", "model")
 
 
 class RunsScreen(Screen):
@@ -51,7 +56,8 @@ class RunsScreen(Screen):
     )
     BINDINGS = [
         Binding("n", "new_run", "New"),
-        Binding("enter", "open_run", "Open", key_display="⏎"),
+        # priority: the table's own (hidden) enter binding would otherwise hide this one in the footer
+        Binding("enter", "open_run", "Open", key_display="⏎", priority=True),
         Binding("o", "open_run", "Open", show=False),
         Binding("c", "checkpoints", "Ckpts"),
         Binding("e", "export", "Export"),
@@ -95,31 +101,36 @@ class RunsScreen(Screen):
         self.app.call_from_thread(self.show, summaries)
 
     def show(self, summaries: list[RunSummary]) -> None:
-        self.summaries = summaries
-        for s in summaries:
-            if s.tokens_per_second and s.model not in self.app.measured_tokens_per_second:
-                self.app.measured_tokens_per_second[s.model] = s.tokens_per_second
+        if summaries != self.summaries:
+            self.app.measured_speeds = None  # the New run estimate re-reads the runs' speeds
         table = self.query_one(DataTable)
         selected = self.selected()
-        table.clear()
+        same_rows = [s.path for s in summaries] == [s.path for s in self.summaries] and table.row_count
+        self.summaries = summaries
         now = self.app.clock()
-        for s in summaries:
-            best = "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
-            table.add_row(
-                s.name,
-                Text(s.status, style=STATUS_STYLE.get(s.status, "dim")),
-                s.method,
-                self.model_name(s.model),
-                best,
-                format_tokens(s.tokens_seen),
-                format_age(s.created, now),
-                key=str(s.path),
-            )
-        if selected is not None:
-            for i, s in enumerate(summaries):
-                if s.path == selected.path:
-                    table.move_cursor(row=i, animate=False)
+        if same_rows:
+            # Update cells in place: clearing the table would reset its scroll and cursor every refresh.
+            for s in summaries:
+                for column, value in zip(COLUMNS, self.cells(s, now), strict=True):
+                    table.update_cell(str(s.path), column, value)
+        else:
+            table.clear()
+            for s in summaries:
+                table.add_row(*self.cells(s, now), key=str(s.path))
+            if selected is not None:
+                for i, s in enumerate(summaries):
+                    if s.path == selected.path:
+                        table.move_cursor(row=i, animate=False)
         self.show_detail()
+
+    def cells(self, s: RunSummary, now: float) -> tuple:
+        best = "-" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
+        status = Text(s.status, style=STATUS_STYLE.get(s.status, "dim"))
+        # Long names would push the numbers off an 80-column screen; the detail line has it in full.
+        room = max(16, self.size.width - 50)
+        name = s.name if len(s.name) <= room else s.name[: room - 1] + "…"
+        return (name, status, best, format_tokens(s.tokens_seen), format_age(s.created, now), s.method,
+                self.model_name(s.model))
 
     def model_name(self, model: str) -> str:
         """A local model folder by its name; a hub id as it is."""
@@ -136,6 +147,20 @@ class RunsScreen(Screen):
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self.show_detail()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """Offer only actions that can work on the highlighted run (others shown greyed out)."""
+        s = self.selected() if self.is_mounted else None
+        if s is None:
+            return True
+        if action == "resume":
+            return None if can_resume(s) else True
+        if action == "stop":
+            return True if s.is_live else None
+        if action == "delete":
+            return None if s.is_live else True
+        return True
 
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
         self.action_open_run()
@@ -152,12 +177,16 @@ class RunsScreen(Screen):
             return
         text = Text()
         text.append(self.app.display_path(s.path), style="bold")
+        text.append(f"  {s.method} on {self.model_name(s.model)}")
         if s.last_step is not None and s.total_steps:
             text.append(f"  step {s.last_step}/{s.total_steps}")
         if s.pid and s.is_live:
             text.append(f"  pid {s.pid}")
+        why_not = can_resume(s) if s.status in (STOPPED, INTERRUPTED, FAILED) else None
         if s.error:
             text.append(f"\n{s.error}", style="red")
+        if why_not:
+            text.append(f"\nNo resume: {why_not}", style="yellow")
         elif s.status == INTERRUPTED:
             text.append(
                 "\nThe trainer is gone without a final event (killed or crashed): press r to "
@@ -209,12 +238,14 @@ class RunsScreen(Screen):
         s = self._need_run()
         if s is None:
             return
-        if s.status not in (STOPPED, INTERRUPTED, FAILED):
-            self.notify(
-                f"This run is {s.status}; only a stopped, interrupted or failed run can be "
-                f"resumed.",
-                severity="warning",
-            )
+        why_not = can_resume(s)
+        if why_not is not None:
+            self.notify(why_not[0].upper() + why_not[1:], severity="warning")
+            return
+        holder = lock_holder(s.path)
+        if holder is not None:
+            self.notify(f"Trainer pid {holder} is training this run; stop it (s) before resuming.",
+                        severity="error")
             return
         self.app.add_trainer(resume_run(s.path, cwd=self.app.project_dir))
         self.notify(f"Resuming {s.name} from its last checkpoint.")
@@ -257,8 +288,10 @@ class RunsScreen(Screen):
             self.notify(f"Deleted {self.app.display_path(s.path)}.")
             self.action_rescan()
 
+        contents = "\n".join(f"  • {line}" for line in deletion_contents(s.path))
         question = (
-            f"Delete the run {self.app.display_path(s.path)}?\n\nIts checkpoints, adapters and "
-            "events are removed from disk. This cannot be undone."
+            f"Delete the run {self.app.display_path(s.path)}?\n\nThis removes from disk:\n{contents}\n\n"
+            "Exports inside the run folder go with it; copy any you want to keep first. "
+            "This cannot be undone."
         )
         self.app.push_screen(ConfirmScreen(question, yes="Delete"), answer)

@@ -15,14 +15,14 @@ from ..processes import StreamingChild
 
 
 class GenerationPane(VerticalScroll):
-    def __init__(self, key: str, title: str, **kwargs):
+    def __init__(self, key: str, title: str, text: str = "", **kwargs):
         super().__init__(classes="generation-pane", **kwargs)
         self.key = key
         self.border_title = title
-        self.text = ""
+        self.text = text  # what the pane starts with (a chat's transcript so far)
 
     def compose(self) -> ComposeResult:
-        yield Static("", classes="generation-body", markup=False)
+        yield Static(self.text, classes="generation-body", markup=False)
 
     def append(self, delta: str) -> None:
         self.text += delta
@@ -51,10 +51,14 @@ class GenerationPanes(Horizontal):
         panes: list[tuple[str, str]],
         key_of: Callable[[dict], str],
         cwd: Path | None = None,
+        prefixes: dict[str, str] | None = None,
     ) -> None:
-        """Start the child `command` (tui/generate.py protocol) and stream its text into `panes`."""
+        """Start the child `command` (tui/generate.py protocol) and stream its text into `panes`.
+
+        `prefixes`: text each pane starts with (by key), which the streamed text follows.
+        """
         self.cancel()
-        self.reset(panes)
+        self.reset(panes, prefixes)
         for key, _ in panes:
             self.set_status(key, "waiting")
         self.running = True
@@ -119,7 +123,7 @@ class GenerationPanes(Horizontal):
         self.child = None
         if error:
             for pane in self.query(GenerationPane):
-                if not pane.text:
+                if pane.border_subtitle != "done" and not pane.border_subtitle.endswith("tok/s"):
                     pane.border_subtitle = "failed"
         self.post_message(self.Finished(self, code, error))
 
@@ -134,9 +138,9 @@ class GenerationPanes(Horizontal):
     def compose(self) -> ComposeResult:
         yield Static(self.placeholder, classes="generation-placeholder")
 
-    def reset(self, panes: list[tuple[str, str]]) -> None:
+    def reset(self, panes: list[tuple[str, str]], prefixes: dict[str, str] | None = None) -> None:
         self.remove_children()
-        self.mount_all([GenerationPane(key, title) for key, title in panes])
+        self.mount_all([GenerationPane(key, title, (prefixes or {}).get(key, "")) for key, title in panes])
 
     def pane(self, key: str) -> GenerationPane | None:
         for pane in self.query(GenerationPane):

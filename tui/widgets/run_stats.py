@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.table import Table
 from textual.widgets import Static
 
-from ..estimate import format_duration
+from ..run_estimate import format_duration
 from ..run_state import RunState
 
 
