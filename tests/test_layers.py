@@ -28,7 +28,7 @@ FLOORS = {
     "base": ["mlxsft", "mlxsft.config", "mlxsft.events", "mlxsft.errors", "mlxsft.safeio", "mlxsft.typed_yaml",
              "mlxsft.blas", "mlxsft.kernel_cache"],
     "data": ["mlxsft.data"],
-    "floor": ["mlxsft.model", "mlxsft.rundir", "mlxsft.store", "mlxsft.hub", "mlxsft.generate", "mlxsft.token_rows",
+    "floor": ["mlxsft.model", "mlxsft.rundir", "mlxsft.runlock", "mlxsft.store", "mlxsft.hub", "mlxsft.generate", "mlxsft.token_rows",
               "mlxsft.untrained_tokens", "mlxsft.hosts", "mlxsft.launch", "mlxsft.devmodel"],
     "train": ["mlxsft.train"],
     "wings": ["mlxsft.judge", "mlxsft.export", "mlxsft.models", "mlxsft.bench"],
