@@ -40,7 +40,8 @@ def checkpoint_samples(num_prompts: int = NUM_PROMPTS, max_tokens: int = MAX_TOK
 
     def hook(prepared, state, emit) -> None:
         valid = prepared.files.get("valid")
-        if valid is None or num_prompts < 1:
+        # preference runs' rows are pairs, not chats: their samples are not drawn here (yet)
+        if valid is None or num_prompts < 1 or prepared.preference is not None:
             return
         if not chosen:
             examples = [e for e in load_jsonl(valid) if e.kind in ("chat", "completion")][: 4 * num_prompts]
