@@ -258,15 +258,16 @@ def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: flo
     @partial(mx.compile, inputs=state, outputs=state)
     def train_step(*arrays):
         (loss_sum, ntok, *aux), grads = loss_and_grad(model, *arrays)
-        loss_sum, ntok, grads, aux = world.all_sum((loss_sum, ntok, grads, aux))
+        loss_sum, ntok, grads = world.all_sum((loss_sum, ntok, grads))
+        aux = [world.all_sum(a) for a in aux]  # apart: a tree round trip would drop an empty list
         update(grads, ntok)
         return (loss_sum, ntok, *aux)
 
     @partial(mx.compile, inputs=state, outputs=state)
     def grad_step(*arrays):
         (loss_sum, ntok, *aux), grads = loss_and_grad(model, *arrays)
-        loss_sum, ntok, aux = world.all_sum((loss_sum, ntok, aux))
-        return (loss_sum, ntok, grads, *aux)
+        loss_sum, ntok = world.all_sum((loss_sum, ntok))
+        return (loss_sum, ntok, grads, *[world.all_sum(a) for a in aux])
 
     @partial(mx.compile, inputs=state, outputs=state)
     def apply_grads(grads, ntok):
