@@ -103,3 +103,15 @@ def test_collated_pairs_keep_chosen_then_rejected_rows(data_tokenizers, tmp_path
         n = len(ex.ids) - 1
         np.testing.assert_array_equal(batch.inputs[row, :n], ex.ids[:-1])
         np.testing.assert_array_equal(batch.weights[row, :n], ex.trained[1:])
+
+
+def test_data_check_reads_pair_files_and_lists_bad_pairs(tmp_path):
+    from mlxsft.judge.datacheck import check_data
+
+    good = {"prompt": USER, "chosen": reply("Paris."), "rejected": reply("Berlin.")}
+    write_jsonl(tmp_path / "d" / "train.jsonl", [good, BAD_ROWS[2][0], good | {"chosen": reply("Lyon.")}])
+    report = check_data(tmp_path / "d")
+    pair_findings = [(f.line, f.check) for f in report.findings if f.severity == "error"]
+    assert pair_findings == [(2, "pair")]
+    assert "identical" in next(f.message for f in report.findings if f.check == "pair")
+    assert report.splits["train"]["rows"] == 2  # the good pairs, seen as their chosen sides

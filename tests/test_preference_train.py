@@ -181,3 +181,34 @@ def test_init_from_a_run_that_does_not_fit_is_a_clear_error(tiny_llama, task, tm
     with pytest.raises(TrainingError, match=message):
         run_training(recipe_from_dict(raw))
     assert not (tmp_path / "run").exists()  # nothing written before the inputs are right
+
+
+def test_dpo_on_two_ranks_matches_one_rank(tiny_llama, task, tmp_path):
+    from .test_distributed import losses, train
+
+    def recipe(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "model": str(tiny_llama), "data": str(task / "pref"), "output": str(tmp_path / name),
+            "objective": "dpo", "lora": LORA,
+            "train": {"iters": 6, "batch_size": 8, "learning_rate": 2e-3, "max_seq_length": 64,
+                      "steps_per_report": 1, "steps_per_eval": 3, "steps_per_save": 3}}))
+        return str(path)
+
+    for name, extra in (("one", ()), ("two", ("--ranks", "2"))):
+        proc = train(recipe(name), *extra)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out + err
+    want, got = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(got) == list(range(1, 7))
+    for step in want:
+        assert abs(got[step] - want[step]) <= 1e-4 * abs(want[step]), (step, got[step], want[step])
+
+    def metrics(name):
+        return [e for e in read_events(tmp_path / name / "events.jsonl") if isinstance(e, PreferenceReported)]
+
+    one, two = metrics("one"), metrics("two")
+    assert len(one) == len(two) == 8  # 6 train reports, 2 validation passes
+    for a, b in zip(one, two, strict=True):
+        assert (a.split, a.step, a.accuracy) == (b.split, b.step, b.accuracy)
+        assert b.margin == pytest.approx(a.margin, rel=1e-3, abs=1e-5)

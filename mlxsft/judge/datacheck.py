@@ -17,6 +17,7 @@ design and would make every pair of rows look alike.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..data.formats import Example, scan_jsonl
 from ..data.masking import tokenize_row
+from ..data.preference import scan_pairs
 from ..data.templates import check_turn_order, has_generation_markers, hf_tokenizer, marked_replies
 from ..errors import DataError, MlxsftError
 
@@ -95,7 +97,15 @@ def data_files(data: str | Path) -> dict[str, Path]:
 
 
 def _load(path: Path, report: DataReport) -> list[Example] | None:
-    """The file's valid rows; every bad row becomes a schema finding and the rest are still checked."""
+    """The file's valid rows; every bad row becomes a schema finding and the rest are still checked.
+
+    A file of preference pairs (DPO/ORPO) is checked as pairs (`data.preference`: every bad pair
+    is a "pair" finding) and then, for the other checks, as its chosen sides.
+    """
+    if _is_pair_file(path):
+        pairs, bad = scan_pairs(path)
+        report.findings += [Finding("error", "pair", row.path, row.line, row.reason) for row in bad]
+        return [pair.chosen for pair in pairs]
     try:
         rows, problems = scan_jsonl(path)
     except DataError as exc:
@@ -104,6 +114,17 @@ def _load(path: Path, report: DataReport) -> list[Example] | None:
     for exc in problems:
         report.findings.append(Finding("error", "schema", exc.path or str(path), exc.line, exc.detail))
     return rows
+
+
+def _is_pair_file(path: Path) -> bool:
+    """Whether the file's first row is a preference pair (has "chosen" or "rejected")."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = next((line for line in f if line.strip()), "")
+        row = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and ("chosen" in row or "rejected" in row)
 
 
 # --------------------------------------------------------------------------- texts
