@@ -52,7 +52,7 @@ def main(base: str) -> None:
 
     def preference_step(objective, ref_per_batch):
         plan = PreferencePlan(PreferenceLoss(objective, 0.1))
-        steps = build_steps(model, build_optimizer(recipe.train, 1000), 1.0, packed=False, plan=plan)
+        steps = build_steps(model, build_optimizer(recipe.train, 1000), 1.0, packed=False, loss=plan)
 
         def run(idx):
             batch = collate_pairs(ds.pairs, idx, tok.pad_token_id)

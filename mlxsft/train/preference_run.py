@@ -2,7 +2,7 @@
 
 `PreferenceHook` gives the loop, for `objective: dpo|orpo`, the data split loader,
 the batch source (each pair kept together: a batch of N pairs is 2N rows), the
-loss plan for the compiled step (`build_steps(plan=...)`), the reference log-probs
+loss for the compiled step (`build_steps(loss=...)`), the reference log-probs
 (cached in the run dir or computed per batch, see `reference`), the per-report
 metrics and the validation pass. Everything else (schedule, optimizer, checkpoints,
 exact resume, events, early stop) is the SFT loop's own.
