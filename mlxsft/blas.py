@@ -29,8 +29,22 @@ OPENBLAS_CANDIDATES = (
 )
 _MARK = "MLXSFT_BLAS_REEXEC"
 # OpenBLAS cores without AVX: what DYNAMIC_ARCH picks when it does not know the CPU
-BASELINE_CORES = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "katmai", "coppermine",
-                  "northwood", "banias", "barcelona", "opteron", "generic", "unknown"}
+BASELINE_CORES = {
+    "prescott",
+    "core2",
+    "penryn",
+    "dunnington",
+    "nehalem",
+    "atom",
+    "katmai",
+    "coppermine",
+    "northwood",
+    "banias",
+    "barcelona",
+    "opteron",
+    "generic",
+    "unknown",
+}
 
 
 def find_openblas() -> str | None:

@@ -44,7 +44,10 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         extra = f" One of: {', '.join(choices)}." if choices else ""
         text = f"{help_text}{extra} (default: {default})"
         group.add_argument(
-            f"--{name}", dest=f"flag:{name}", metavar="VALUE", default=None,
+            f"--{name}",
+            dest=f"flag:{name}",
+            metavar="VALUE",
+            default=None,
             help=text.replace("%", "%%"),  # argparse %-formats help text
         )
 
@@ -71,8 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist = train.add_argument_group("several processes or machines (data parallel, via mlx.launch)")
     dist.add_argument("--ranks", type=int, default=None, metavar="N", help="Run N ranks on this machine.")
     dist.add_argument("--hosts", default=None, metavar="HOSTS.json", help="Run one rank per host in this file.")
-    dist.add_argument("--dist-timeout", type=float, default=120.0, metavar="S",
-                      help="Stop when no step finishes for S seconds (a dead or hung rank).")
+    dist.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="Stop when no step finishes for S seconds (a dead or hung rank).",
+    )
     _add_recipe_flags(train)
 
     demo = sub.add_parser("demo", help="Build a tiny local model and fine-tune it on bundled data (offline).")
@@ -108,7 +116,7 @@ def cmd_train(args) -> int:
     if args.ranks is not None or args.hosts is not None:
         if args.ranks is not None and args.ranks < 1:
             raise MlxsftError("--ranks must be at least 1.")
-        train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1:])
+        train_args = _strip_launch_flags(sys.argv[sys.argv.index("train") + 1 :])
         return launch_training(train_args, args.ranks, args.hosts, args.dist_timeout)
     from .judge.samples import checkpoint_samples  # fixed validation prompts answered at each save
     from .train.run import run_training

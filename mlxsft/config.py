@@ -90,14 +90,20 @@ class QuantizeConfig:
 
 @dataclass
 class PreferenceConfig:
-    beta: float = _field(0.1, "DPO: strength of the pull towards the reference (higher = stay closer); "
-                              "ORPO: weight of the odds-ratio term beside the chosen replies' NLL.")
-    label_smoothing: float = _field(0.0, "DPO sigmoid: assumed share of pairs whose preference is flipped "
-                                         "(conservative DPO), in [0, 0.5).")
+    beta: float = _field(
+        0.1,
+        "DPO: strength of the pull towards the reference (higher = stay closer); "
+        "ORPO: weight of the odds-ratio term beside the chosen replies' NLL.",
+    )
+    label_smoothing: float = _field(
+        0.0, "DPO sigmoid: assumed share of pairs whose preference is flipped (conservative DPO), in [0, 0.5)."
+    )
     loss_type: str = _field("sigmoid", "DPO loss: sigmoid (the DPO paper) or ipo.", PREFERENCE_LOSSES)
     cache_reference: bool = _field(
-        True, "DPO: compute the reference log-probs once before training and keep them in the run dir "
-              "(else one extra forward pass per batch).")
+        True,
+        "DPO: compute the reference log-probs once before training and keep them in the run dir "
+        "(else one extra forward pass per batch).",
+    )
 
 
 @dataclass
@@ -141,12 +147,16 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data files and masking."})
     method: str = _field("lora", "Fine-tuning method.", METHODS)
     objective: str = _field(
-        "sft", "Training objective: sft (replies), dpo or orpo (preference pairs: prompt, chosen, rejected).",
-        OBJECTIVES)
-    init: str | None = _field(None, "Start from a finished run's adapter (a run folder, e.g. runs/sft-x) "
-                                    "instead of a fresh one.")
-    preference: PreferenceConfig = field(default_factory=PreferenceConfig,
-                                         metadata={"help": "DPO/ORPO settings (objective: dpo or orpo)."})
+        "sft",
+        "Training objective: sft (replies), dpo or orpo (preference pairs: prompt, chosen, rejected).",
+        OBJECTIVES,
+    )
+    init: str | None = _field(
+        None, "Start from a finished run's adapter (a run folder, e.g. runs/sft-x) instead of a fresh one."
+    )
+    preference: PreferenceConfig = field(
+        default_factory=PreferenceConfig, metadata={"help": "DPO/ORPO settings (objective: dpo or orpo)."}
+    )
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA/DoRA adapter shape."})
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig, metadata={"help": "QLoRA base quantization."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimization and schedule."})
@@ -162,8 +172,12 @@ class Recipe:
 
 def read_recipe_file(path: str | Path) -> tuple[dict, dict[str, int]]:
     """Read a YAML recipe into a plain dict, with the line of each key."""
-    return read_yaml_mapping(path, RecipeError, "recipe file not found; check the path.",
-                             "a recipe must be a mapping of keys (model:, data:, train:, ...).")
+    return read_yaml_mapping(
+        path,
+        RecipeError,
+        "recipe file not found; check the path.",
+        "a recipe must be a mapping of keys (model:, data:, train:, ...).",
+    )
 
 
 def _normalize_data(raw: dict) -> dict:
@@ -195,8 +209,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = parse_yaml_value(text)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise RecipeError(f"the value of '{key.strip()}' is not valid YAML ({problem}); quote it, "
-                              f"e.g. {key.strip()}='\"{text}\"'.", path=f"--set {item}") from None
+            raise RecipeError(
+                f"the value of '{key.strip()}' is not valid YAML ({problem}); quote it, "
+                f"e.g. {key.strip()}='\"{text}\"'.",
+                path=f"--set {item}",
+            ) from None
         parts = key.strip().split(".")
         node = raw
         for part in parts[:-1]:
@@ -228,8 +245,11 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
     if t.epochs is not None and t.epochs <= 0:
         fail("train.epochs", f"must be greater than 0, got {t.epochs}.")
     if t.iters is not None and t.epochs is not None:
-        fail("train.epochs", f"({t.epochs}) and train.iters ({t.iters}) are both set; give one of them "
-                             "(iters: optimizer steps, epochs: passes over the data).")
+        fail(
+            "train.epochs",
+            f"({t.epochs}) and train.iters ({t.iters}) are both set; give one of them "
+            "(iters: optimizer steps, epochs: passes over the data).",
+        )
     for key in ("batch_size", "grad_accumulation", "max_seq_length", "steps_per_report", "steps_per_save"):
         if getattr(t, key) < 1:
             fail(f"train.{key}", f"must be at least 1, got {getattr(t, key)}.")
@@ -260,20 +280,26 @@ def check_recipe(recipe: Recipe, source: str = "<recipe>", lines=None) -> None:
     if not 0 <= pref.label_smoothing < 0.5:
         fail("preference.label_smoothing", f"must be in [0, 0.5), got {pref.label_smoothing}.")
     if recipe.objective != "sft" and t.pack:
-        fail("train.pack", f"cannot be used with objective: {recipe.objective} (each batch row is one side of a "
-                           "pair); set it to false.")
+        fail(
+            "train.pack",
+            f"cannot be used with objective: {recipe.objective} (each batch row is one side of a "
+            "pair); set it to false.",
+        )
     q = recipe.quantize
     if q.bits is not None and q.bits not in (2, 3, 4, 5, 6, 8):
         fail("quantize.bits", f"must be 2, 3, 4, 5, 6 or 8, got {q.bits}.")
     if q.group_size not in (32, 64, 128):
         fail("quantize.group_size", f"must be 32, 64 or 128, got {q.group_size}.")
     if q.bits is not None and recipe.method == "full":
-        fail("quantize.bits",
-             "cannot be used with method: full (a quantized base cannot be trained); use lora or dora.")
+        fail(
+            "quantize.bits", "cannot be used with method: full (a quantized base cannot be trained); use lora or dora."
+        )
 
 
 def recipe_from_dict(
-    raw: dict, source: str = "<recipe>", lines: dict[str, int] | None = None,
+    raw: dict,
+    source: str = "<recipe>",
+    lines: dict[str, int] | None = None,
     origins: dict[str, str] | None = None,
 ) -> Recipe:
     """Validate a raw dict (from YAML or a UI form) into a Recipe.
@@ -323,17 +349,26 @@ def with_absolute_paths(recipe: Recipe) -> Recipe:
 
     Hub ids (paths that do not exist locally) are kept as written.
     """
+
     def absolute(value: str | None) -> str | None:
         if value and Path(value).expanduser().exists():
             return str(Path(value).expanduser().resolve())
         return value
 
     data = dataclasses.replace(
-        recipe.data, train=absolute(recipe.data.train), valid=absolute(recipe.data.valid),
-        test=absolute(recipe.data.test), ood=absolute(recipe.data.ood),
+        recipe.data,
+        train=absolute(recipe.data.train),
+        valid=absolute(recipe.data.valid),
+        test=absolute(recipe.data.test),
+        ood=absolute(recipe.data.ood),
     )
-    return dataclasses.replace(recipe, model=absolute(recipe.model), data=data, init=absolute(recipe.init),
-                               output=absolute(recipe.output) if recipe.output else recipe.output)
+    return dataclasses.replace(
+        recipe,
+        model=absolute(recipe.model),
+        data=data,
+        init=absolute(recipe.init),
+        output=absolute(recipe.output) if recipe.output else recipe.output,
+    )
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -35,8 +35,9 @@ def ensure_demo_model(recipe_path: Path = QUICKSTART, model_dir: Path = DEMO_MOD
     if (model_dir / "config.json").is_file():
         return model_dir
     raw = recipe_path.parent / "data" / "quickstart" / "train.jsonl"
-    spec = TinyModelSpec(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
-                         intermediate_size=256, vocab_size=768)
+    spec = TinyModelSpec(
+        hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=768
+    )
     build_tiny_model(model_dir, spec, corpus=corpus_from_jsonl(raw))
     return model_dir
 
@@ -59,8 +60,11 @@ def ensure_demo_recipe(root: Path = Path(".")) -> list[Path]:
     if (root / QUICKSTART).is_file():
         return []
     if not (source / "quickstart.yaml").is_file():
-        raise MlxsftError("this installation ships no demo recipe; run `mlxsft demo` from a clone of the "
-                          "repository (it uses recipes/quickstart.yaml).", path=str(source))
+        raise MlxsftError(
+            "this installation ships no demo recipe; run `mlxsft demo` from a clone of the "
+            "repository (it uses recipes/quickstart.yaml).",
+            path=str(source),
+        )
     written = []
     for rel in (Path("quickstart.yaml"), Path("data") / "quickstart"):
         target = root / "recipes" / rel

@@ -185,8 +185,19 @@ class SamplesGenerated:
 
 
 Event = (
-    RunStarted | DataPrepared | BatchTokensChosen | StepReported | EvalFinished | CheckpointSaved
-    | RunFinished | RunStopped | RunFailed | RunWarning | CheckpointEvaluated | SelectionMade | PreferenceReported
+    RunStarted
+    | DataPrepared
+    | BatchTokensChosen
+    | StepReported
+    | EvalFinished
+    | CheckpointSaved
+    | RunFinished
+    | RunStopped
+    | RunFailed
+    | RunWarning
+    | CheckpointEvaluated
+    | SelectionMade
+    | PreferenceReported
     | SamplesGenerated
 )
 EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
@@ -222,8 +233,11 @@ def decode_event_line(line: str) -> tuple[object | None, str | None]:
     if name not in EVENT_TYPES:
         return None, f"unknown event {name!r} (written by another mlxsft version?)"
     cls = EVENT_TYPES[name]
-    required = {f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     missing = sorted(required - record.keys())
     if missing:
         return None, f"{name} without {', '.join(missing)} (written by another mlxsft version?)"
@@ -322,8 +336,10 @@ class StdoutSink:
             case BatchTokensChosen():
                 pairs = zip(event.probed_tokens, event.probed_peak_gb, strict=True)
                 probes = ", ".join(f"{t:,}: {gb:.2f} GB" for t, gb in pairs)
-                return (f"batch_tokens auto: {event.batch_tokens:,} tokens per batch fit the "
-                        f"{event.memory_limit_gb:.1f} GB limit (measured {probes})")
+                return (
+                    f"batch_tokens auto: {event.batch_tokens:,} tokens per batch fit the "
+                    f"{event.memory_limit_gb:.1f} GB limit (measured {probes})"
+                )
             case StepReported():
                 return (
                     f"step {event.step}/{event.total_steps}  loss {event.loss:.4f}  "
@@ -345,9 +361,16 @@ class StdoutSink:
                 early = f" Stopped early: {event.early_stop_reason}." if event.early_stop_reason else ""
                 return f"Finished at step {event.step} in {_duration(event.elapsed_s)}{best}.{early}"
             case CheckpointEvaluated():
-                parts = [f"{name} {value:.4f}" for name, value in (
-                    ("valid loss", event.valid_loss), ("ood loss", event.ood_loss),
-                    ("entropy", event.entropy), ("distinct-2", event.distinct_2)) if value is not None]
+                parts = [
+                    f"{name} {value:.4f}"
+                    for name, value in (
+                        ("valid loss", event.valid_loss),
+                        ("ood loss", event.ood_loss),
+                        ("entropy", event.entropy),
+                        ("distinct-2", event.distinct_2),
+                    )
+                    if value is not None
+                ]
                 return f"evaluated {event.label}: " + ", ".join(parts)
             case PreferenceReported():
                 kl = f"  kl {event.kl:.4f}" if event.kl is not None else ""
@@ -361,7 +384,8 @@ class StdoutSink:
             case SamplesGenerated():
                 pairs = zip(event.prompts, event.completions, strict=True)
                 return f"step {event.step}  samples:" + "".join(
-                    f"\n  {_short(p, 40)} -> {_short(c, 80)}" for p, c in pairs)
+                    f"\n  {_short(p, 40)} -> {_short(c, 80)}" for p, c in pairs
+                )
             case RunStopped():
                 return f"Stopped at step {event.step}: {event.reason}. Last checkpoint: {event.last_checkpoint}"
             case RunWarning():

@@ -63,8 +63,17 @@ def eos_ids(tokenizer) -> set[int]:
     return {eos} if isinstance(eos, int) else set()
 
 
-def sample_completions(model: nn.Module, tokenizer, prompt_ids: Sequence[int], *, k: int, max_tokens: int,
-                       temperature: float, top_p: float, seed: int) -> list[Sample]:
+def sample_completions(
+    model: nn.Module,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    *,
+    k: int,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> list[Sample]:
     """k completions of one prompt, sampled as one batch from a seeded RNG (mlx-lm's sampler and cache)."""
     from mlx_lm.models.cache import make_prompt_cache
     from mlx_lm.sample_utils import make_sampler

@@ -57,8 +57,10 @@ def probe(host: str, model: str | None, python: str = "python3") -> dict:
         raise MlxsftError(f"host '{host}': ssh failed ({exc}).") from None
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MlxsftError(f"host '{host}': cannot run mlxsft there over ssh ({why}). Check `ssh {host}` works "
-                          "without a password and that mlxsft is installed in its python3.")
+        raise MlxsftError(
+            f"host '{host}': cannot run mlxsft there over ssh ({why}). Check `ssh {host}` works "
+            "without a password and that mlxsft is installed in its python3."
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -74,10 +76,15 @@ def check_hosts(hosts: list[str], model: str | None) -> list[str]:
                 problems.append(f"{host} has {key} {info[key]}, {ref_host} has {ref[key]}")
         if model and info["model_files"] != ref["model_files"]:
             missing = sorted(set(ref["model_files"]) - set(info["model_files"]))
-            differ = sorted(f for f in ref["model_files"] if f in info["model_files"]
-                            and info["model_files"][f] != ref["model_files"][f])
-            problems.append(f"{host}: model folder {model} differs from {ref_host}'s "
-                            f"(missing: {missing or 'none'}, different size: {differ or 'none'})")
+            differ = sorted(
+                f
+                for f in ref["model_files"]
+                if f in info["model_files"] and info["model_files"][f] != ref["model_files"][f]
+            )
+            problems.append(
+                f"{host}: model folder {model} differs from {ref_host}'s "
+                f"(missing: {missing or 'none'}, different size: {differ or 'none'})"
+            )
     return problems
 
 
@@ -85,8 +92,13 @@ def add_commands(sub) -> None:
     p = sub.add_parser("hosts", help="Write (and check) the host file for a multi-machine run.")
     p.add_argument("hosts", nargs="+", help="ssh names of the machines; the first is rank 0.")
     p.add_argument("--out", default="hosts.json")
-    p.add_argument("--ip", action="append", default=[], metavar="HOST=ADDR",
-                   help="Address to use for a host's ring connection (e.g. its Thunderbolt bridge IP).")
+    p.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="HOST=ADDR",
+        help="Address to use for a host's ring connection (e.g. its Thunderbolt bridge IP).",
+    )
     p.add_argument("--check", action="store_true", help="ssh into each host and compare versions (and --model).")
     p.add_argument("--model", default=None, help="Model folder that must be the same on every host.")
     p.set_defaults(handler=cmd_hosts)

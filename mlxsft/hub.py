@@ -39,8 +39,11 @@ class HubSettings:
         cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or f"{home}/hub"
         offline_flag = env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or ""
         offline = offline_flag.upper() in _TRUE
-        return cls(endpoint=(env.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT).rstrip("/"),
-                   cache_dir=os.path.expanduser(os.path.expandvars(cache)), offline=offline)
+        return cls(
+            endpoint=(env.get("HF_ENDPOINT") or _DEFAULT_ENDPOINT).rstrip("/"),
+            cache_dir=os.path.expanduser(os.path.expandvars(cache)),
+            offline=offline,
+        )
 
     def apply(self) -> None:
         """Make huggingface_hub follow these settings: it reads HF_HUB_OFFLINE only once, at import."""
@@ -79,8 +82,10 @@ def have_token() -> bool:
 
 def _is_connection_problem(exc: BaseException) -> bool:
     markers = ("Connect", "Timeout", "OfflineModeIsEnabled", "NetworkError")
-    return any(isinstance(e, (ConnectionError, TimeoutError))
-               or any(m in type(e).__name__ for m in markers) for e in exception_chain(exc))
+    return any(
+        isinstance(e, (ConnectionError, TimeoutError)) or any(m in type(e).__name__ for m in markers)
+        for e in exception_chain(exc)
+    )
 
 
 def _disk_error(exc: BaseException) -> OSError | None:
@@ -89,13 +94,16 @@ def _disk_error(exc: BaseException) -> OSError | None:
 
 
 def gated_message(hub_id: str, hub: HubSettings) -> str:
-    return (f"'{hub_id}' is gated: accept its terms at {hub.endpoint}/{hub_id} while logged in, "
-            "then log in here with `hf auth login` (older clients: `huggingface-cli login`) "
-            "or set HF_TOKEN, and pull again.")
+    return (
+        f"'{hub_id}' is gated: accept its terms at {hub.endpoint}/{hub_id} while logged in, "
+        "then log in here with `hf auth login` (older clients: `huggingface-cli login`) "
+        "or set HF_TOKEN, and pull again."
+    )
 
 
-def download(hub_id: str, hub: HubSettings, patterns: list[str], *, revision: str | None = None,
-             local_dir: Path | None = None) -> Path:
+def download(
+    hub_id: str, hub: HubSettings, patterns: list[str], *, revision: str | None = None, local_dir: Path | None = None
+) -> Path:
     """The one download path: files of `hub_id` matching `patterns` (no pickle weights are ever asked for).
 
     Into `local_dir` when given (a store pull; finished files are skipped on a rerun), else
@@ -104,8 +112,15 @@ def download(hub_id: str, hub: HubSettings, patterns: list[str], *, revision: st
     """
     from huggingface_hub import snapshot_download
 
-    path = snapshot_download(hub_id, revision=revision, local_dir=str(local_dir) if local_dir else None,
-                             allow_patterns=patterns, endpoint=hub.endpoint, cache_dir=hub.cache_dir, max_workers=4)
+    path = snapshot_download(
+        hub_id,
+        revision=revision,
+        local_dir=str(local_dir) if local_dir else None,
+        allow_patterns=patterns,
+        endpoint=hub.endpoint,
+        cache_dir=hub.cache_dir,
+        max_workers=4,
+    )
     return Path(path)
 
 
@@ -118,15 +133,19 @@ def hub_error(exc: BaseException, hub_id: str, hub: HubSettings, partial: Path |
         RevisionNotFoundError,
     )
 
-    resume = (f" Files that finished are kept in {partial}; run the same command again to resume."
-              if partial is not None and partial.exists() else "")
+    resume = (
+        f" Files that finished are kept in {partial}; run the same command again to resume."
+        if partial is not None and partial.exists()
+        else ""
+    )
     disk = _disk_error(exc)
     if disk is not None:
         free = free_bytes(partial or Path(hub.cache_dir))
         return ModelError(
             f"could not write the download ({os.strerror(disk.errno)}): the disk is full or a "
             f"file-size limit was hit ({human_bytes(free)} free). Free some space "
-            f"(or use --store DIR on another disk).{resume}")
+            f"(or use --store DIR on another disk).{resume}"
+        )
     if isinstance(exc, GatedRepoError):
         return ModelError(gated_message(hub_id, hub) + resume)
     if isinstance(exc, RevisionNotFoundError):
@@ -135,11 +154,13 @@ def hub_error(exc: BaseException, hub_id: str, hub: HubSettings, partial: Path |
         return ModelError(
             f"no model '{hub_id}' on the hub ({hub.endpoint}): check the spelling (ids are "
             "owner/name, see `mlxsft models list`); for a private model log in with "
-            "`hf auth login`.")
+            "`hf auth login`."
+        )
     if _is_connection_problem(exc):
         return ModelError(
             f"cannot reach the hub at {hub.endpoint} ({type(exc).__name__}). Check your network; "
-            f"offline, pick a model already in the store (`mlxsft models list`).{resume}")
+            f"offline, pick a model already in the store (`mlxsft models list`).{resume}"
+        )
     if isinstance(exc, HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         first = str(exc).splitlines()[0]

@@ -33,8 +33,23 @@ from pathlib import Path
 from .safeio import atomic_copy_file
 
 # instruction-set extensions that change what g++ may emit for MLX's kernels
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_fp16", "avx512_bf16",
-             "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_fp16",
+    "avx512_bf16",
+    "asimd",
+    "asimdhp",
+    "sve",
+    "sve2",
+    "bf16",
+    "i8mm",
+)
 SETTLE_S = 120.0  # a kernel younger than this may still be being written by another process
 
 
@@ -198,5 +213,7 @@ def first_use_message(status: KernelCacheStatus) -> str | None:
     """The one-time notice for a run that will compile the CPU kernels, or None."""
     if not status.first_use:
         return None
-    return (f"mlxsft: first run with this MLX version on this CPU: compiling MLX's CPU kernels once "
-            f"(about 20 s for a LoRA step); they are kept in {status.cache_dir} for later runs.")
+    return (
+        f"mlxsft: first run with this MLX version on this CPU: compiling MLX's CPU kernels once "
+        f"(about 20 s for a LoRA step); they are kept in {status.cache_dir} for later runs."
+    )

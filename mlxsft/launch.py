@@ -35,8 +35,10 @@ def read_hosts(path: str) -> list[str]:
         raise MlxsftError(f"not valid JSON ({exc.msg}).", path=path, line=exc.lineno) from None
     hosts = raw.get("hosts", raw) if isinstance(raw, dict) else raw
     if not isinstance(hosts, list) or not hosts or not all(isinstance(h, dict) and "ssh" in h for h in hosts):
-        raise MlxsftError('expected {"hosts": [{"ssh": "host1", "ips": ["10.0.0.1"]}, ...]} '
-                          "(as written by `mlxsft hosts`).", path=path)
+        raise MlxsftError(
+            'expected {"hosts": [{"ssh": "host1", "ips": ["10.0.0.1"]}, ...]} (as written by `mlxsft hosts`).',
+            path=path,
+        )
     return [str(h["ssh"]) for h in hosts]
 
 
@@ -47,8 +49,21 @@ def launcher_command(train_args: list[str], ranks: int | None, hosts_file: str |
         # ranks sharing this machine split its cores: OpenBLAS threads that spin-wait on
         # each other's cores made 2 local ranks 3x slower still
         env += ["--env", f"OPENBLAS_NUM_THREADS={max(1, (os.cpu_count() or 1) // int(ranks or 1))}"]
-    return [sys.executable, "-c", LAUNCH, "--backend", "ring", *where, *env,
-            "--", sys.executable, "-m", "mlxsft.cli", "train", *train_args]
+    return [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        "--backend",
+        "ring",
+        *where,
+        *env,
+        "--",
+        sys.executable,
+        "-m",
+        "mlxsft.cli",
+        "train",
+        *train_args,
+    ]
 
 
 def launch_training(train_args: list[str], ranks: int | None, hosts_file: str | None, timeout_s: float) -> int:
@@ -91,6 +106,9 @@ def _report_failure(failures: list[tuple[int, str]], hosts: list[str], run_dir: 
         if run.read_meta().get("status") != "finished":
             run.update_meta(status="failed", error=reason, updated=time.time())
     resume = f" Resume with `mlxsft train --resume {run_dir} --ranks N`." if run_dir else ""
-    print(f"mlxsft: error: distributed run failed: {reason}. Last checkpoint: {last}.{resume}",
-          file=sys.stderr, flush=True)
+    print(
+        f"mlxsft: error: distributed run failed: {reason}. Last checkpoint: {last}.{resume}",
+        file=sys.stderr,
+        flush=True,
+    )
     return 3

@@ -58,8 +58,9 @@ class RunDir:
     def require_creatable(self) -> None:
         """Refuse a new run here before any work: a file in the way, or a run already here."""
         if self.path.exists() and not self.path.is_dir():
-            raise MlxsftError("the output is a file, not a folder; choose another output (--set output=...).",
-                              path=str(self.path))
+            raise MlxsftError(
+                "the output is a file, not a folder; choose another output (--set output=...).", path=str(self.path)
+            )
         require_creatable(self.path, MlxsftError, "the run folder")
         self.require_new()
 
@@ -104,7 +105,7 @@ class RunDir:
         for child in self.checkpoints_dir.iterdir():
             name = child.name
             if name.startswith(CHECKPOINT_PREFIX) and (child / "trainer_state.json").is_file():
-                steps.append(int(name[len(CHECKPOINT_PREFIX):]))
+                steps.append(int(name[len(CHECKPOINT_PREFIX) :]))
         return sorted(steps)
 
     def latest_checkpoint(self) -> Path | None:

@@ -87,7 +87,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-
 # ---------------------------------------------------------------- reading
 
 
@@ -101,7 +100,8 @@ def read_json(path: Path, error: type[MlxsftError] = MlxsftError, what: str = "t
     except json.JSONDecodeError as exc:
         raise error(
             f"{what} is not valid JSON ({exc.msg}, column {exc.colno}); fix it or write it again.",
-            path=str(path), line=exc.lineno,
+            path=str(path),
+            line=exc.lineno,
         ) from None
     except OSError as exc:
         raise error(f"cannot read {what} ({exc.strerror}).", path=str(path)) from None
@@ -296,7 +296,7 @@ def stale_staging(target: Path) -> list[Path]:
     found = []
     for tag in (STAGING_TAG, ".old-"):
         for path in target.parent.glob(f".{glob.escape(target.name)}{tag}*"):
-            pid = path.name[len(target.name) + 1 + len(tag):].split("-", 1)[0].split(".", 1)[0]
+            pid = path.name[len(target.name) + 1 + len(tag) :].split("-", 1)[0].split(".", 1)[0]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 found.append(path)
     return sorted(found)

@@ -89,9 +89,7 @@ def read_config(path: Path) -> dict:
             "this folder has no readable config.json, so it is not a model folder.", path=str(path)
         ) from None
     except ValueError as exc:
-        raise ModelError(
-            f"config.json is not valid JSON ({exc}).", path=str(path / "config.json")
-        ) from None
+        raise ModelError(f"config.json is not valid JSON ({exc}).", path=str(path / "config.json")) from None
     if not isinstance(config, dict):
         raise ModelError("config.json must hold a JSON object.", path=str(path / "config.json"))
     return config
@@ -121,11 +119,7 @@ def list_local(root: Path) -> list[LocalModel]:
         return []
     found = []
     for child in sorted(root.iterdir()):
-        if (
-            child.name.startswith(".")
-            or not child.is_dir()
-            or not (child / "config.json").is_file()
-        ):
+        if child.name.startswith(".") or not child.is_dir() or not (child / "config.json").is_file():
             continue
         try:
             found.append(describe_folder(child))
@@ -166,9 +160,7 @@ def resolve_local(spec: str, root: Path) -> Path:
         local = find_local(root, spec)
         if local is not None:
             return local.path
-        raise ModelError(
-            f"'{spec}' is not in the store ({root}); fetch it with `mlxsft models pull {spec}`."
-        )
+        raise ModelError(f"'{spec}' is not in the store ({root}); fetch it with `mlxsft models pull {spec}`.")
     raise ModelError(
         f"model folder not found (nor as a name in the store {root}); see `mlxsft models list`.",
         path=spec,

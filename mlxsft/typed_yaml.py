@@ -56,15 +56,17 @@ def key_lines(node, prefix: str = "", source: str = "<yaml>", error: type[Mlxsft
             if key in lines:  # PyYAML would keep the last silently
                 raise error(
                     f"'{key}' is given twice (also on line {lines[key]}); keep one of them.",
-                    path=source, line=line,
+                    path=source,
+                    line=line,
                 )
             lines[key] = line
             lines.update(key_lines(value_node, key + ".", source, error))
     return lines
 
 
-def read_yaml_mapping(path: str | Path, error: type[MlxsftError], missing: str,
-                      not_mapping: str) -> tuple[dict, dict[str, int]]:
+def read_yaml_mapping(
+    path: str | Path, error: type[MlxsftError], missing: str, not_mapping: str
+) -> tuple[dict, dict[str, int]]:
     """Read a YAML file holding a mapping into a plain dict, with the line of each dotted key.
 
     `missing` and `not_mapping` are the messages (what to do) for a file that is not there
@@ -160,8 +162,9 @@ class Where:
         return {"path": self.source, "line": self.lines.get(key)}
 
 
-def build_dataclass(cls, raw: dict, locate: Where, error: type[MlxsftError] = MlxsftError, where: str = "",
-                    skip: tuple[str, ...] = ()):
+def build_dataclass(
+    cls, raw: dict, locate: Where, error: type[MlxsftError] = MlxsftError, where: str = "", skip: tuple[str, ...] = ()
+):
     """Build dataclass `cls` from `raw`, checking every key and type (nested dataclasses too).
 
     `where` prefixes dotted keys (`train.`); `skip` names fields a file may not set.
@@ -194,5 +197,3 @@ def build_dataclass(cls, raw: dict, locate: Where, error: type[MlxsftError] = Ml
         if choices and values[key] not in choices:
             raise error(f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.", **locate(dotted))
     return cls(**values)
-
-

@@ -31,8 +31,9 @@ PAIRS_PER_STEP = 4  # 8 rows
 
 
 def main(base: str) -> None:
-    recipe = recipe_from_dict({"model": base, "data": "x", "lora": {"rank": 8, "alpha": 16},
-                               "train": {"max_seq_length": 256}})
+    recipe = recipe_from_dict(
+        {"model": base, "data": "x", "lora": {"rank": 8, "alpha": 16}, "train": {"max_seq_length": 256}}
+    )
     mx.random.seed(0)
     model, tok, _, _ = load_base(recipe)
     attach_adapters(model, recipe)
@@ -48,6 +49,7 @@ def main(base: str) -> None:
             batch = collate(rows, [[k] for k in range(len(rows))], tok.pad_token_id)
             mx.eval(steps.train_step(*steps.plan.arrays(batch)), model.state)
             return batch.num_tokens
+
         return run
 
     def preference_step(objective, ref_per_batch):
@@ -60,10 +62,15 @@ def main(base: str) -> None:
             ref = np.array(reference.logps(logps_of, *batch_arrays(batch))) if ref_per_batch else zeros
             mx.eval(steps.train_step(*plan.arrays(PairBatch(batch, tuple(idx), ref))), model.state)
             return batch.num_tokens
+
         return run
 
-    sides = {"sft": sft_step(), "dpo (cached ref)": preference_step("dpo", False),
-             "dpo (ref per batch)": preference_step("dpo", True), "orpo": preference_step("orpo", False)}
+    sides = {
+        "sft": sft_step(),
+        "dpo (cached ref)": preference_step("dpo", False),
+        "dpo (ref per batch)": preference_step("dpo", True),
+        "orpo": preference_step("orpo", False),
+    }
     cold = {}
     for name, run in sides.items():
         start = time.perf_counter()
@@ -80,8 +87,10 @@ def main(base: str) -> None:
     anchor = statistics.median(rates["sft"])
     for name in sides:
         warm = statistics.median(rates[name])
-        print(f"{name:22s} cold {cold[name]:7.0f} tok/s   warm {warm:7.0f} tok/s (median of 3 rounds)   "
-              f"warm vs SFT {warm / anchor:.2f}x")
+        print(
+            f"{name:22s} cold {cold[name]:7.0f} tok/s   warm {warm:7.0f} tok/s (median of 3 rounds)   "
+            f"warm vs SFT {warm / anchor:.2f}x"
+        )
 
 
 if __name__ == "__main__":

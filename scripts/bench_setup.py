@@ -59,14 +59,39 @@ def main(out: str) -> None:
     root = Path(out)
     texts = write_data(root / "data-multi", 1, turns=(2, 4), user=(2, 5), reply=(2, 6))
     write_data(root / "data-single", 2, turns=(1, 1), user=(3, 9), reply=(4, 12))
-    build_tiny_model(root / "s256", TinyModelSpec(hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=2,
-                                                  intermediate_size=768, vocab_size=2000), corpus=texts)
-    build_tiny_model(root / "m384", TinyModelSpec(hidden_size=384, num_layers=12, num_heads=6, num_kv_heads=2,
-                                                  intermediate_size=1024, vocab_size=2000, model_vocab_size=32000),
-                     corpus=texts)
-    build_tiny_model(root / "l768", TinyModelSpec(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
-                                                  intermediate_size=2048, vocab_size=2000, model_vocab_size=32000),
-                     corpus=texts)
+    build_tiny_model(
+        root / "s256",
+        TinyModelSpec(
+            hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=2, intermediate_size=768, vocab_size=2000
+        ),
+        corpus=texts,
+    )
+    build_tiny_model(
+        root / "m384",
+        TinyModelSpec(
+            hidden_size=384,
+            num_layers=12,
+            num_heads=6,
+            num_kv_heads=2,
+            intermediate_size=1024,
+            vocab_size=2000,
+            model_vocab_size=32000,
+        ),
+        corpus=texts,
+    )
+    build_tiny_model(
+        root / "l768",
+        TinyModelSpec(
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            num_kv_heads=4,
+            intermediate_size=2048,
+            vocab_size=2000,
+            model_vocab_size=32000,
+        ),
+        corpus=texts,
+    )
     print(f"Wrote models s256, m384, l768 and data-multi, data-single under {root}")
 
 

@@ -49,16 +49,30 @@ def _sentencepiece(base: Path, root: Path, corpus: list[str]) -> Path:
     shutil.copytree(base, out)
     (root / "corpus.txt").write_text("\n".join(corpus))
     sp.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "sp"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, user_defined_symbols=SPECIAL, bos_id=1, eos_id=2, unk_id=0, minloglevel=2,
+        input=str(root / "corpus.txt"),
+        model_prefix=str(root / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        user_defined_symbols=SPECIAL,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
     )
     shutil.copyfile(root / "sp.model", out / "tokenizer.model")
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
         (out / name).unlink(missing_ok=True)
     config = json.loads((out / "tokenizer_config.json").read_text())
     config = {k: v for k, v in config.items() if k not in ("added_tokens_decoder", "tokenizer_class")}
-    config |= {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "<|im_end|>",
-               "unk_token": "<unk>", "add_bos_token": True, "legacy": False}
+    config |= {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "legacy": False,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(config))
     return out
 
@@ -76,7 +90,8 @@ def _phi3(base: Path, root: Path) -> Path:
         p = f"model.layers.{i}."
         w[p + "self_attn.qkv_proj.weight"] = np.concatenate([w.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
         w[p + "mlp.gate_up_proj.weight"] = np.concatenate(
-            [w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
+            [w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")]
+        )
     save_file(w, str(out / "model.safetensors"), metadata={"format": "pt"})
     return out
 
@@ -99,8 +114,12 @@ def make(root: Path) -> None:
     llama = build_tiny_model(root / "llama-base", TinyModelSpec(**wide), corpus=corpus)
     qwen = build_tiny_model(root / "qwen2-base", TinyModelSpec("qwen2", "llama3", **wide), corpus=corpus)
     spm = _sentencepiece(llama, root, corpus)
-    bases = {"llama": (llama, None), "qwen2": (qwen, None), "spm-llama": (spm, None),
-             "phi3": (_phi3(spm, root), PHI3_TARGETS)}
+    bases = {
+        "llama": (llama, None),
+        "qwen2": (qwen, None),
+        "spm-llama": (spm, None),
+        "phi3": (_phi3(spm, root), PHI3_TARGETS),
+    }
     cases = {}
     for name, (base, targets) in bases.items():
         run = make_run(root / f"{name}-run", base, steps=(1,), targets=targets)
@@ -111,8 +130,12 @@ def make(root: Path) -> None:
         ref = trained_reference(resolve_source(run))
         np.savez(root / f"{name}.npz", *ref.logits)
         text = "Hello world, the quick brown fox!"
-        cases[name] = {"files": files, "prompts": ref.prompts, "text": text,
-                       "hf_ids": AutoTokenizer.from_pretrained(str(base)).encode(text)}
+        cases[name] = {
+            "files": files,
+            "prompts": ref.prompts,
+            "text": text,
+            "hf_ids": AutoTokenizer.from_pretrained(str(base)).encode(text),
+        }
     (root / "cases.json").write_text(json.dumps(cases))
 
 
@@ -143,8 +166,12 @@ def check(root: Path) -> None:
         batch.n_tokens = len(ids)
         assert lib.llama_decode(ctx, batch) == 0
         n = lib.llama_n_vocab(lib.llama_model_get_vocab(model))
-        out = np.stack([np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(ctx, i), 4 * n), np.float32).copy()
-                        for i in range(len(ids))])
+        out = np.stack(
+            [
+                np.frombuffer(ffi.buffer(lib.llama_get_logits_ith(ctx, i), 4 * n), np.float32).copy()
+                for i in range(len(ids))
+            ]
+        )
         lib.llama_batch_free(batch)
         lib.llama_free(ctx)
         return out
@@ -152,8 +179,10 @@ def check(root: Path) -> None:
     def report(name: str, ref, got) -> None:
         r, c = np.concatenate(ref), np.concatenate(got)
         d = np.abs(r - c)
-        print(f"  {name:26s} max|Δlogit| {d.max():.2e} (rel {d.max() / np.abs(r).max():.2e}), "
-              f"greedy agreement {np.mean(r.argmax(-1) == c.argmax(-1)):.1%} over {len(r)} tokens")
+        print(
+            f"  {name:26s} max|Δlogit| {d.max():.2e} (rel {d.max() / np.abs(r).max():.2e}), "
+            f"greedy agreement {np.mean(r.argmax(-1) == c.argmax(-1)):.1%} over {len(r)} tokens"
+        )
 
     for name, case in json.loads((root / "cases.json").read_text()).items():
         z = np.load(root / f"{name}.npz")

@@ -57,9 +57,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def data_tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny model folders with a ChatML and a Llama-3 chat template, keyed by template."""
     return {
-        template: build_tiny_model(
-            tmp_path_factory.mktemp(f"data-{template}"), TinyModelSpec(template=template)
-        )
+        template: build_tiny_model(tmp_path_factory.mktemp(f"data-{template}"), TinyModelSpec(template=template))
         for template in ("chatml", "llama3")
     }
 

@@ -38,9 +38,11 @@ def chat(prompt: str, reply: str) -> dict:
 
 
 def pair_row(prompt: str, opening: str, body: str) -> dict:
-    return {"prompt": [{"role": "user", "content": prompt}],
-            "chosen": [{"role": "assistant", "content": f"{opening} {body}"}],
-            "rejected": [{"role": "assistant", "content": f"{other(opening)} {body}"}]}
+    return {
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": f"{opening} {body}"}],
+        "rejected": [{"role": "assistant", "content": f"{other(opening)} {body}"}],
+    }
 
 
 def sft_rows(n: int = 48, seed: int = 0) -> list[dict]:

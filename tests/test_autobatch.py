@@ -31,11 +31,21 @@ def test_search_picks_largest_budget_under_limit(tiny_llama):
 
 
 def test_auto_budget_in_a_run_is_recorded_and_reused_on_resume(tiny_llama, tmp_path):
-    recipe = recipe_from_dict({
-        "model": str(tiny_llama), "data": str(QUICKSTART_DATA), "output": str(tmp_path / "run"),
-        "train": {"iters": 4, "batch_tokens": "auto", "memory_limit_gb": 0.2, "max_seq_length": 128,
-                  "steps_per_save": 2, "steps_per_eval": 0},
-    })
+    recipe = recipe_from_dict(
+        {
+            "model": str(tiny_llama),
+            "data": str(QUICKSTART_DATA),
+            "output": str(tmp_path / "run"),
+            "train": {
+                "iters": 4,
+                "batch_tokens": "auto",
+                "memory_limit_gb": 0.2,
+                "max_seq_length": 128,
+                "steps_per_save": 2,
+                "steps_per_eval": 0,
+            },
+        }
+    )
     run_training(recipe)
     events = read_events(RunDir(tmp_path / "run").events_file)
     chosen = [e for e in events if isinstance(e, BatchTokensChosen)]

@@ -14,9 +14,7 @@ from mlxsft.data.formats import Example
 from mlxsft.data.masking import TokenizedExample, tokenize_dataset
 
 PAD = 0
-PLAN_KW = dict(
-    batch_size=8, batch_tokens=None, max_seq_length=1024, pack=False, shuffle=True, seed=0
-)
+PLAN_KW = dict(batch_size=8, batch_tokens=None, max_seq_length=1024, pack=False, shuffle=True, seed=0)
 
 
 def varied_lengths(n=2000, seed=0, high=1024) -> list[int]:

@@ -17,13 +17,23 @@ OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 
 
 def bench(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "mlxsft.cli", "bench", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mlxsft.cli", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_torch_side_env_drops_our_preload_and_variables():
-    base = {"PATH": "/usr/bin", "LD_PRELOAD": f"{OPENBLAS}:/opt/libprofiler.so", "MLXSFT_BLAS_REEXEC": "1",
-            "MLXSFT_NO_KERNEL_CACHE": "1", "OMP_NUM_THREADS": "2"}
+    base = {
+        "PATH": "/usr/bin",
+        "LD_PRELOAD": f"{OPENBLAS}:/opt/libprofiler.so",
+        "MLXSFT_BLAS_REEXEC": "1",
+        "MLXSFT_NO_KERNEL_CACHE": "1",
+        "OMP_NUM_THREADS": "2",
+    }
     env = torch_env(base)
     assert env["LD_PRELOAD"] == "/opt/libprofiler.so"  # the user's own preload stays
     assert not any(k.startswith("MLXSFT_") for k in env)
@@ -61,8 +71,27 @@ def test_bench_against_mlx_lm_and_peft(tiny_llama, tmp_path):
     env = dict(os.environ)
     if find_openblas():  # as the `mlxsft` command runs: our preload in the parent's environment
         env["LD_PRELOAD"] = ":".join(p for p in (find_openblas(), env.get("LD_PRELOAD")) if p)
-    result = bench("--model", tiny_llama, "--data", QUICKSTART_DATA, "--batch-size", 8, "--max-seq-length", 128,
-                   "--steps", 4, "--warmup", 2, "--against", "mlx-lm", "--against", "peft", "--json", out, env=env)
+    result = bench(
+        "--model",
+        tiny_llama,
+        "--data",
+        QUICKSTART_DATA,
+        "--batch-size",
+        8,
+        "--max-seq-length",
+        128,
+        "--steps",
+        4,
+        "--warmup",
+        2,
+        "--against",
+        "mlx-lm",
+        "--against",
+        "peft",
+        "--json",
+        out,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "ours/mlx-lm: tok/s x" in result.stdout and "ours/peft" in result.stdout
     report = json.loads(out.read_text())
@@ -91,8 +120,23 @@ def test_bench_against_mlx_lm_and_peft(tiny_llama, tmp_path):
 @pytest.mark.slow
 def test_bench_cold_runs_pay_the_compile_once(tiny_llama, tmp_path):
     out = tmp_path / "cold.json"
-    result = bench("--model", tiny_llama, "--data", QUICKSTART_DATA, "--batch-size", 4, "--max-seq-length", 64,
-                   "--steps", 2, "--warmup", 1, "--cold", "--json", out)
+    result = bench(
+        "--model",
+        tiny_llama,
+        "--data",
+        QUICKSTART_DATA,
+        "--batch-size",
+        4,
+        "--max-seq-length",
+        64,
+        "--steps",
+        2,
+        "--warmup",
+        1,
+        "--cold",
+        "--json",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     runs = {r["run"]: r for r in json.loads(out.read_text())["results"]["mlxsft"]}
     assert set(runs) == {"first-install", "after-reboot", "warm"}

@@ -24,13 +24,16 @@ print(json.dumps({"core": fn().decode(), "err": float(np.abs(got - ref).max() / 
 """
 
 
-@pytest.mark.parametrize("detected, flags, expected", [
-    ("Prescott", AVX512, "SkylakeX"),
-    ("Prescott", {"avx2", "fma"}, "Haswell"),
-    ("Core2", {"sse4_2"}, None),  # no AVX2: the baseline is right
-    ("SkylakeX", AVX512, None),  # recognised: left alone
-    ("Zen", {"avx2", "fma"}, None),
-])
+@pytest.mark.parametrize(
+    "detected, flags, expected",
+    [
+        ("Prescott", AVX512, "SkylakeX"),
+        ("Prescott", {"avx2", "fma"}, "Haswell"),
+        ("Core2", {"sse4_2"}, None),  # no AVX2: the baseline is right
+        ("SkylakeX", AVX512, None),  # recognised: left alone
+        ("Zen", {"avx2", "fma"}, None),
+    ],
+)
 def test_forced_core_only_when_openblas_fell_back_to_baseline(detected, flags, expected):
     assert better_coretype(detected, flags) == expected
 

@@ -16,8 +16,10 @@ def events_of(run_dir):
 
 def test_each_checkpoint_answers_the_same_prompts_and_training_is_unchanged(tiny_llama, tmp_path):
     settings = {"iters": 6, "steps_per_save": 3, "steps_per_eval": 3, "steps_per_report": 1}
-    with_samples = run_training(make_recipe(tiny_llama, tmp_path / "a", **settings),
-                                on_checkpoint=checkpoint_samples(num_prompts=2, max_tokens=8))
+    with_samples = run_training(
+        make_recipe(tiny_llama, tmp_path / "a", **settings),
+        on_checkpoint=checkpoint_samples(num_prompts=2, max_tokens=8),
+    )
     plain = run_training(make_recipe(tiny_llama, tmp_path / "b", **settings))
     samples = [e for e in events_of(with_samples.run_dir) if isinstance(e, SamplesGenerated)]
     assert [s.step for s in samples] == [3, 6]

@@ -12,16 +12,20 @@ GOOD_CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "mlxsft.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mlxsft.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def recipe_file(tmp_path, model, data, **train):
     settings = {"iters": 2, "batch_size": 1, "max_seq_length": 64, "steps_per_eval": 0}
     settings.update(train)
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"model": str(model), "data": {"train": str(data)},
-                                    "output": str(tmp_path / "run"), "train": settings}))
+    path.write_text(
+        yaml.safe_dump(
+            {"model": str(model), "data": {"train": str(data)}, "output": str(tmp_path / "run"), "train": settings}
+        )
+    )
     return path
 
 
@@ -37,8 +41,11 @@ BAD_DATA = {
     "malformed_json": (['{"messages": [}'], ":1:", "JSON"),
     "missing_keys": ([{"question": "a", "answer": "b"}], ":1:", "messages"),
     "no_assistant": ([{"messages": [{"role": "user", "content": "hi"}]}], ":1:", "assistant"),
-    "unknown_role": ([GOOD_CHAT, {"messages": [{"role": "robot", "content": "x"},
-                                               {"role": "assistant", "content": "y"}]}], ":2:", "robot"),
+    "unknown_role": (
+        [GOOD_CHAT, {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}],
+        ":2:",
+        "robot",
+    ),
     "empty_file": ([], "", "empty"),
 }
 
@@ -97,8 +104,7 @@ def test_train_then_resume_finished_run(tiny_llama, tmp_path):
 
 
 def test_recipe_command_prints_resolved_recipe():
-    result = run_cli("recipe", "recipes/quickstart.yaml", "--set", "train.iters=7",
-                     cwd=QUICKSTART_DATA.parents[2])
+    result = run_cli("recipe", "recipes/quickstart.yaml", "--set", "train.iters=7", cwd=QUICKSTART_DATA.parents[2])
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["train"]["iters"] == 7
 

@@ -52,9 +52,7 @@ def test_loads_chat_rows_with_tools_and_line_numbers(tmp_path):
 
 
 def test_loads_prompt_completion_rows(tmp_path):
-    path = write_lines(
-        tmp_path, [{"prompt": "2+2=", "completion": "4"}, {"prompt": "", "completion": "x"}]
-    )
+    path = write_lines(tmp_path, [{"prompt": "2+2=", "completion": "4"}, {"prompt": "", "completion": "x"}])
     examples = load_jsonl(path)
     assert [(ex.kind, ex.prompt, ex.completion) for ex in examples] == [
         ("completion", "2+2=", "4"),

@@ -9,12 +9,14 @@ from mlxsft.cli import main
 from .real_templates import save_family
 
 ROWS = [
-    {"messages": [
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "reasoning_content": "Add two and two.", "content": "4"},
-        {"role": "user", "content": "You said 4. Times 3?"},
-        {"role": "assistant", "content": "12"},
-    ]},
+    {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "reasoning_content": "Add two and two.", "content": "4"},
+            {"role": "user", "content": "You said 4. Times 3?"},
+            {"role": "assistant", "content": "12"},
+        ]
+    },
     {"messages": [{"role": "assistant", "content": "I speak first."}, {"role": "user", "content": "ok"}]},
     {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
 ]

@@ -17,10 +17,20 @@ from .conftest import QUICKSTART_DATA
 
 def write_recipe(tmp_path, model, out, iters):
     recipe = {
-        "model": str(model), "data": str(QUICKSTART_DATA), "output": str(out),
+        "model": str(model),
+        "data": str(QUICKSTART_DATA),
+        "output": str(out),
         "lora": {"rank": 8, "alpha": 16},
-        "train": {"iters": iters, "batch_size": 8, "learning_rate": 2e-3, "max_seq_length": 128,
-                  "steps_per_report": 1, "steps_per_eval": 5, "steps_per_save": 5, "grad_accumulation": 2},
+        "train": {
+            "iters": iters,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "max_seq_length": 128,
+            "steps_per_report": 1,
+            "steps_per_eval": 5,
+            "steps_per_save": 5,
+            "grad_accumulation": 2,
+        },
     }
     path = tmp_path / f"{Path(out).name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -28,8 +38,13 @@ def write_recipe(tmp_path, model, out, iters):
 
 
 def train(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "mlxsft.cli", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlxsft.cli", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def losses(run_dir):
@@ -78,8 +93,11 @@ def test_killing_a_rank_stops_the_run_with_a_clear_message(tiny_llama, tmp_path)
     recipe = write_recipe(tmp_path, tiny_llama, out_dir, 2000)
     proc = train(str(recipe), "--ranks", "2", "--dist-timeout", "30")
     deadline = time.time() + 180
-    while not any(isinstance(e, CheckpointSaved) for e in read_events(out_dir / "events.jsonl")) \
-            if (out_dir / "events.jsonl").exists() else True:
+    while (
+        not any(isinstance(e, CheckpointSaved) for e in read_events(out_dir / "events.jsonl"))
+        if (out_dir / "events.jsonl").exists()
+        else True
+    ):
         assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
         time.sleep(0.1)
     pid = rank_pid(1, str(recipe))
@@ -98,6 +116,7 @@ def test_killing_a_rank_stops_the_run_with_a_clear_message(tiny_llama, tmp_path)
 
 def test_resume_with_a_different_world_size(tiny_llama, tmp_path):
     """The data cursor counts global batches, so a 1-rank run can continue on 2 ranks."""
+
     def recipe(out, iters):
         path = write_recipe(tmp_path, tiny_llama, out, iters)
         raw = yaml.safe_load(path.read_text())

@@ -80,9 +80,7 @@ def test_gguf_refusals(tiny_llama, tmp_path):
     with pytest.raises(ExportError, match="not gemma"):
         check_supported(config | {"model_type": "gemma"}, tiny_llama, "float16")
     with pytest.raises(ExportError, match="rope scaling 'yarn'"):
-        check_supported(
-            config | {"rope_scaling": {"rope_type": "yarn", "factor": 4}}, tiny_llama, "float16"
-        )
+        check_supported(config | {"rope_scaling": {"rope_type": "yarn", "factor": 4}}, tiny_llama, "float16")
     odd = tmp_path / "odd"
     shutil.copytree(tiny_llama, odd)
     tok = json.loads((odd / "tokenizer.json").read_text())

@@ -60,8 +60,13 @@ def test_quantized_gguf_read_back(wide_run, quant):
         "q8_0": {"blk.0.attn_q.weight": T.Q8_0, "output.weight": T.Q8_0, "blk.1.ffn_down.weight": T.Q8_0},
         "q4_0": {"blk.0.attn_q.weight": T.Q4_0, "output.weight": T.Q6_K, "token_embd.weight": T.Q4_0},
         # use_more_bits(1, 2): the last layer's attn_v/ffn_down get Q6_K
-        "q4_k_m": {"blk.0.attn_v.weight": T.Q4_K, "blk.1.attn_v.weight": T.Q6_K,
-                   "blk.1.ffn_down.weight": T.Q6_K, "output.weight": T.Q6_K, "blk.0.ffn_up.weight": T.Q4_K},
+        "q4_k_m": {
+            "blk.0.attn_v.weight": T.Q4_K,
+            "blk.1.attn_v.weight": T.Q6_K,
+            "blk.1.ffn_down.weight": T.Q6_K,
+            "output.weight": T.Q6_K,
+            "blk.0.ffn_up.weight": T.Q4_K,
+        },
     }[quant]
     for name, qtype in expected_types.items():
         assert tensors[name].tensor_type == qtype, name
@@ -73,8 +78,9 @@ def test_quantized_gguf_read_back(wide_run, quant):
     assert q.shape == hf_q.shape
     rel = np.sqrt(((q - hf_q) ** 2).mean()) / hf_q.std()
     assert rel < (0.01 if quant == "q8_0" else 0.15), rel
-    assert field(reader, "general.file_type") == int(gguf.LlamaFileType[
-        {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}[quant]])
+    assert field(reader, "general.file_type") == int(
+        gguf.LlamaFileType[{"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_k_m": "MOSTLY_Q4_K_M"}[quant]]
+    )
     if quant == "q4_k_m":  # `mlxsft verify` re-checks against the f16 reference, same figures
         again = verify_export(out, run)
         assert again.passed and again.dtype == quant
@@ -120,17 +126,30 @@ def spm_base(tiny_llama, tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(quickstart_corpus()))
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, user_defined_symbols=["<|im_start|>", "<|im_end|>"], bos_id=1, eos_id=2,
-        unk_id=0, minloglevel=2,
+        input=str(corpus),
+        model_prefix=str(root / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,
     )
     shutil.copyfile(root / "sp.model", base / "tokenizer.model")
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
         (base / name).unlink(missing_ok=True)
     config = json.loads((base / "tokenizer_config.json").read_text())
     config = {k: v for k, v in config.items() if k not in ("added_tokens_decoder", "tokenizer_class")}
-    config |= {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "<|im_end|>",
-               "unk_token": "<unk>", "add_bos_token": True, "legacy": False}
+    config |= {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "legacy": False,
+    }
     (base / "tokenizer_config.json").write_text(json.dumps(config))
     return base
 
@@ -157,7 +176,7 @@ def test_sentencepiece_gguf(spm_base, tmp_path):
     assert types[sp.PieceToId("<|im_start|>")] == gguf.TokenType.USER_DEFINED
     assert sum(t == gguf.TokenType.NORMAL for t in types) > 100  # the merged pieces
     assert field(reader, "tokenizer.ggml.add_space_prefix") is True
-    assert all(t == gguf.TokenType.UNUSED for t in types[sp.vocab_size():])
+    assert all(t == gguf.TokenType.UNUSED for t in types[sp.vocab_size() :])
     assert field(reader, "tokenizer.ggml.bos_token_id") == 1
     assert field(reader, "tokenizer.chat_template") == (spm_base / "chat_template.jinja").read_text()
 
@@ -213,15 +232,20 @@ def tiny_qwen3(tiny_qwen_llama3, tmp_path_factory):
     shutil.copytree(tiny_qwen_llama3, base)
     config = json.loads((base / "config.json").read_text())
     head_dim = config["hidden_size"] // config["num_attention_heads"]
-    config |= {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "head_dim": head_dim,
-               "attention_bias": False}
+    config |= {
+        "model_type": "qwen3",
+        "architectures": ["Qwen3ForCausalLM"],
+        "head_dim": head_dim,
+        "attention_bias": False,
+    }
     (base / "config.json").write_text(json.dumps(config))
     weights = {k: v for k, v in load_file(str(base / "model.safetensors")).items() if not k.endswith(".bias")}
     rng = np.random.default_rng(3)
     for i in range(config["num_hidden_layers"]):
         for norm in ("q_norm", "k_norm"):
-            weights[f"model.layers.{i}.self_attn.{norm}.weight"] = (
-                1 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32)
+            weights[f"model.layers.{i}.self_attn.{norm}.weight"] = (1 + 0.1 * rng.standard_normal(head_dim)).astype(
+                np.float32
+            )
     save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
     return base
 
@@ -235,8 +259,9 @@ def test_qwen3_gguf_and_adapter(tiny_qwen3, tmp_path):
     assert field(reader, "general.architecture") == "qwen3"
     assert tensors["blk.0.attn_q_norm.weight"].tensor_type == T.F32
     assert "blk.0.attn_q.bias" not in tensors
-    assert field(reader, "qwen3.attention.key_length") == json.loads((tiny_qwen3 / "config.json").read_text())[
-        "head_dim"]
+    assert (
+        field(reader, "qwen3.attention.key_length") == json.loads((tiny_qwen3 / "config.json").read_text())["head_dim"]
+    )
     adapter = export_gguf_lora(run, tmp_path / "q3-lora.gguf")
     assert {t.name for t in gguf.GGUFReader(str(adapter)).tensors} >= {"blk.1.attn_k.weight.lora_a"}
 
@@ -254,16 +279,20 @@ def tiny_phi3(tiny_llama, tmp_path_factory):
     base = tmp_path_factory.mktemp("phi3") / "base"
     shutil.copytree(tiny_llama, base)
     config = json.loads((base / "config.json").read_text())
-    config |= {"model_type": "phi3", "architectures": ["Phi3ForCausalLM"], "sliding_window": 1024,
-               "partial_rotary_factor": 1.0}
+    config |= {
+        "model_type": "phi3",
+        "architectures": ["Phi3ForCausalLM"],
+        "sliding_window": 1024,
+        "partial_rotary_factor": 1.0,
+    }
     (base / "config.json").write_text(json.dumps(config))
     w = load_file(str(base / "model.safetensors"))
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        w[p + "self_attn.qkv_proj.weight"] = np.concatenate(
-            [w.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
-        w[p + "mlp.gate_up_proj.weight"] = np.concatenate([w.pop(p + "mlp.gate_proj.weight"),
-                                                           w.pop(p + "mlp.up_proj.weight")])
+        w[p + "self_attn.qkv_proj.weight"] = np.concatenate([w.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        w[p + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")]
+        )
     save_file(w, str(base / "model.safetensors"), metadata={"format": "pt"})
     return base
 

@@ -33,10 +33,7 @@ def test_mlx_to_peft_names_and_shapes():
         4,
     )
     name, t = mlx_to_peft("model.layers.1.self_attn.k_proj.m", np.zeros(32))
-    assert (
-        name == "base_model.model.model.layers.1.self_attn.k_proj.lora_magnitude_vector"
-        and t.shape == (32,)
-    )
+    assert name == "base_model.model.model.layers.1.self_attn.k_proj.lora_magnitude_vector" and t.shape == (32,)
 
 
 def test_round_trip_mlx_peft_mlx():
@@ -69,13 +66,9 @@ def test_lora_product_is_preserved():
 def test_peft_spellings_and_rejections():
     base = "base_model.model.model.layers.0.self_attn.q_proj"
     assert (
-        peft_to_mlx(f"{base}.lora_A.default.weight", np.zeros((4, 64)))[0]
-        == "model.layers.0.self_attn.q_proj.lora_a"
+        peft_to_mlx(f"{base}.lora_A.default.weight", np.zeros((4, 64)))[0] == "model.layers.0.self_attn.q_proj.lora_a"
     )
-    assert (
-        peft_to_mlx(f"{base}.lora_magnitude_vector.weight", np.zeros(64))[0]
-        == "model.layers.0.self_attn.q_proj.m"
-    )
+    assert peft_to_mlx(f"{base}.lora_magnitude_vector.weight", np.zeros(64))[0] == "model.layers.0.self_attn.q_proj.m"
     for bad in (
         f"{base}.weight",
         "model.layers.0.self_attn.q_proj.lora_A.weight",

@@ -39,9 +39,7 @@ def run_case(request, tmp_path_factory):
 
 
 def load_hf(path, dtype=None):
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype or torch.float32
-    ).eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32).eval()
 
 
 def test_hf_export_loads_in_transformers_and_matches(run_case, tmp_path, request):

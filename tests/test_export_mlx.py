@@ -111,9 +111,7 @@ def parse(argv):
 
 def test_cli_handlers(tiny_llama, run, tmp_path, capsys):
     for fmt, out in [("peft", "p"), ("mlx", "m"), ("hf", "h"), ("gguf", "g.gguf")]:
-        args = parse(
-            ["export", str(run), "--format", fmt, "--out", str(tmp_path / out), "--checkpoint", "2"]
-        )
+        args = parse(["export", str(run), "--format", fmt, "--out", str(tmp_path / out), "--checkpoint", "2"])
         assert args.handler(args) == 0
     args = parse(["fuse", str(run), "--out", str(tmp_path / "f"), "--dtype", "float16"])
     assert args.handler(args) == 0
@@ -135,14 +133,10 @@ def test_cli_handlers(tiny_llama, run, tmp_path, capsys):
     assert RunDir(tmp_path / "r").checkpoint_steps() == [0]
     printed = capsys.readouterr().out
     assert "parity [gguf, float16]" in printed and "-> OK" in printed
-    args = parse(
-        ["export", str(run), "--format", "peft", "--out", str(tmp_path / "x"), "--dtype", "float16"]
-    )
+    args = parse(["export", str(run), "--format", "peft", "--out", str(tmp_path / "x"), "--dtype", "float16"])
     with pytest.raises(ExportError, match="--dtype applies"):
         args.handler(args)
-    args = parse(
-        ["export", str(run), "--format", "mlx", "--out", str(tmp_path / "nv"), "--no-verify"]
-    )
+    args = parse(["export", str(run), "--format", "mlx", "--out", str(tmp_path / "nv"), "--no-verify"])
     assert args.handler(args) == 0
     assert json.loads((tmp_path / "nv" / "parity.json").read_text())["skipped"] is True
     assert parse_size("5GB") == 5 * 1024**3 and parse_size("500MB") == 500 * 1024**2
@@ -157,9 +151,7 @@ def test_imported_run_can_resume_training(tiny_llama, run, tmp_path):
     peft_dir = export_peft(run, tmp_path / "peft")
     from mlxsft.export import import_peft_adapter
 
-    imported = import_peft_adapter(
-        peft_dir, tmp_path / "imp", base=str(tiny_llama), data=str(QUICKSTART_DATA)
-    )
+    imported = import_peft_adapter(peft_dir, tmp_path / "imp", base=str(tiny_llama), data=str(QUICKSTART_DATA))
     recipe = RunDir(imported).load_recipe()
     recipe.train.iters, recipe.train.batch_size, recipe.train.max_seq_length = 2, 4, 96
     result = run_training(recipe, imported, resume=True)

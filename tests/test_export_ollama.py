@@ -37,7 +37,7 @@ def test_modelfile_reproduces_real_templates(family, layout, default_system, pre
     for chat in chats + [[{"role": "user", "content": "Only one turn"}]]:
         assert fmt.render(chat) == jinja_render(tok, tok.chat_template, chat)
     text = modelfile(fmt, {"temperature": 0.6, "top_p": 0.9})
-    assert text.startswith("FROM ./model.gguf\nTEMPLATE \"\"\"")
+    assert text.startswith('FROM ./model.gguf\nTEMPLATE """')
     for stop in fmt.layout.stops:
         assert f"PARAMETER stop {json.dumps(stop)}" in text
     assert "PARAMETER temperature 0.6" in text and "PARAMETER top_p 0.9" in text
@@ -57,8 +57,7 @@ def test_modelfile_refuses_what_it_cannot_express(family):
 def test_ollama_and_lmstudio_folders(tiny_llama, tmp_path):
     run = make_run(tmp_path / "my run", tiny_llama, layers=1, steps=(1,))
     out = export_ollama(run, tmp_path / "ollama", quant="q8_0")
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model.gguf", "model.gguf.parity.json",
-                                                     "parity.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model.gguf", "model.gguf.parity.json", "parity.json"]
     text = (out / "Modelfile").read_text()
     assert "<|im_start|>" in text and 'PARAMETER stop "<|im_end|>"' in text
     reader = gguf.GGUFReader(str(out / "model.gguf"))

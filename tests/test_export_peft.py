@@ -51,9 +51,7 @@ def load_peft(base, adapter_dir):
 
 def test_peft_export_matches_mlx_in_transformers(exported, request):
     base, _run, out, reference = exported
-    base_logits = torch_logits(
-        transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    )
+    base_logits = torch_logits(transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32))
     peft_logits = torch_logits(load_peft(base, out))
     assert max_abs_diff(reference, base_logits) > 0.1  # the adapter really changes the model
     diff = max_abs_diff(reference, peft_logits)
@@ -70,11 +68,7 @@ def test_peft_files_and_config(exported):
     assert config["r"] == params["rank"]
     assert config["lora_alpha"] / config["r"] == pytest.approx(params["scale"])
     assert config["use_dora"] == (source.fine_tune_type == "dora")
-    assert (
-        config["use_rslora"] is False
-        and config["bias"] == "none"
-        and config["fan_in_fan_out"] is False
-    )
+    assert config["use_rslora"] is False and config["bias"] == "none" and config["fan_in_fan_out"] is False
     assert config["target_modules"] == sorted(params["keys"])
     expected_layers = None if source.recipe.lora.layers == "all" else [1]
     assert config["layers_to_transform"] == expected_layers
@@ -92,14 +86,9 @@ def test_peft_keys_equal_peft_own_state_dict(exported):
 
     base, _run, out, _ = exported
     config = json.loads((out / "adapter_config.json").read_text())
-    fields = {
-        k: config[k]
-        for k in ("r", "lora_alpha", "target_modules", "layers_to_transform", "use_dora")
-    }
+    fields = {k: config[k] for k in ("r", "lora_alpha", "target_modules", "layers_to_transform", "use_dora")}
     model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    own = get_peft_model_state_dict(
-        get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **fields))
-    )
+    own = get_peft_model_state_dict(get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **fields)))
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
         ours = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
     assert ours == {k: tuple(v.shape) for k, v in own.items()}
@@ -126,9 +115,7 @@ def test_import_adapter_made_by_peft(tiny_qwen_llama3, tmp_path, use_dora):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(tiny_qwen_llama3), dtype=torch.float32
-    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_qwen_llama3), dtype=torch.float32)
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=4,
@@ -156,9 +143,7 @@ def test_import_adapter_made_by_peft(tiny_qwen_llama3, tmp_path, use_dora):
 
 def test_import_refuses_mismatched_base(exported, tmp_path):
     base, _run, out, _ = exported
-    other = build_tiny_model(
-        tmp_path / "wide", TinyModelSpec(hidden_size=96, num_heads=4, num_kv_heads=2)
-    )
+    other = build_tiny_model(tmp_path / "wide", TinyModelSpec(hidden_size=96, num_heads=4, num_kv_heads=2))
     with pytest.raises(ExportError, match="does not match the base model"):
         import_peft_adapter(out, tmp_path / "run", base=str(other))
     assert not (tmp_path / "run").exists()
@@ -221,9 +206,7 @@ def test_peft_export_of_trained_run(tiny_llama, tmp_path):
     print(f"trained DoRA run, PEFT vs MLX max abs diff: {diff:.2e}")
     assert diff < 1e-3
     assert json.loads((out / "parity.json").read_text())["source"]["checkpoint"] == 3
-    np.testing.assert_array_less(
-        0, json.loads((out / "parity.json").read_text())["adapter_effect_max_abs"]
-    )
+    np.testing.assert_array_less(0, json.loads((out / "parity.json").read_text())["adapter_effect_max_abs"])
 
 
 def test_module_missing_from_base_checkpoint_is_refused(tiny_llama):
@@ -237,6 +220,4 @@ def test_module_missing_from_base_checkpoint_is_refused(tiny_llama):
     with pytest.raises(ExportError, match="PEFT would ignore it"):
         check_modules({"model.layers.0.attn.qkv.lora_a": mx.zeros((64, 4))}, tiny_llama, config)
     with pytest.raises(ExportError, match="output size"):
-        check_modules(
-            {"model.layers.0.self_attn.k_proj.lora_b": mx.zeros((4, 64))}, tiny_llama, config
-        )
+        check_modules({"model.layers.0.self_attn.k_proj.lora_b": mx.zeros((4, 64))}, tiny_llama, config)

@@ -41,14 +41,30 @@ def test_push_a_run_uploads_its_peft_adapter(tiny_llama, tmp_path):
     run = make_run(tmp_path / "run", tiny_llama, layers=1, steps=(1, 2))
     # what `mlxsft eval` and `mlxsft select` leave in a run
     (run / "eval").mkdir()
-    (run / "eval" / "results.json").write_text(json.dumps({"checkpoints": [
-        {"step": 0, "label": "base", "metrics": {"valid_loss": 2.5, "probe_loss": 1.25}},
-        {"step": 1, "label": "step 1", "metrics": {"valid_loss": 1.75, "probe_loss": 1.5}},
-    ]}))
+    (run / "eval" / "results.json").write_text(
+        json.dumps(
+            {
+                "checkpoints": [
+                    {"step": 0, "label": "base", "metrics": {"valid_loss": 2.5, "probe_loss": 1.25}},
+                    {"step": 1, "label": "step 1", "metrics": {"valid_loss": 1.75, "probe_loss": 1.5}},
+                ]
+            }
+        )
+    )
     RunDir(run).update_meta(chosen_step=1, chosen_rule="lowest valid_loss")
     with open(run / "events.jsonl", "a") as f:
-        f.write(json.dumps({"event": "SelectionMade", "chosen_step": 1, "verdicts": ["1: improved"],
-                            "rule": "lowest valid_loss", "reason": "valid loss fell 30%"}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "event": "SelectionMade",
+                    "chosen_step": 1,
+                    "verdicts": ["1: improved"],
+                    "rule": "lowest valid_loss",
+                    "reason": "valid loss fell 30%",
+                }
+            )
+            + "\n"
+        )
     with UploadHub() as hub:
         push(run, "me/run-adapter", token="hf_test", endpoint=hub.endpoint, checkpoint=1)
     assert {"adapter_config.json", "adapter_model.safetensors", "parity.json", "README.md"} <= set(hub.files)

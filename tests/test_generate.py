@@ -16,8 +16,9 @@ def test_user_prompt_uses_the_chat_template(tiny_llama):
     _, tokenizer = _load(tiny_llama)
     hf = hf_tokenizer(tokenizer)
     text, ids = user_prompt(tokenizer, "Extract the city: I live in Oslo.")
-    assert text == hf.apply_chat_template([{"role": "user", "content": "Extract the city: I live in Oslo."}],
-                                          tokenize=False, add_generation_prompt=True)
+    assert text == hf.apply_chat_template(
+        [{"role": "user", "content": "Extract the city: I live in Oslo."}], tokenize=False, add_generation_prompt=True
+    )
     assert "Oslo" in text and text != "Extract the city: I live in Oslo."
     assert ids == hf.encode(text, add_special_tokens=False)
     assert eos_ids(tokenizer)

@@ -22,8 +22,15 @@ def core_modules() -> list[str]:
 
 def test_every_core_module_is_listed():
     modules = core_modules()
-    assert {"mlxsft.cli", "mlxsft.train.loop", "mlxsft.export.verify", "mlxsft.judge.battery",
-            "mlxsft.models.fit", "mlxsft.bench.runner", "mlxsft.events"} <= set(modules)
+    assert {
+        "mlxsft.cli",
+        "mlxsft.train.loop",
+        "mlxsft.export.verify",
+        "mlxsft.judge.battery",
+        "mlxsft.models.fit",
+        "mlxsft.bench.runner",
+        "mlxsft.events",
+    } <= set(modules)
     assert not any(m.startswith("mlxsft.tui") for m in modules)
 
 
@@ -35,6 +42,5 @@ def test_core_never_imports_textual_or_rich():
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))\n"
         "print(','.join(bad))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=PACKAGE.parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "", f"core imported UI modules: {out.stdout}"

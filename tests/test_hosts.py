@@ -12,8 +12,9 @@ from mlxsft.launch import read_hosts
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mlxsft.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mlxsft.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_writes_a_launch_host_file(tmp_path):
@@ -41,19 +42,43 @@ def test_check_compares_model_files(tmp_path, tiny_llama, monkeypatch):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_llama, other)
     (other / "model.safetensors").write_bytes(b"truncated")
-    fake.write_text(f'#!/bin/sh\nhost="$1"; shift\ncmd="$*"\n'
-                    f'if [ "$host" = "stale" ]; then cmd=$(echo "$cmd" | sed "s#{tiny_llama}#{other}#"); fi\n'
-                    f'exec sh -c "$cmd"\n')
+    fake.write_text(
+        f'#!/bin/sh\nhost="$1"; shift\ncmd="$*"\n'
+        f'if [ "$host" = "stale" ]; then cmd=$(echo "$cmd" | sed "s#{tiny_llama}#{other}#"); fi\n'
+        f'exec sh -c "$cmd"\n'
+    )
     fake.chmod(0o755)
     env = dict(__import__("os").environ, MLXSFT_SSH=str(fake))
     python_dir = str(__import__("pathlib").Path(sys.executable).parent)
     env["PATH"] = python_dir + ":" + env["PATH"]  # the probe runs `python3` from this environment
-    same = run_cli("hosts", "localhost", "good", "--ip", "good=127.0.0.1", "--out", str(tmp_path / "h.json"),
-                   "--check", "--model", str(tiny_llama), env=env)
+    same = run_cli(
+        "hosts",
+        "localhost",
+        "good",
+        "--ip",
+        "good=127.0.0.1",
+        "--out",
+        str(tmp_path / "h.json"),
+        "--check",
+        "--model",
+        str(tiny_llama),
+        env=env,
+    )
     assert same.returncode == 0, same.stderr
     assert "same model files" in same.stdout
-    stale = run_cli("hosts", "localhost", "stale", "--ip", "stale=127.0.0.1", "--out", str(tmp_path / "h2.json"),
-                    "--check", "--model", str(tiny_llama), env=env)
+    stale = run_cli(
+        "hosts",
+        "localhost",
+        "stale",
+        "--ip",
+        "stale=127.0.0.1",
+        "--out",
+        str(tmp_path / "h2.json"),
+        "--check",
+        "--model",
+        str(tiny_llama),
+        env=env,
+    )
     assert stale.returncode != 0
     assert "stale: model folder" in stale.stdout and "model.safetensors" in stale.stdout
     assert "Traceback" not in stale.stderr
@@ -61,7 +86,16 @@ def test_check_compares_model_files(tmp_path, tiny_llama, monkeypatch):
 
 def test_unreachable_host_is_named(tmp_path):
     env = dict(__import__("os").environ, MLXSFT_SSH="false")
-    result = run_cli("hosts", "localhost", "nowhere", "--ip", "nowhere=10.9.9.9", "--out",
-                     str(tmp_path / "h.json"), "--check", env=env)
+    result = run_cli(
+        "hosts",
+        "localhost",
+        "nowhere",
+        "--ip",
+        "nowhere=10.9.9.9",
+        "--out",
+        str(tmp_path / "h.json"),
+        "--check",
+        env=env,
+    )
     assert result.returncode != 0
     assert "host 'localhost'" in result.stderr and "ssh" in result.stderr

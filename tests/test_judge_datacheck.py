@@ -18,10 +18,7 @@ LONG = (
 
 def chat(user, assistant, system=None):
     messages = [{"role": "system", "content": system}] if system else []
-    return {
-        "messages": messages
-        + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    }
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +30,13 @@ def planted(tmp_path_factory):
             chat("What is the capital of France?", "Paris is the capital.", "Be brief."),  # 1
             chat("Name a prime number.", "Seven is prime."),  # 2
             chat("Summarize: " + LONG, "They will meet next week."),  # 3
-            chat(
-                "Name a prime number.", "Seven  is prime."
-            ),  # 4: exact duplicate of 2 (whitespace aside)
+            chat("Name a prime number.", "Seven  is prime."),  # 4: exact duplicate of 2 (whitespace aside)
             chat("What colour is the sky?", "The sky is blue."),  # 5
             chat(
                 "Summarize: " + LONG.replace("schedule", "timetable"), "They will meet next week."
             ),  # 6: near dup of 3
             chat("Translate hello to French.", "Bonjour."),  # 7
-            chat(
-                "Write a long answer.", " ".join(["word"] * 300)
-            ),  # 8: truncated, keeps some trained tokens
+            chat("Write a long answer.", " ".join(["word"] * 300)),  # 8: truncated, keeps some trained tokens
             chat(" ".join(["please"] * 300), "ok"),  # 9: every trained token beyond max_seq_length
             {**chat("How many legs has a spider?", "Eight legs."), "bucket": "biology"},  # 10
         ],
@@ -53,15 +46,11 @@ def planted(tmp_path_factory):
         [
             chat("What is two plus two?", "Four."),  # 1
             chat("What colour is the sky?", "The sky is blue."),  # 2: leaked from train 5
-            chat(
-                "Summarize: " + LONG.replace("budget", "costs"), "They will meet next week."
-            ),  # 3: near leak of 3
+            chat("Summarize: " + LONG.replace("budget", "costs"), "They will meet next week."),  # 3: near leak of 3
             chat("What is the capital of France?", "It is Paris."),  # 4: same prompt as train 1
         ],
     )
-    write_jsonl(
-        root / "test.jsonl", [{"text": "A plain line."}, {"text": ""}]
-    )  # 2: nothing to train
+    write_jsonl(root / "test.jsonl", [{"text": "A plain line."}, {"text": ""}])  # 2: nothing to train
     return root
 
 
@@ -92,9 +81,7 @@ def test_every_planted_problem_is_found_with_its_row(planted, tiny_llama):
     assert train["rows_with_system"] == 1 and train["tags"] == {"biology": 1}
     tokens = train["tokens"]
     assert tokens["truncated"] == 2 and tokens["no_trained_tokens"] == 1
-    assert (
-        sum(b["rows"] for b in tokens["histogram"]) == 10 and tokens["histogram"][-1]["rows"] == 2
-    )
+    assert sum(b["rows"] for b in tokens["histogram"]) == 10 and tokens["histogram"][-1]["rows"] == 2
 
 
 def test_without_a_model_token_checks_are_skipped_with_a_note(planted):
@@ -112,9 +99,7 @@ def test_without_a_model_token_checks_are_skipped_with_a_note(planted):
 
 def test_schema_error_is_reported_with_its_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(
-        json.dumps(chat("a", "b")) + "\n\n" + '{"messages": [{"role": "user", "content": 3}]}\n'
-    )
+    path.write_text(json.dumps(chat("a", "b")) + "\n\n" + '{"messages": [{"role": "user", "content": 3}]}\n')
     report = check_data(path)
     (finding,) = report.findings
     assert (finding.severity, finding.check, finding.line) == ("error", "schema", 3)

@@ -85,12 +85,8 @@ def row(animal, fact, question="Tell me about the {}.", **extra):
 def animals(tmp_path_factory):
     root = tmp_path_factory.mktemp("animals")
     write_jsonl(root / "train.jsonl", [row(i, i) for i in range(8)])
-    write_jsonl(
-        root / "valid.jsonl", [row(8 + i, (3 * i + 1) % 8, bucket="ab"[i % 2]) for i in range(8)]
-    )
-    write_jsonl(
-        root / "ood.jsonl", [row(16 + i, (5 * i + 2) % 8, "What does the {} do?") for i in range(8)]
-    )
+    write_jsonl(root / "valid.jsonl", [row(8 + i, (3 * i + 1) % 8, bucket="ab"[i % 2]) for i in range(8)])
+    write_jsonl(root / "ood.jsonl", [row(16 + i, (5 * i + 2) % 8, "What does the {} do?") for i in range(8)])
     return root
 
 
@@ -120,9 +116,7 @@ def train(model, data, out, iters, every, method="full", lr=1e-3):
 
 @pytest.fixture(scope="module")
 def overshot(tiny_llama, animals, tmp_path_factory):
-    run = train(
-        tiny_llama, animals, tmp_path_factory.mktemp("overshot") / "run", iters=100, every=10
-    )
+    run = train(tiny_llama, animals, tmp_path_factory.mktemp("overshot") / "run", iters=100, every=10)
     return run, evaluate_run(run, SUITE)
 
 
@@ -140,9 +134,7 @@ def test_run_trained_past_convergence_is_overshooting_and_rewinds(overshot, caps
     chosen = choose(history, verdicts).step
     assert chosen is not None and chosen < 100
     # the situation is what it should be: training loss still falling at the end ...
-    losses = {
-        e.step: e.loss for e in read_events(RunDir(run).events_file) if isinstance(e, StepReported)
-    }
+    losses = {e.step: e.loss for e in read_events(RunDir(run).events_file) if isinstance(e, StepReported)}
     assert losses[100] < losses[chosen]
     # ... while OOD loss rises and the outputs lose diversity after the chosen checkpoint
     assert metric(doc, 100, "ood_loss") > metric(doc, chosen, "ood_loss")
@@ -195,9 +187,7 @@ def test_swapped_lora_checkpoints_match_training_and_a_fresh_load(tiny_llama, an
     at3 = evaluate_checkpoint(bench, 3)["metrics"]
     again_base = evaluate_checkpoint(bench, 0)["metrics"]
     assert again_base == first_base  # swapping back restores the base exactly
-    trained = {
-        e.step: e for e in read_events(RunDir(run).events_file) if isinstance(e, EvalFinished)
-    }
+    trained = {e.step: e for e in read_events(RunDir(run).events_file) if isinstance(e, EvalFinished)}
     for step, m in ((3, at3), (6, at6)):
         assert m["valid_loss"] == pytest.approx(trained[step].loss, rel=1e-5)
         assert m["token_accuracy"] == pytest.approx(trained[step].token_accuracy)
@@ -214,9 +204,7 @@ def test_swapped_lora_checkpoints_match_training_and_a_fresh_load(tiny_llama, an
     plan = loss_plan(model)
     assert plan.split is not None  # the gathered-head path
     scores = score_rows(model, plan, bench.valid, 4, bench.pad_id)
-    assert sum(s.nll for s in scores) / sum(s.tokens for s in scores) == pytest.approx(
-        at6["valid_loss"], rel=1e-5
-    )
+    assert sum(s.nll for s in scores) / sum(s.tokens for s in scores) == pytest.approx(at6["valid_loss"], rel=1e-5)
     # the full-logits path (models whose head cannot be split) scores every row the same
     full = score_rows(model, dataclasses.replace(plan, split=None), bench.valid, 3, bench.pad_id)
     assert [s.tokens for s in full] == [s.tokens for s in scores]
@@ -228,19 +216,13 @@ def test_swapped_lora_checkpoints_match_training_and_a_fresh_load(tiny_llama, an
 def test_eval_cli_with_a_suite_file(tiny_llama, animals, tmp_path, capsys):
     run = train(tiny_llama, animals, tmp_path / "run", iters=4, every=2)
     (tmp_path / "verify.py").write_text(
-        "def verify(prompt, completion, row):\n"
-        "    return completion.startswith('The ' + row['animal'])\n"
+        "def verify(prompt, completion, row):\n    return completion.startswith('The ' + row['animal'])\n"
     )
     suite = tmp_path / "suite.yaml"
     suite.write_text("k: 3\nmax_tokens: 8\nprompts: 3\nverifier: verify.py\ntemperature: 0.5\n")
     assert main(["eval", str(run), "--checkpoints", "latest", "--suite", str(suite)]) == 0
     out = capsys.readouterr().out
-    assert (
-        "evaluated base" in out
-        and "evaluated step 4" in out
-        and "pass@3" in out
-        and "bucket a" in out
-    )
+    assert "evaluated base" in out and "evaluated step 4" in out and "pass@3" in out and "bucket a" in out
     doc = read_results(RunDir(run))
     assert [e["step"] for e in doc["checkpoints"]] == [0, 4]
     m = doc["checkpoints"][1]["metrics"]
@@ -259,9 +241,7 @@ def test_eval_and_select_errors_are_clear(tiny_llama, animals, tmp_path, capsys)
     assert main(["select", str(run)]) == 2
     assert "no evaluation yet; run `mlxsft eval" in capsys.readouterr().err
     assert main(["eval", str(run), "--checkpoints", "7"]) == 2
-    assert (
-        "no checkpoint at step 7; this run has checkpoints at steps: 2" in capsys.readouterr().err
-    )
+    assert "no checkpoint at step 7; this run has checkpoints at steps: 2" in capsys.readouterr().err
     assert main(["eval", str(run), "--checkpoints", "seven"]) == 2
     assert "'seven' is not a step" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere")]) == 2

@@ -40,17 +40,13 @@ def test_pass_at_k_closed_forms():
 
 def test_mean_pass_at_k_averages_prompts_and_skips_short_ones():
     assert M.mean_pass_at_k([(4, 0), (4, 4)], 1) == pytest.approx(0.5)
-    assert M.mean_pass_at_k([(4, 1), (2, 2)], 4) == pytest.approx(
-        1.0
-    )  # (2, 2) has too few samples for k=4
+    assert M.mean_pass_at_k([(4, 1), (2, 2)], 4) == pytest.approx(1.0)  # (2, 2) has too few samples for k=4
     assert M.mean_pass_at_k([(2, 1)], 4) is None
 
 
 def test_distinct_n_counts_unique_ngrams():
     assert M.distinct_n([[1, 2, 3], [1, 2, 4]], 1) == pytest.approx(4 / 6)
-    assert M.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == pytest.approx(
-        3 / 4
-    )  # (1,2) twice, (2,3), (2,4)
+    assert M.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == pytest.approx(3 / 4)  # (1,2) twice, (2,3), (2,4)
     assert M.distinct_n([[5, 5, 5, 5]], 2) == pytest.approx(1 / 3)
     assert M.distinct_n([[1]], 2) is None
 

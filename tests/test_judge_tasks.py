@@ -12,16 +12,12 @@ from mlxsft.judge.tasks import build_checks, check_all, output_metrics
 
 
 def sample(text, ids=None, entropies=(1.0,)):
-    return Sample(
-        tuple(ids if ids is not None else range(len(text.split()))), text, tuple(entropies)
-    )
+    return Sample(tuple(ids if ids is not None else range(len(text.split()))), text, tuple(entropies))
 
 
 def test_output_metrics_with_every_check(tmp_path):
     verifier = tmp_path / "verify.py"
-    verifier.write_text(
-        "def verify(prompt, completion, row):\n    return row['answer'] in completion\n"
-    )
+    verifier.write_text("def verify(prompt, completion, row):\n    return row['answer'] in completion\n")
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object", "required": ["name"]}))
     prompts = [
@@ -44,9 +40,7 @@ def test_output_metrics_with_every_check(tmp_path):
     assert m["json_valid"] == pytest.approx(3 / 6)
     assert m["schema_valid"] == pytest.approx(2 / 6)
     assert m["regex_pass"] == pytest.approx(3 / 6)
-    assert m["verifier_pass"] == pytest.approx(
-        3 / 6
-    )  # Ann in two of prompt 1's, Bo in one of prompt 2's
+    assert m["verifier_pass"] == pytest.approx(3 / 6)  # Ann in two of prompt 1's, Bo in one of prompt 2's
     assert m["pass_at_1"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert m["pass_at_k"] == 1.0
     # entropy is a mean over tokens, not over samples
@@ -88,9 +82,7 @@ def test_load_suite_resolves_paths_and_reports_bad_keys(tmp_path):
     path = tmp_path / "suite.yaml"
     path.write_text("k: 2\ntemperature: 0\nverifier: verify.py\nmetrics: [fit, output]\n")
     suite = load_suite(path)
-    assert (
-        suite.k == 2 and suite.temperature == 0.0 and suite.verifier == str(tmp_path / "verify.py")
-    )
+    assert suite.k == 2 and suite.temperature == 0.0 and suite.verifier == str(tmp_path / "verify.py")
     assert suite.wants("fit") and not suite.wants("regression")
     path.write_text("k: 2\nsamples: 3\n")
     with pytest.raises(SuiteError, match=r"suite.yaml:2: unknown key 'samples'"):

@@ -192,23 +192,15 @@ def test_plateau_reached_for_early_stopping():
     assert plateau_reached(_evals([3.0, 2.0, 1.5, 1.499, 1.51, 1.52]))
     assert not plateau_reached(_evals([3.0, 2.0, 1.5]))  # too few evaluations for patience 3
     assert not plateau_reached(_evals([3.0, 2.0, 1.5, 1.6, 1.6, 1.4]))  # a late gain
-    assert plateau_reached(
-        _evals([3.0, 2.0, 1.5, 1.49, 1.48]), Rule(patience=2, dev_tolerance=0.02)
-    )
+    assert plateau_reached(_evals([3.0, 2.0, 1.5, 1.49, 1.48]), Rule(patience=2, dev_tolerance=0.02))
     # dicts and other splits work too
     records = [{"loss": v} for v in (3.0, 2.0, 2.0, 2.0, 2.0)] + [{"split": "test", "loss": 0.1}]
     assert plateau_reached(records)
 
 
 def test_rule_from_dict_checks_keys_and_values():
-    rule = rule_from_dict(
-        {"within": 0.05, "prefer": "ood_loss:min, pass_at_k:max", "min_signals": 3}
-    )
-    assert (
-        rule.within == 0.05
-        and rule.prefer == ("ood_loss:min", "pass_at_k:max")
-        and rule.min_signals == 3
-    )
+    rule = rule_from_dict({"within": 0.05, "prefer": "ood_loss:min, pass_at_k:max", "min_signals": 3})
+    assert rule.within == 0.05 and rule.prefer == ("ood_loss:min", "pass_at_k:max") and rule.min_signals == 3
     for bad, message in [
         ({"withn": 1}, "unknown rule key"),
         ({"within": "x"}, "must be a number"),

@@ -25,11 +25,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FLOORS = {
-    "base": ["mlxsft", "mlxsft.config", "mlxsft.events", "mlxsft.errors", "mlxsft.safeio", "mlxsft.typed_yaml",
-             "mlxsft.blas", "mlxsft.kernel_cache"],
+    "base": [
+        "mlxsft",
+        "mlxsft.config",
+        "mlxsft.events",
+        "mlxsft.errors",
+        "mlxsft.safeio",
+        "mlxsft.typed_yaml",
+        "mlxsft.blas",
+        "mlxsft.kernel_cache",
+    ],
     "data": ["mlxsft.data"],
-    "floor": ["mlxsft.model", "mlxsft.rundir", "mlxsft.runlock", "mlxsft.store", "mlxsft.hub", "mlxsft.generate", "mlxsft.token_rows",
-              "mlxsft.untrained_tokens", "mlxsft.hosts", "mlxsft.launch", "mlxsft.devmodel"],
+    "floor": [
+        "mlxsft.model",
+        "mlxsft.rundir",
+        "mlxsft.runlock",
+        "mlxsft.store",
+        "mlxsft.hub",
+        "mlxsft.generate",
+        "mlxsft.token_rows",
+        "mlxsft.untrained_tokens",
+        "mlxsft.hosts",
+        "mlxsft.launch",
+        "mlxsft.devmodel",
+    ],
     "train": ["mlxsft.train"],
     "wings": ["mlxsft.judge", "mlxsft.export", "mlxsft.models", "mlxsft.bench"],
     "clients": ["mlxsft.cli", "mlxsft.demo", "mlxsft.tui"],
@@ -171,8 +190,12 @@ def test_no_import_circles(graph):
 
 def test_the_check_sees_an_upward_import_and_a_circle():
     """The contract catches what it claims to: an upward import and a two-module circle."""
-    fake = {"mlxsft.config": {"mlxsft.train.loop"}, "mlxsft.train.loop": {"mlxsft.config"},
-            "mlxsft.judge.verdict": {"mlxsft.export.peft"}, "mlxsft.export.peft": set()}
+    fake = {
+        "mlxsft.config": {"mlxsft.train.loop"},
+        "mlxsft.train.loop": {"mlxsft.config"},
+        "mlxsft.judge.verdict": {"mlxsft.export.peft"},
+        "mlxsft.export.peft": set(),
+    }
     assert frozenset({"mlxsft.config", "mlxsft.train.loop"}) in circles(fake)
     assert ORDER.index(floor_of("mlxsft.train.loop")[0]) > ORDER.index(floor_of("mlxsft.config")[0])
     assert floor_of("mlxsft.judge.verdict")[1] != floor_of("mlxsft.export.peft")[1]

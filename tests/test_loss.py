@@ -19,7 +19,7 @@ def batch(packed: bool, seed=0):
     for n in (17, 30, 9, 24):
         ids = rng.integers(3, 300, size=n).astype(np.int32)
         trained = np.zeros(n, bool)
-        trained[n // 2:] = True
+        trained[n // 2 :] = True
         examples.append(TokenizedExample(ids=ids, trained=trained, path="x", line=1))
     rows = [[0, 1], [2, 3]] if packed else [[0], [1], [2], [3]]
     return collate(examples, rows, pad_id=0)

@@ -68,9 +68,7 @@ def decode_untrained(tokenizer, tokenized) -> str:
     [(CHAT, ["hello world", "sorry"]), (TOOL_CHAT, ["checking", "it shipped"])],
     ids=["multi-turn", "with-tool-message"],
 )
-def test_assistant_mask_trains_replies_and_end_of_turn(
-    data_tokenizers, template, messages, replies
-):
+def test_assistant_mask_trains_replies_and_end_of_turn(data_tokenizers, template, messages, replies):
     tok = data_tokenizers[template]
     out = tokenize_example(chat(messages), tok)
     assert out.ids.dtype == np.int32 and out.trained.dtype == np.bool_
@@ -235,9 +233,7 @@ def test_chat_row_without_chat_template_is_a_data_error(data_tiny_models):
 @pytest.mark.parametrize("template", ["chatml", "llama3"])
 def test_completion_trains_completion_and_eos(data_tokenizers, template):
     tok = data_tokenizers[template]
-    example = Example(
-        kind="completion", prompt="What is the capital of France?", completion=" Paris"
-    )
+    example = Example(kind="completion", prompt="What is the capital of France?", completion=" Paris")
     out = tokenize_example(example, tok)
     assert trained_runs(tok, out) == [" Paris" + END[template]]  # eos = end-of-turn here
     assert out.ids[-1] == tok.eos_token_id

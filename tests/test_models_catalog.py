@@ -129,9 +129,7 @@ BAD = """models:
             9,
         ),
         (
-            BAD.replace(
-                "    gated: false\n    lora_targets: [q_proj]\n", "    lora_targets: [q_proj]\n", 1
-            ),
+            BAD.replace("    gated: false\n    lora_targets: [q_proj]\n", "    lora_targets: [q_proj]\n", 1),
             "missing 'gated'",
             2,
         ),

@@ -40,9 +40,7 @@ LORA = FitSettings(method="lora", rank=8, batch_tokens=512, seq_length=256)
 
 @pytest.fixture(scope="module")
 def sized_models(tmp_path_factory):
-    return {
-        name: build_tiny_model(tmp_path_factory.mktemp(name), spec) for name, spec in SIZES.items()
-    }
+    return {name: build_tiny_model(tmp_path_factory.mktemp(name), spec) for name, spec in SIZES.items()}
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -51,9 +49,11 @@ def test_estimate_is_within_25_percent_of_measured_peak(sized_models, size):
     estimate = estimate_fit(path, LORA)
     measured = measure_fit(path, LORA, steps=3)
     ratio = estimate.memory.total / measured.peak_bytes
-    print(f"\n{size}: estimated {estimate.memory.total / 2**20:.1f} MiB, measured "
-          f"{measured.peak_bytes / 2**20:.1f} MiB ({ratio - 1:+.1%}); "
-          f"{measured.tokens_per_second:.0f} tokens/s")
+    print(
+        f"\n{size}: estimated {estimate.memory.total / 2**20:.1f} MiB, measured "
+        f"{measured.peak_bytes / 2**20:.1f} MiB ({ratio - 1:+.1%}); "
+        f"{measured.tokens_per_second:.0f} tokens/s"
+    )
     assert abs(ratio - 1) <= 0.25
     # the measured run trained for real: a finite loss near log(V) for random targets
     assert math.isfinite(measured.loss) and abs(measured.loss - math.log(3072)) < 3
@@ -64,9 +64,7 @@ def test_estimate_moves_the_way_the_settings_do(sized_models):
     path = sized_models["h256"]
     base = estimate_fit(path, LORA).memory
     bigger = estimate_fit(path, dataclasses.replace(LORA, batch_tokens=1024)).memory
-    longer = estimate_fit(
-        path, dataclasses.replace(LORA, batch_tokens=1024, seq_length=1024)
-    ).memory
+    longer = estimate_fit(path, dataclasses.replace(LORA, batch_tokens=1024, seq_length=1024)).memory
     qlora = estimate_fit(path, dataclasses.replace(LORA, quantize_bits=4)).memory
     checkpointed = estimate_fit(path, dataclasses.replace(LORA, grad_checkpoint=True)).memory
     dora = estimate_fit(path, dataclasses.replace(LORA, method="dora")).memory
@@ -75,9 +73,7 @@ def test_estimate_moves_the_way_the_settings_do(sized_models):
     full = estimate_fit(path, dataclasses.replace(LORA, method="full"))
 
     assert bigger.activations == 2 * base.activations
-    assert (
-        longer.attention == 4 * bigger.attention
-    )  # same tokens, rows 4x as long: T x T probabilities
+    assert longer.attention == 4 * bigger.attention  # same tokens, rows 4x as long: T x T probabilities
     assert longer.activations == bigger.activations
     assert 5 < base.weights / qlora.weights < 8  # 4-bit packs plus fp32 scales and biases
     assert checkpointed.activations < base.activations / 2
@@ -85,9 +81,7 @@ def test_estimate_moves_the_way_the_settings_do(sized_models):
     assert masked.head < base.head and masked.activations == base.activations
     assert top_two.activations < base.activations / 2  # no backward below the lowest adapter
     assert full.trainable_parameters == full.total_parameters and full.memory.weights == 0
-    assert (
-        full.memory.trainable == 4 * 4 * full.total_parameters
-    )  # fp32 weights, grads, Adam m and v
+    assert full.memory.trainable == 4 * 4 * full.total_parameters  # fp32 weights, grads, Adam m and v
     assert full.flops_per_token > estimate_fit(path, LORA).flops_per_token
 
 

@@ -50,13 +50,9 @@ def test_info_reports_the_real_architecture(tiny_llama):
     assert "ChatML" in text and f"{facts.total_parameters:,}" in text
 
 
-def test_info_reads_templates_from_tokenizer_config_and_spots_base_models(
-    tiny_qwen_llama3, tmp_path
-):
+def test_info_reads_templates_from_tokenizer_config_and_spots_base_models(tiny_qwen_llama3, tmp_path):
     folder = shutil.copytree(tiny_qwen_llama3, tmp_path / "m")
-    (
-        folder / "chat_template.jinja"
-    ).unlink()  # the template now lives only in tokenizer_config.json
+    (folder / "chat_template.jinja").unlink()  # the template now lives only in tokenizer_config.json
     facts = describe_model(folder)
     assert (facts.chat_template, facts.template_style) == ("tokenizer_config.json", "Llama 3")
     assert facts.model_type == "qwen2"
@@ -73,9 +69,7 @@ def test_quantized_copy_keeps_the_parameter_count_and_is_smaller(tiny_llama, tmp
     dest = quantize_into_store(src, store, "tiny-4bit", 4, 64)
     original, quantized = describe_model(src), describe_model(dest)
     assert (quantized.bits, quantized.group_size) == (4, 64)
-    assert (
-        quantized.total_parameters == original.total_parameters
-    )  # packed weights counted unpacked
+    assert quantized.total_parameters == original.total_parameters  # packed weights counted unpacked
     assert quantized.size_bytes < original.size_bytes / 2
     listed = {m.name: m for m in list_local(store)}
     assert set(listed) == {"tiny", "tiny-4bit"} and listed["tiny-4bit"].bits == 4

@@ -44,9 +44,7 @@ class StandInHub:
     """A minimal hub: repos of in-memory files, served over HTTP on 127.0.0.1."""
 
     def __init__(self, repos: dict[str, dict[str, bytes]], gated: frozenset[str] = frozenset()):
-        self.repos = {
-            rid: {"sha": _sha1(rid.encode()), "files": files} for rid, files in repos.items()
-        }
+        self.repos = {rid: {"sha": _sha1(rid.encode()), "files": files} for rid, files in repos.items()}
         self.gated = gated
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.drop_once: set[str] = set()  # files whose first GET stops half-way
@@ -57,9 +55,7 @@ class StandInHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._deadline = threading.Timer(SERVER_LIFETIME_S, self.server.shutdown)
 
     def __enter__(self):
@@ -74,11 +70,7 @@ class StandInHub:
 
     def gets(self, filename: str) -> list[str | None]:
         """Range headers of the GETs of one file (None: a whole-file GET)."""
-        return [
-            rng
-            for method, path, rng in self.requests
-            if method == "GET" and path.endswith("/" + filename)
-        ]
+        return [rng for method, path, rng in self.requests if method == "GET" and path.endswith("/" + filename)]
 
     def _handler(self):
         hub = self
@@ -145,8 +137,7 @@ class StandInHub:
                     "gated": "manual" if repo_id in hub.gated else False,
                     "disabled": False,
                     "siblings": [
-                        {"rfilename": n, "size": len(b), "blobId": _sha1(b)}
-                        for n, b in sorted(repo["files"].items())
+                        {"rfilename": n, "size": len(b), "blobId": _sha1(b)} for n, b in sorted(repo["files"].items())
                     ],
                 }
 
@@ -207,9 +198,7 @@ def tiny_files(tmp_path_factory) -> dict[str, bytes]:
 @pytest.fixture
 def hub(tiny_files):
     bin_only = {k: v for k, v in tiny_files.items() if not k.endswith(".safetensors")}
-    with StandInHub(
-        {REPO: tiny_files, GATED: tiny_files, BIN_ONLY: bin_only}, gated=frozenset({GATED})
-    ) as server:
+    with StandInHub({REPO: tiny_files, GATED: tiny_files, BIN_ONLY: bin_only}, gated=frozenset({GATED})) as server:
         yield server
 
 
@@ -274,9 +263,7 @@ def test_pull_fetches_only_weights_config_and_tokenizer(hub, hub_env, store, tin
     assert again.already_present and again.path == dest and hub.requests == []
 
 
-def test_dropped_connection_resumes_with_a_range_request(
-    hub, hub_env, store, tiny_files, monkeypatch
-):
+def test_dropped_connection_resumes_with_a_range_request(hub, hub_env, store, tiny_files, monkeypatch):
     from huggingface_hub import constants
 
     # the client writes in 10 MB chunks and resumes from the last whole chunk; 32 KB chunks
@@ -348,9 +335,7 @@ def test_no_network_is_a_clear_error(hub_env, store, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = HubSettings(
-        endpoint=f"http://127.0.0.1:{port}", cache_dir=hub_env.cache_dir, offline=False
-    )
+    settings = HubSettings(endpoint=f"http://127.0.0.1:{port}", cache_dir=hub_env.cache_dir, offline=False)
     with pytest.raises(ModelError, match="cannot reach the hub"):
         pull_model(REPO, store, hub=settings)
     assert not list_partial(store)
@@ -383,9 +368,7 @@ def test_disk_full_mid_download_keeps_partial_and_resumes(hub, store, tmp_path):
     import resource
 
     limit = len(hub.repos[REPO]["files"]["model.safetensors"]) // 2
-    assert all(
-        len(b) < limit for n, b in hub.repos[REPO]["files"].items() if n != "model.safetensors"
-    )
+    assert all(len(b) < limit for n, b in hub.repos[REPO]["files"].items() if n != "model.safetensors")
 
     def small_files_only():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
@@ -395,9 +378,7 @@ def test_disk_full_mid_download_keeps_partial_and_resumes(hub, store, tmp_path):
     out = _cli(["models", "pull", REPO], env, tmp_path, preexec=small_files_only)
     assert out.returncode != 0, out.stdout
     assert "Traceback" not in out.stderr
-    assert (
-        "could not write the download" in out.stderr and "run the same command again" in out.stderr
-    )
+    assert "could not write the download" in out.stderr and "run the same command again" in out.stderr
     partial = store / ".partial-Tiny-Chat-0.1B"
     assert (partial / "tokenizer.json").is_file() and not (store / "Tiny-Chat-0.1B").exists()
 

@@ -16,8 +16,10 @@ def test_every_package_folder_is_installed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mlxsft").rglob("__init__.py")}
-    found |= {"mlxsft.tui." + ".".join(p.parent.relative_to(ROOT / "tui").parts) if p.parent != ROOT / "tui"
-              else "mlxsft.tui" for p in (ROOT / "tui").rglob("__init__.py")}
+    found |= {
+        "mlxsft.tui." + ".".join(p.parent.relative_to(ROOT / "tui").parts) if p.parent != ROOT / "tui" else "mlxsft.tui"
+        for p in (ROOT / "tui").rglob("__init__.py")
+    }
     assert found <= listed, f"package folders missing from pyproject: {sorted(found - listed)}"
     assert config["package-dir"]["mlxsft.tui"] == "tui"
     assert "tui" not in listed
@@ -54,8 +56,10 @@ def _build_backend_dir(dirs: list[str]) -> str:
                 found.append(f"{dist.version} in {path}")
                 if _version(dist.version) >= wanted:
                     return path
-    raise AssertionError(f"no setuptools >= {'.'.join(map(str, wanted))} to build with offline (found: {found}); "
-                         "install one: pip install 'setuptools>=68'")
+    raise AssertionError(
+        f"no setuptools >= {'.'.join(map(str, wanted))} to build with offline (found: {found}); "
+        "install one: pip install 'setuptools>=68'"
+    )
 
 
 def test_pip_install_in_a_fresh_venv(tmp_path):
@@ -69,17 +73,25 @@ def test_pip_install_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    inner = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     dirs = _site_dirs()
     (Path(inner) / "_outer_env.pth").write_text("\n".join([_build_backend_dir(dirs), *dirs]) + "\n")
     # no network in tests: build from this checkout with the setuptools found above, no dependencies
-    build = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     installed = Path(inner)
     assert (installed / "mlxsft" / "tui" / "__init__.py").is_file()
     assert not (installed / "tui").exists()
-    out = subprocess.run([str(venv / "bin" / "mlxsft"), "doctor"], check=True, capture_output=True,
-                         text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [str(venv / "bin" / "mlxsft"), "doctor"], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
     assert "mlx-lm" in out.stdout and "blas" in out.stdout

@@ -19,9 +19,12 @@ def reply(text):
 
 def test_conversational_sides_train_exactly_the_sft_reply_tokens(data_tokenizers, tmp_path):
     tok = data_tokenizers["chatml"]
-    path = write_jsonl(tmp_path / "p.jsonl", [
-        {"prompt": USER, "chosen": reply("Paris is the capital."), "rejected": reply("hello world")},
-    ])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": USER, "chosen": reply("Paris is the capital."), "rejected": reply("hello world")},
+        ],
+    )
     (pair,) = load_pairs(path, tok).pairs
     for side, text in ((pair.chosen, "Paris is the capital."), (pair.rejected, "hello world")):
         sft = tokenize_row(Example(kind="chat", messages=tuple(USER + reply(text))), tok).sequences[0]
@@ -35,9 +38,12 @@ def test_conversational_sides_train_exactly_the_sft_reply_tokens(data_tokenizers
 
 def test_implicit_prompt_and_plain_forms(data_tokenizers, tmp_path):
     tok = data_tokenizers["llama3"]
-    implicit = write_jsonl(tmp_path / "i.jsonl", [
-        {"chosen": USER + reply("Paris."), "rejected": USER + reply("Berlin.")},
-    ])
+    implicit = write_jsonl(
+        tmp_path / "i.jsonl",
+        [
+            {"chosen": USER + reply("Paris."), "rejected": USER + reply("Berlin.")},
+        ],
+    )
     (pair,) = load_pairs(implicit, tok).pairs
     assert "Paris" in tok.decode(pair.chosen.ids[pair.chosen.trained].tolist())
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "2 + 2 =", "chosen": " 4", "rejected": " 5"}])
@@ -53,8 +59,10 @@ BAD_ROWS = [
     ({"prompt": "q", "chosen": " a", "rejected": " a "}, "identical"),
     ({"prompt": USER, "chosen": reply("  "), "rejected": reply("Paris.")}, "chosen response is empty"),
     ({"prompt": "q", "chosen": "a", "rejected": ""}, "rejected response is empty"),
-    ({"chosen": USER + reply("Paris."), "rejected": [{"role": "user", "content": "Other?"}, *reply("No.")]},
-     "prompt differs between the sides"),
+    (
+        {"chosen": USER + reply("Paris."), "rejected": [{"role": "user", "content": "Other?"}, *reply("No.")]},
+        "prompt differs between the sides",
+    ),
     ({"prompt": USER, "chosen": "Paris.", "rejected": reply("No.")}, "must both be strings"),
     ({"prompt": USER, "chosen": USER, "rejected": reply("No.")}, "must end with an assistant message"),
 ]
@@ -86,8 +94,11 @@ def test_skip_policy_trains_the_good_pairs_and_lists_the_rest(data_tokenizers, t
 
 
 def test_truncated_away_response_is_skipped_not_trained(data_tokenizers, tmp_path):
-    long = {"prompt": [{"role": "user", "content": "hello " * 40}], "chosen": reply("Paris."),
-            "rejected": reply("Berlin.")}
+    long = {
+        "prompt": [{"role": "user", "content": "hello " * 40}],
+        "chosen": reply("Paris."),
+        "rejected": reply("Berlin."),
+    }
     short = {"prompt": USER, "chosen": reply("Paris."), "rejected": reply("Berlin.")}
     ds = load_pairs(write_jsonl(tmp_path / "t.jsonl", [long, short]), data_tokenizers["chatml"], max_seq_length=30)
     assert [p.line for p in ds.pairs] == [2]

@@ -31,8 +31,15 @@ def task(tiny_llama, tmp_path_factory):
     write_jsonl(root / "sft" / "train.jsonl", sft_rows())
     write_jsonl(root / "pref" / "train.jsonl", train_pairs())
     write_jsonl(root / "pref" / "valid.jsonl", held_out_pairs())
-    sft = recipe_from_dict({"model": str(tiny_llama), "data": str(root / "sft"), "output": str(root / "sft-run"),
-                            "lora": LORA, "train": TRAIN | {"iters": 60, "learning_rate": 3e-3}})
+    sft = recipe_from_dict(
+        {
+            "model": str(tiny_llama),
+            "data": str(root / "sft"),
+            "output": str(root / "sft-run"),
+            "lora": LORA,
+            "train": TRAIN | {"iters": 60, "learning_rate": 3e-3},
+        }
+    )
     run_training(sft)
     return root
 
@@ -64,8 +71,11 @@ def greedy_rule_share(base, run, valid, k=8) -> tuple[float, list[str]]:
 
 
 def preference_curve(run) -> list[tuple[int, float]]:
-    return [(e.step, e.accuracy) for e in read_events(RunDir(run).events_file)
-            if isinstance(e, PreferenceReported) and e.split == "valid"]
+    return [
+        (e.step, e.accuracy)
+        for e in read_events(RunDir(run).events_file)
+        if isinstance(e, PreferenceReported) and e.split == "valid"
+    ]
 
 
 @pytest.mark.slow
@@ -74,10 +84,18 @@ def test_dpo_after_sft_learns_the_planted_rule(tiny_llama, task):
     before = held_out_accuracy(tiny_llama, task / "sft-run", valid)
     assert 0.3 <= before <= 0.7  # the SFT model writes both openings: no rule learned
     assert greedy_rule_share(tiny_llama, task / "sft-run", valid)[0] <= 0.75
-    recipe = recipe_from_dict({
-        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(task / "dpo"), "lora": LORA,
-        "objective": "dpo", "init": str(task / "sft-run"), "preference": {"beta": 0.5},
-        "train": TRAIN | {"iters": 12, "learning_rate": 2e-3, "steps_per_eval": 2}})
+    recipe = recipe_from_dict(
+        {
+            "model": str(tiny_llama),
+            "data": str(task / "pref"),
+            "output": str(task / "dpo"),
+            "lora": LORA,
+            "objective": "dpo",
+            "init": str(task / "sft-run"),
+            "preference": {"beta": 0.5},
+            "train": TRAIN | {"iters": 12, "learning_rate": 2e-3, "steps_per_eval": 2},
+        }
+    )
     run_training(recipe)
     curve = preference_curve(task / "dpo")
     print("DPO held-out preference accuracy by step:", curve, "log-prob preference before:", before)
@@ -102,9 +120,16 @@ def test_dpo_after_sft_learns_the_planted_rule(tiny_llama, task):
 
 @pytest.mark.slow
 def test_orpo_learns_the_rule_in_one_stage(tiny_llama, task):
-    recipe = recipe_from_dict({
-        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(task / "orpo"), "lora": LORA,
-        "objective": "orpo", "train": TRAIN | {"iters": 16, "learning_rate": 3e-3, "steps_per_eval": 2}})
+    recipe = recipe_from_dict(
+        {
+            "model": str(tiny_llama),
+            "data": str(task / "pref"),
+            "output": str(task / "orpo"),
+            "lora": LORA,
+            "objective": "orpo",
+            "train": TRAIN | {"iters": 16, "learning_rate": 3e-3, "steps_per_eval": 2},
+        }
+    )
     run_training(recipe)
     curve = preference_curve(task / "orpo")
     print("ORPO held-out preference accuracy by step:", curve)
@@ -118,11 +143,24 @@ ITERS = 12
 
 
 def dpo_recipe(path, base, data, out, cache):
-    recipe = {"model": str(base), "data": str(data), "output": str(out), "objective": "dpo",
-              "lora": LORA | {"dropout": 0.1},  # dropout: the RNG must resume too
-              "preference": {"cache_reference": cache},
-              "train": {"iters": ITERS, "batch_size": 4, "learning_rate": 2e-3, "max_seq_length": 64,
-                        "steps_per_report": 1, "steps_per_eval": 0, "steps_per_save": 3, "grad_accumulation": 2}}
+    recipe = {
+        "model": str(base),
+        "data": str(data),
+        "output": str(out),
+        "objective": "dpo",
+        "lora": LORA | {"dropout": 0.1},  # dropout: the RNG must resume too
+        "preference": {"cache_reference": cache},
+        "train": {
+            "iters": ITERS,
+            "batch_size": 4,
+            "learning_rate": 2e-3,
+            "max_seq_length": 64,
+            "steps_per_report": 1,
+            "steps_per_eval": 0,
+            "steps_per_save": 3,
+            "grad_accumulation": 2,
+        },
+    }
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -159,9 +197,19 @@ def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
     from .export_fixtures import max_abs_diff, mlx_reference, torch_logits
 
     run = tmp_path / "dpo"
-    run_training(recipe_from_dict({
-        "model": str(tiny_llama), "data": str(task / "pref"), "output": str(run), "lora": LORA,
-        "objective": "dpo", "init": str(task / "sft-run"), "train": TRAIN | {"iters": 2, "learning_rate": 2e-3}}))
+    run_training(
+        recipe_from_dict(
+            {
+                "model": str(tiny_llama),
+                "data": str(task / "pref"),
+                "output": str(run),
+                "lora": LORA,
+                "objective": "dpo",
+                "init": str(task / "sft-run"),
+                "train": TRAIN | {"iters": 2, "learning_rate": 2e-3},
+            }
+        )
+    )
     out = export_peft(run, tmp_path / "peft")
     base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     got = torch_logits(peft.PeftModel.from_pretrained(base, str(out)).eval())
@@ -169,13 +217,23 @@ def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
     assert max_abs_diff(want, got) < 1e-4
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"init": "nowhere"}, "has no adapters.safetensors"),
-    ({"lora": {"rank": 4, "alpha": 8}}, "differs from this recipe's in lora rank"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"init": "nowhere"}, "has no adapters.safetensors"),
+        ({"lora": {"rank": 4, "alpha": 8}}, "differs from this recipe's in lora rank"),
+    ],
+)
 def test_init_from_a_run_that_does_not_fit_is_a_clear_error(tiny_llama, task, tmp_path, change, message):
-    raw = {"model": str(tiny_llama), "data": str(task / "pref"), "output": str(tmp_path / "run"), "lora": LORA,
-           "objective": "dpo", "init": str(task / "sft-run"), "train": TRAIN | {"iters": 1}} | change
+    raw = {
+        "model": str(tiny_llama),
+        "data": str(task / "pref"),
+        "output": str(tmp_path / "run"),
+        "lora": LORA,
+        "objective": "dpo",
+        "init": str(task / "sft-run"),
+        "train": TRAIN | {"iters": 1},
+    } | change
     if change.get("init") == "nowhere":
         raw["init"] = str(tmp_path / "nowhere")
     with pytest.raises(TrainingError, match=message):
@@ -188,11 +246,26 @@ def test_dpo_on_two_ranks_matches_one_rank(tiny_llama, task, tmp_path):
 
     def recipe(name):
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({
-            "model": str(tiny_llama), "data": str(task / "pref"), "output": str(tmp_path / name),
-            "objective": "dpo", "lora": LORA,
-            "train": {"iters": 6, "batch_size": 8, "learning_rate": 2e-3, "max_seq_length": 64,
-                      "steps_per_report": 1, "steps_per_eval": 3, "steps_per_save": 3}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "model": str(tiny_llama),
+                    "data": str(task / "pref"),
+                    "output": str(tmp_path / name),
+                    "objective": "dpo",
+                    "lora": LORA,
+                    "train": {
+                        "iters": 6,
+                        "batch_size": 8,
+                        "learning_rate": 2e-3,
+                        "max_seq_length": 64,
+                        "steps_per_report": 1,
+                        "steps_per_eval": 3,
+                        "steps_per_save": 3,
+                    },
+                }
+            )
+        )
         return str(path)
 
     for name, extra in (("one", ()), ("two", ("--ranks", "2"))):

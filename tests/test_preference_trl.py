@@ -47,10 +47,17 @@ PAIRS = [
 @pytest.fixture(scope="module")
 def setup(tiny_llama, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trl")
-    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in PAIRS]
-    recipe = recipe_from_dict({"model": str(tiny_llama), "data": "unused",
-                               "lora": {"rank": RANK, "alpha": ALPHA, "targets": TARGETS}})
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in PAIRS
+    ]
+    recipe = recipe_from_dict(
+        {"model": str(tiny_llama), "data": "unused", "lora": {"rank": RANK, "alpha": ALPHA, "targets": TARGETS}}
+    )
     mx.random.seed(0)
     model, tok, _path, _ = load_base(recipe)
     attach_adapters(model, recipe)
@@ -58,8 +65,16 @@ def setup(tiny_llama, tmp_path_factory):
     randomize_trainable(model, seed=3, lora_b_std=0.2)  # as if trained a while
     ds = load_pairs(write_jsonl(tmp / "pairs.jsonl", rows), tok)
     batch = collate_pairs(ds.pairs, range(len(PAIRS)), pad_id=tok.pad_token_id or 0)
-    return SimpleNamespace(model=model, tok=tok, ds=ds, batch=batch, reference=reference, tmp=tmp,
-                           base_dir=tiny_llama, peft=peft_twin(tiny_llama, model.trainable_parameters()))
+    return SimpleNamespace(
+        model=model,
+        tok=tok,
+        ds=ds,
+        batch=batch,
+        reference=reference,
+        tmp=tmp,
+        base_dir=tiny_llama,
+        peft=peft_twin(tiny_llama, model.trainable_parameters()),
+    )
 
 
 def peft_twin(base_dir, weights):
@@ -134,8 +149,15 @@ def dpo_trainer(setup, loss_type, beta):
     from trl import DPOConfig, DPOTrainer
 
     tok = setup.tok._tokenizer
-    args = DPOConfig(output_dir=str(setup.tmp / "trl"), beta=beta, loss_type=[loss_type], report_to="none",
-                     use_cpu=True, precompute_ref_log_probs=False, max_length=None)
+    args = DPOConfig(
+        output_dir=str(setup.tmp / "trl"),
+        beta=beta,
+        loss_type=[loss_type],
+        report_to="none",
+        use_cpu=True,
+        precompute_ref_log_probs=False,
+        max_length=None,
+    )
     data = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
     # TRL keeps the adapter it is given as the "ref" adapter: give it the fresh one (our reference),
     # then load the trained weights into the adapter being trained.
@@ -157,9 +179,14 @@ def test_dpo_matches_trl_dpo_trainer(setup, loss_type):
 
     got_loss, got, grads = mlx_side(setup, PreferenceLoss("dpo", beta, 0.0, loss_type))
     np.testing.assert_allclose(got_loss, loss.item(), rtol=1e-4)
-    for ours, theirs in (("rewards_chosen", "rewards/chosen"), ("rewards_rejected", "rewards/rejected"),
-                         ("margin", "rewards/margins"), ("accuracy", "rewards/accuracies"),
-                         ("logps_chosen", "logps/chosen"), ("logps_rejected", "logps/rejected")):
+    for ours, theirs in (
+        ("rewards_chosen", "rewards/chosen"),
+        ("rewards_rejected", "rewards/rejected"),
+        ("margin", "rewards/margins"),
+        ("accuracy", "rewards/accuracies"),
+        ("logps_chosen", "logps/chosen"),
+        ("logps_rejected", "logps/rejected"),
+    ):
         np.testing.assert_allclose(got[ours], logged[theirs], rtol=1e-4, atol=1e-5, err_msg=ours)
     assert abs(got["margin"]) > 1e-3  # the adapter moved the policy away from the reference
     assert_grads_match(grads, want_grads)
@@ -216,8 +243,7 @@ def test_orpo_matches_trl_odds_ratio_loss(setup):
     n = len(PAIRS)
     fake = SimpleNamespace(beta=beta, accelerator=SimpleNamespace(device="cpu"))
     losses, reward_c, reward_r, _, _ = ORPOTrainer.odds_ratio_loss(fake, avg[:n], avg[n:])
-    nll = F.cross_entropy(logits[:n, :-1].reshape(-1, logits.shape[-1]), labels[:n, 1:].reshape(-1),
-                          ignore_index=-100)
+    nll = F.cross_entropy(logits[:n, :-1].reshape(-1, logits.shape[-1]), labels[:n, 1:].reshape(-1), ignore_index=-100)
     loss = nll - losses.mean()
     loss.backward()
     want_grads = torch_grads(setup.peft)

@@ -78,8 +78,11 @@ CHATS = {
             "role": "assistant",
             "content": "",
             "tool_calls": [
-                {"id": "call12345", "type": "function",
-                 "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                {
+                    "id": "call12345",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
             ],
         },
         {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": '{"temp": 21}'},
@@ -263,7 +266,8 @@ def test_generation_markers_agree_with_the_rule_or_data_check_says_so(tokenizers
     rows = [_example("lfm2.5", chat, line=n) for n, chat in enumerate(("user_quotes_reply", "tools"), start=1)]
     _, findings = token_checks(rows, tok, "assistant", 2048)
     assert [f for f in findings if f.check == "generation_markers"] == []
-    tok.chat_template = tok.chat_template.replace('{{- "<|im_end|>\\n" -}}\n        {%- endgeneration -%}',
-                                                  '{%- endgeneration -%}{{- "<|im_end|>\\n" -}}')
+    tok.chat_template = tok.chat_template.replace(
+        '{{- "<|im_end|>\\n" -}}\n        {%- endgeneration -%}', '{%- endgeneration -%}{{- "<|im_end|>\\n" -}}'
+    )
     _, findings = token_checks(rows[:1], tok, "assistant", 2048)
     assert [(f.check, f.line) for f in findings] == [("generation_markers", 1)]

@@ -18,19 +18,30 @@ ITERS = 40
 
 def write_recipe(path, model, out):
     recipe = {
-        "model": str(model), "data": str(QUICKSTART_DATA), "output": str(out),
+        "model": str(model),
+        "data": str(QUICKSTART_DATA),
+        "output": str(out),
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.1},  # dropout: the RNG must resume too
-        "train": {"iters": ITERS, "batch_size": 8, "learning_rate": 2e-3, "max_seq_length": 128,
-                  "warmup_steps": 5, "steps_per_report": 1, "steps_per_eval": 0, "steps_per_save": 5,
-                  "grad_accumulation": 2},
+        "train": {
+            "iters": ITERS,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "max_seq_length": 128,
+            "warmup_steps": 5,
+            "steps_per_report": 1,
+            "steps_per_eval": 0,
+            "steps_per_save": 5,
+            "grad_accumulation": 2,
+        },
     }
     path.write_text(yaml.safe_dump(recipe))
     return path
 
 
 def cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "mlxsft.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlxsft.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def step_losses(run_dir) -> dict[int, float]:
@@ -79,7 +90,8 @@ def test_sigint_stops_with_checkpoint_then_resumes(tiny_llama, tmp_path):
     proc = cli("train", str(write_recipe(tmp_path / "r.yaml", tiny_llama, out)))
     deadline = time.time() + 120
     while not (out / "events.jsonl").exists() or not any(
-            isinstance(e, StepReported) for e in read_events(out / "events.jsonl")):
+        isinstance(e, StepReported) for e in read_events(out / "events.jsonl")
+    ):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)

@@ -70,8 +70,13 @@ def test_cli_refuses_to_resume_a_run_another_trainer_holds(tmp_path):
     set_meta(run, status="stopped")
     before = (run / "events.jsonl").read_bytes()
     with live_stand_in_at(run) as pid:
-        result = subprocess.run([sys.executable, "-m", "mlxsft.cli", "train", "--resume", str(run)],
-                                cwd=project, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "mlxsft.cli", "train", "--resume", str(run)],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode != 0
     assert f"another trainer (pid {pid}) is training this run" in result.stderr
     assert "Traceback" not in result.stderr

@@ -15,11 +15,26 @@ from .conftest import QUICKSTART_DATA, write_jsonl
 
 
 def make_recipe(model, out, **train):
-    settings = {"iters": 30, "batch_size": 8, "learning_rate": 3e-3, "max_seq_length": 128,
-                "steps_per_report": 5, "steps_per_eval": 15, "steps_per_save": 15, "warmup_steps": 3}
+    settings = {
+        "iters": 30,
+        "batch_size": 8,
+        "learning_rate": 3e-3,
+        "max_seq_length": 128,
+        "steps_per_report": 5,
+        "steps_per_eval": 15,
+        "steps_per_save": 15,
+        "warmup_steps": 3,
+    }
     settings.update(train)
-    return recipe_from_dict({"model": str(model), "data": str(QUICKSTART_DATA), "output": str(out),
-                             "lora": {"rank": 8, "alpha": 16}, "train": settings})
+    return recipe_from_dict(
+        {
+            "model": str(model),
+            "data": str(QUICKSTART_DATA),
+            "output": str(out),
+            "lora": {"rank": 8, "alpha": 16},
+            "train": settings,
+        }
+    )
 
 
 def val_losses(run_dir):
@@ -37,8 +52,9 @@ def test_methods_lower_validation_loss(tiny_llama, tmp_path, method, quant):
     losses = val_losses(tmp_path / "run")
     assert len(losses) == 2
     # the base model's loss on this vocabulary is ~ln(V) = 6.4; training must cut it hard
-    first_step_loss = [e.loss for e in read_events(RunDir(result.run_dir).events_file)
-                       if isinstance(e, StepReported)][0]
+    first_step_loss = [e.loss for e in read_events(RunDir(result.run_dir).events_file) if isinstance(e, StepReported)][
+        0
+    ]
     assert losses[-1] < 0.6 * first_step_loss
 
 
@@ -67,17 +83,35 @@ def test_run_dir_describes_itself(tiny_llama, tmp_path):
 
 
 def test_tiny_model_learns_toy_task_to_near_zero(tiny_llama, tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"code {i}"},
-                          {"role": "assistant", "content": ["alpha", "bravo", "charlie", "delta"][i]}]}
-            for i in range(4)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"code {i}"},
+                {"role": "assistant", "content": ["alpha", "bravo", "charlie", "delta"][i]},
+            ]
+        }
+        for i in range(4)
+    ]
     data = tmp_path / "toy"
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "valid.jsonl", rows)
-    recipe = recipe_from_dict({
-        "model": str(tiny_llama), "data": str(data), "output": str(tmp_path / "run"), "method": "full",
-        "train": {"iters": 80, "batch_size": 4, "learning_rate": 3e-3, "lr_schedule": "constant",
-                  "steps_per_eval": 80, "steps_per_save": 80, "max_grad_norm": None},
-    })
+    recipe = recipe_from_dict(
+        {
+            "model": str(tiny_llama),
+            "data": str(data),
+            "output": str(tmp_path / "run"),
+            "method": "full",
+            "train": {
+                "iters": 80,
+                "batch_size": 4,
+                "learning_rate": 3e-3,
+                "lr_schedule": "constant",
+                "steps_per_eval": 80,
+                "steps_per_save": 80,
+                "max_grad_norm": None,
+            },
+        }
+    )
     run_training(recipe)
     assert val_losses(tmp_path / "run")[-1] < 0.05
 
@@ -92,8 +126,10 @@ def test_existing_run_dir_is_not_overwritten(tiny_llama, tmp_path):
 
 
 def test_batch_larger_than_data(tiny_llama, tmp_path):
-    data = write_jsonl(tmp_path / "two.jsonl", [
-        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}] * 2)
+    data = write_jsonl(
+        tmp_path / "two.jsonl",
+        [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}] * 2,
+    )
     recipe = make_recipe(tiny_llama, tmp_path / "run", batch_size=4)
     recipe.data.train = str(data)
     with pytest.raises(DataError, match="batch_size=4 is larger than the 2 trainable rows"):
@@ -101,8 +137,9 @@ def test_batch_larger_than_data(tiny_llama, tmp_path):
 
 
 def test_packing_and_accumulation_train(tiny_llama, tmp_path):
-    result = run_training(make_recipe(tiny_llama, tmp_path / "run", pack=True, grad_accumulation=2,
-                                      grad_checkpoint=True, batch_size=2))
+    result = run_training(
+        make_recipe(tiny_llama, tmp_path / "run", pack=True, grad_accumulation=2, grad_checkpoint=True, batch_size=2)
+    )
     assert result.status == "finished"
     losses = val_losses(result.run_dir)
     assert len(losses) == 2 and losses[-1] < losses[0]
@@ -112,9 +149,18 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_pat
     from mlxsft.errors import TrainingError
     from mlxsft.events import RunFailed
 
-    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=20, learning_rate=1e30, max_grad_norm=None,
-                         steps_per_report=1, steps_per_save=1, steps_per_eval=0, warmup_steps=0,
-                         lr_schedule="constant")
+    recipe = make_recipe(
+        tiny_llama,
+        tmp_path / "run",
+        iters=20,
+        learning_rate=1e30,
+        max_grad_norm=None,
+        steps_per_report=1,
+        steps_per_save=1,
+        steps_per_eval=0,
+        warmup_steps=0,
+        lr_schedule="constant",
+    )
     with pytest.raises(TrainingError, match="inf|nan"):
         run_training(recipe)
     run = RunDir(tmp_path / "run")
@@ -128,8 +174,15 @@ def test_diverging_loss_stops_and_keeps_last_good_checkpoint(tiny_llama, tmp_pat
 
 
 def test_early_stop_on_plateau(tiny_llama, tmp_path):
-    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=60, steps_per_eval=2, steps_per_save=100,
-                         early_stop_patience=2, early_stop_tolerance=0.5)
+    recipe = make_recipe(
+        tiny_llama,
+        tmp_path / "run",
+        iters=60,
+        steps_per_eval=2,
+        steps_per_save=100,
+        early_stop_patience=2,
+        early_stop_tolerance=0.5,
+    )
     result = run_training(recipe)
     assert result.status == "finished"
     events = read_events(RunDir(result.run_dir).events_file)
@@ -149,8 +202,15 @@ def test_bad_rows_stop_before_training_or_are_skipped_and_reported(tiny_llama, t
     from mlxsft.events import DataPrepared
 
     rows = [json.loads(line) for line in (QUICKSTART_DATA / "train.jsonl").read_text().splitlines()[:40]]
-    rows.append({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                              {"role": "assistant", "content": "c"}]})
+    rows.append(
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        }
+    )
     data = write_jsonl(tmp_path / "data" / "train.jsonl", rows).parent
     recipe = make_recipe(tiny_llama, tmp_path / "run", iters=2, steps_per_eval=0)
     recipe.data.train = str(data)

@@ -79,8 +79,9 @@ class _FirstBatchOnly:
 
 
 def test_train_takes_a_loss_and_a_batch_stream(tiny_llama, tmp_path):
-    recipe = make_recipe(tiny_llama, tmp_path / "run", iters=5, steps_per_report=1, steps_per_eval=0,
-                         steps_per_save=100)
+    recipe = make_recipe(
+        tiny_llama, tmp_path / "run", iters=5, steps_per_report=1, steps_per_eval=0, steps_per_save=100
+    )
     prepared = prepare(recipe, RunDir(tmp_path / "run"))
     try:
         prepared.run.create(prepared.recipe)

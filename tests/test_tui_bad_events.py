@@ -15,9 +15,20 @@ from mlxsft.events import StepReported, decode_event_line, read_events
 
 from .fixtures.tui_helpers import FIXED_NOW, FIXTURE_RUN, make_project, run_async, wait_for
 
-STEP = {"event": "StepReported", "step": 2, "total_steps": 60, "epoch": 0.1, "loss": 3.0, "learning_rate": 1e-4,
-        "tokens_per_second": 1.0, "trained_tokens_per_second": 1.0, "tokens_seen": 10, "peak_memory_gb": 0.1,
-        "elapsed_s": 1.0, "eta_s": 1.0}
+STEP = {
+    "event": "StepReported",
+    "step": 2,
+    "total_steps": 60,
+    "epoch": 0.1,
+    "loss": 3.0,
+    "learning_rate": 1e-4,
+    "tokens_per_second": 1.0,
+    "trained_tokens_per_second": 1.0,
+    "tokens_seen": 10,
+    "peak_memory_gb": 0.1,
+    "elapsed_s": 1.0,
+    "eta_s": 1.0,
+}
 
 
 def test_decoder_names_why_a_line_is_skipped():
@@ -26,8 +37,10 @@ def test_decoder_names_why_a_line_is_skipped():
     assert decode_event_line('{"event": "StepReported", "step": 4, "lo')[1].startswith("not a complete JSON")
     assert "unknown event 'FutureThing'" in decode_event_line('{"event": "FutureThing"}')[1]
     old = {k: v for k, v in STEP.items() if k not in ("eta_s", "peak_memory_gb")}
-    assert decode_event_line(json.dumps(old)) == (None, "StepReported without eta_s, peak_memory_gb "
-                                                        "(written by another mlxsft version?)")
+    assert decode_event_line(json.dumps(old)) == (
+        None,
+        "StepReported without eta_s, peak_memory_gb (written by another mlxsft version?)",
+    )
     assert decode_event_line("\n") == (None, None)
     assert decode_event_line("[1, 2]")[1] == "not a JSON object"
 
@@ -55,8 +68,11 @@ async def test_live_screen_skips_bad_event_lines_with_a_notice(tmp_path):
     run = damaged_run(project)
     app = MlxsftApp(run, project_dir=project, clock=lambda: FIXED_NOW)
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LiveRunScreen)
-                       and app.screen.state.status == "finished", what="the replay")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, LiveRunScreen) and app.screen.state.status == "finished",
+            what="the replay",
+        )
         await pilot.pause()
         notices = " ".join(str(n.message) for n in app._notifications)
         assert "Skipped an event line: events.jsonl line 6: not a complete JSON line" in notices

@@ -22,6 +22,8 @@ from mlxsft.errors import MlxsftError
 from .fixtures.tui_helpers import FIXED_NOW, make_project, run_async, use_fake_generation, wait_for
 
 SYSTEM = "You extract people as JSON with keys name, age and city."
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")

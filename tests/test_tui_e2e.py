@@ -53,17 +53,17 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             screen = pilot.app.screen
             assert isinstance(screen, NewRunScreen)
             screen.query_one("#model-path", Input).value = str(tiny_llama)
-            screen.query_one("#data-path", Input).value = str(
-                ROOT / "recipes" / "data" / "quickstart"
-            )
+            screen.query_one("#data-path", Input).value = str(ROOT / "recipes" / "data" / "quickstart")
             fill(screen, "#main-form", SETTINGS)
             fill(screen, "#more-form", MORE_SETTINGS)
             screen.query_one("#output", Input).value = "runs/e2e"
+            await wait_for(pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview")
             await wait_for(
-                pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview"
+                pilot,
+                lambda: "6 steps" in str(screen.query_one("#estimate", Static).render()),
+                timeout=30,
+                what="the estimate",
             )
-            await wait_for(pilot, lambda: "6 steps" in str(screen.query_one("#estimate", Static).render()),
-                           timeout=30, what="the estimate")
             await pilot.press("ctrl+s")
 
             live = pilot.app.screen
@@ -86,11 +86,7 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             assert "finished" in str(live.query_one("#run-status", Static).render())
             assert RunDir(run).read_meta()["status"] == "finished"
             repeat = load_recipe(run / "tui-recipe.yaml")
-            assert (
-                repeat.train.iters == 6
-                and repeat.lora.rank == 4
-                and repeat.model == str(tiny_llama)
-            )
+            assert repeat.train.iters == 6 and repeat.lora.rank == 4 and repeat.model == str(tiny_llama)
             assert app.trainer_for(run).popen.wait(timeout=30) == 0
 
             # side-by-side generations of the base and two checkpoints
@@ -119,19 +115,14 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             await wait_for(
                 pilot,
                 lambda: (
-                    export.child is None
-                    and "exporting" not in str(export.query_one("#export-state", Static).render())
+                    export.child is None and "exporting" not in str(export.query_one("#export-state", Static).render())
                 ),
                 timeout=120,
                 what="the export",
             )
             parity = str(export.query_one("#parity-result", Static).render())
-            assert parity.startswith("parity PASSED"), [
-                line.text for line in export.query_one("#export-log").lines
-            ]
-            assert (
-                json.loads((run / "exports" / "mlx" / "parity.json").read_text())["passed"] is True
-            )
+            assert parity.startswith("parity PASSED"), [line.text for line in export.query_one("#export-log").lines]
+            assert json.loads((run / "exports" / "mlx" / "parity.json").read_text())["passed"] is True
             await pilot.press("escape")
 
             # chat: base and fine-tuned answer the same prompt
@@ -150,8 +141,9 @@ async def test_new_run_to_finished_then_compare_export_and_chat(tmp_path, tiny_l
             assert list(answers) == ["base", "fine-tuned"] and all(answers.values()), answers
             # a second turn: each model continues its own conversation (streamed by the real child)
             await pilot.press(*"And Eva, 25, Kyiv?", "enter")
-            await wait_for(pilot, lambda: not chat_panes.running and chat.pending is None, timeout=120,
-                           what="the second answers")
+            await wait_for(
+                pilot, lambda: not chat_panes.running and chat.pending is None, timeout=120, what="the second answers"
+            )
             answers = chat_panes.texts()
             assert all(text.count("You: ") == 2 for text in answers.values()), answers
             assert [m["role"] for m in chat.histories["fine-tuned"]] == ["user", "assistant"] * 2

@@ -61,8 +61,9 @@ def project(tmp_path):
 async def test_live_chart_of_a_long_run_keeps_the_late_curve_readable(project):
     app = MlxsftApp(project / "runs" / "long", project_dir=project, clock=lambda: FIXED_NOW)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LiveRunScreen) and app.screen.state.step == 600,
-                       what="the replay")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, LiveRunScreen) and app.screen.state.step == 600, what="the replay"
+        )
         chart = app.screen.query_one(LossChart)
         await wait_for(pilot, lambda: chart.y_limits is not None, what="the chart")
         first_report = chart.train[0][1]
@@ -100,15 +101,26 @@ async def test_samples_of_each_checkpoint_appear_without_asking(tmp_path):
     run = root / "runs" / "quickstart-lora"
     prompts = ["Omar, 62, from Seoul.", "Meet Emeka (47)"]
     with open(run / "events.jsonl", "a") as f:
-        for step, answer in ((40, "{\"name\": \"Om"), (60, "{\"name\": \"Omar\", \"age\": 62}")):
-            f.write(json.dumps({"event": "SamplesGenerated", "step": step, "prompts": prompts,
-                                "completions": [answer, "x"], "elapsed_s": 0.1}) + "\n")
+        for step, answer in ((40, '{"name": "Om'), (60, '{"name": "Omar", "age": 62}')):
+            f.write(
+                json.dumps(
+                    {
+                        "event": "SamplesGenerated",
+                        "step": step,
+                        "prompts": prompts,
+                        "completions": [answer, "x"],
+                        "elapsed_s": 0.1,
+                    }
+                )
+                + "\n"
+            )
     app = MlxsftApp(run, project_dir=root, clock=lambda: FIXED_NOW)
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LiveRunScreen) and app.screen.samples_shown == 60,
-                       what="the samples")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, LiveRunScreen) and app.screen.samples_shown == 60, what="the samples"
+        )
         from mlxsft.tui.widgets.generation_panes import GenerationPanes
 
         texts = app.screen.query_one("#samples", GenerationPanes).texts()
-        assert list(texts.values()) == ["{\"name\": \"Omar\", \"age\": 62}", "x"]  # the latest checkpoint's
+        assert list(texts.values()) == ['{"name": "Omar", "age": 62}', "x"]  # the latest checkpoint's
         assert sorted(app.screen.state.samples) == [40, 60]

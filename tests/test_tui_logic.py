@@ -132,17 +132,12 @@ def test_status_is_checked_against_the_trainer_pid(fixture_run):
     set_meta(fixture_run, status="running", pid=2**22 + 12345)  # no such process
     assert runs_mod.summarize_run(fixture_run).status == "stopped (interrupted)"
     # a live process whose command line mentions mlxsft counts as the trainer
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(30)", "mlxsft-trainer"]
-    )
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "mlxsft-trainer"])
     try:
         set_meta(fixture_run, pid=child.pid)
         assert runs_mod.summarize_run(fixture_run).status == "running"
         set_meta(fixture_run, pid=os.getpid())  # alive, but not an mlxsft process (pytest)
-        if (
-            Path("/proc").is_dir()
-            and "mlxsft" not in Path(f"/proc/{os.getpid()}/cmdline").read_text()
-        ):
+        if Path("/proc").is_dir() and "mlxsft" not in Path(f"/proc/{os.getpid()}/cmdline").read_text():
             assert runs_mod.summarize_run(fixture_run).status == "stopped (interrupted)"
     finally:
         child.kill()
@@ -153,9 +148,7 @@ def test_a_run_whose_trainer_failed_to_start_shows_the_error(tmp_path):
     run = tmp_path / "runs" / "bad"
     run.mkdir(parents=True)
     (run / runs_mod.LAUNCH_RECIPE).write_text("model: nowhere\nmethod: dora\n")
-    (run / runs_mod.LAUNCH_LOG).write_text(
-        "$ -m mlxsft.cli train x\nmlxsft: error: nowhere: model folder not found\n"
-    )
+    (run / runs_mod.LAUNCH_LOG).write_text("$ -m mlxsft.cli train x\nmlxsft: error: nowhere: model folder not found\n")
     [summary] = runs_mod.scan_runs(tmp_path / "runs")
     assert summary.status == "failed"
     assert summary.method == "dora" and summary.model == "nowhere"
@@ -210,11 +203,7 @@ def test_form_values_validate_like_a_recipe_and_name_the_bad_field():
     }
     recipe = build_recipe(values)
     assert recipe.train.iters == 50 and recipe.train.learning_rate == pytest.approx(2e-4)
-    assert (
-        recipe.lora.targets == ["q_proj", "v_proj"]
-        and recipe.lora.layers == 8
-        and recipe.quantize.bits == 4
-    )
+    assert recipe.lora.targets == ["q_proj", "v_proj"] and recipe.lora.layers == 8 and recipe.quantize.bits == 4
     with pytest.raises(RecipeError, match="train.batch_size"):
         build_recipe(values | {"train.batch_size": "four"})
     with pytest.raises(RecipeError, match="'model' is required"):
@@ -237,9 +226,7 @@ def test_the_launch_recipe_reloads_to_the_same_recipe(tmp_path):
 def test_estimate_counts_match_the_loaded_model(tiny_llama):
     from mlxsft.model import attach_adapters, count_parameters, load_base
 
-    recipe = build_recipe(
-        default_values() | {"model": str(tiny_llama), "data.train": "x", "lora.rank": "4"}
-    )
+    recipe = build_recipe(default_values() | {"model": str(tiny_llama), "data.train": "x", "lora.rank": "4"})
     model, *_ = load_base(recipe)
     attach_adapters(model, recipe)
     counts = count_parameters(model)
@@ -270,15 +257,28 @@ def test_estimate_grows_with_batch_steps_and_method(tiny_llama):
 def write_measured_run(root: Path, model_dir: Path, rank: str, tokens_seen: int, elapsed_s: float) -> Path:
     """A finished run of `model_dir` (recipe model as typed, run.json model_path absolute)."""
     run = root / f"run-r{rank}"
-    recipe = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": rank,
-                                              "train.iters": "10"})
+    recipe = build_recipe(
+        default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": rank, "train.iters": "10"}
+    )
     write_launch_recipe(recipe, run, "runs/run")
     (run / "tui-recipe.yaml").rename(run / "recipe.yaml")
-    (run / "run.json").write_text(json.dumps({"status": "finished", "model": "models/tiny",
-                                              "model_path": str(model_dir.resolve())}))
-    step = {"event": "StepReported", "step": 10, "total_steps": 10, "epoch": 1.0, "loss": 1.0,
-            "learning_rate": 1e-4, "tokens_per_second": 99999.0, "trained_tokens_per_second": 1.0,
-            "tokens_seen": tokens_seen, "peak_memory_gb": 0.1, "elapsed_s": elapsed_s, "eta_s": 0.0}
+    (run / "run.json").write_text(
+        json.dumps({"status": "finished", "model": "models/tiny", "model_path": str(model_dir.resolve())})
+    )
+    step = {
+        "event": "StepReported",
+        "step": 10,
+        "total_steps": 10,
+        "epoch": 1.0,
+        "loss": 1.0,
+        "learning_rate": 1e-4,
+        "tokens_per_second": 99999.0,
+        "trained_tokens_per_second": 1.0,
+        "tokens_seen": tokens_seen,
+        "peak_memory_gb": 0.1,
+        "elapsed_s": elapsed_s,
+        "eta_s": 0.0,
+    }
     (run / "events.jsonl").write_text(json.dumps(step) + "\n")
     return run
 
@@ -294,14 +294,16 @@ def test_measured_speed_of_an_earlier_run_is_found_under_the_absolute_model_path
     assert sorted(speeds.values()) == [10.0, 400.0]  # tokens seen / elapsed, not the last report's rate
     # The form says "models/tiny" relative to the project; the run recorded the absolute folder.
     model_dir = resolve_model("models/tiny", project)
-    recipe = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "8",
-                                              "train.iters": "10"})
+    recipe = build_recipe(
+        default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "8", "train.iters": "10"}
+    )
     data = DataShape(train_rows=40, valid_rows=0, mean_tokens=50, max_tokens=64)
     estimate = estimate_for(recipe, model_dir, data, speeds, matmul_flops_per_s=1e9)
     assert "measured by an earlier run" in estimate.basis
     assert estimate.seconds == pytest.approx(10 * 4 * 50 / 400.0)
-    other_shape = build_recipe(default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "4",
-                                                   "train.iters": "10"})
+    other_shape = build_recipe(
+        default_values() | {"model": "models/tiny", "data.train": "x", "lora.rank": "4", "train.iters": "10"}
+    )
     assert "timed matmul" in estimate_for(other_shape, model_dir, data, speeds, 1e9).basis
 
 
@@ -323,9 +325,7 @@ def test_preview_marks_exactly_the_assistant_tokens(tiny_llama):
     preview = preview_dataset(ROOT / "recipes" / "data" / "quickstart", tokenizer)
     assert (preview.num_rows, preview.num_valid_rows, preview.kind) == (280, 40, "chat")
     assert len(preview.lengths) == 280 and 0 < sum(preview.trained_tokens) < sum(preview.lengths)
-    first = json.loads(
-        (ROOT / "recipes" / "data" / "quickstart" / "train.jsonl").read_text().splitlines()[0]
-    )
+    first = json.loads((ROOT / "recipes" / "data" / "quickstart" / "train.jsonl").read_text().splitlines()[0])
     trained = "".join(text for text, is_trained in preview.first_spans if is_trained)
     assistant = [m["content"] for m in first["messages"] if m["role"] == "assistant"][0]
     assert assistant in trained
@@ -338,9 +338,7 @@ def test_preview_marks_exactly_the_assistant_tokens(tiny_llama):
 def test_preview_of_bad_data_is_a_clear_error(tmp_path, tiny_llama):
     bad = tmp_path / "train.jsonl"
     bad.write_text(
-        '{"messages": [{"role": "user", "content": "hi"}, '
-        '{"role": "assistant", "content": "yo"}]}\n'
-        '{"oops": 1\n'
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"oops": 1\n'
     )
     with pytest.raises(MlxsftError, match=r"train.jsonl:2"):
         preview_dataset(bad, load_preview_tokenizer(tiny_llama))
@@ -351,10 +349,21 @@ def test_preview_shows_each_sequence_of_a_split_row_and_bad_rows(tmp_path):
 
     model = save_family("qwen3", tmp_path / "qwen3")
     rows = [
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "hello again"}]},
-        {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                      {"role": "assistant", "content": "c"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "hello again"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "c"},
+            ]
+        },
     ]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -430,9 +439,7 @@ def test_export_args_per_format():
     ]
     assert export_args(
         run,
-        ExportOptions(
-            "hf", out, checkpoint="40", dtype="bfloat16", max_shard_size="2GB", force=True
-        ),
+        ExportOptions("hf", out, checkpoint="40", dtype="bfloat16", max_shard_size="2GB", force=True),
     ) == [
         "export",
         "runs/r",
@@ -457,11 +464,24 @@ def test_export_args_per_format():
         "--no-verify",
     ]
     assert export_args(run, ExportOptions("lmstudio", out, quant="q8_0", dtype="float16")) == [
-        "export", "runs/r", "--format", "lmstudio", "--out", str(out), "--quant", "q8_0",
+        "export",
+        "runs/r",
+        "--format",
+        "lmstudio",
+        "--out",
+        str(out),
+        "--quant",
+        "q8_0",
     ]
     assert export_args(run, ExportOptions("peft", out, quant="q8_0"))[-1] == str(out)  # no --quant for peft
     assert push_args(Path("runs/r"), "me/x", private=True, checkpoint="40") == [
-        "push", "runs/r", "--repo", "me/x", "--private", "--checkpoint", "40",
+        "push",
+        "runs/r",
+        "--repo",
+        "me/x",
+        "--private",
+        "--checkpoint",
+        "40",
     ]
     assert parity_file(Path("a/m.gguf"), "gguf") == Path("a/m.gguf.parity.json")
     assert parity_file(Path("a/l.gguf"), "gguf-lora") == Path("a/l.gguf.parity.json")
@@ -470,8 +490,18 @@ def test_export_args_per_format():
 
 
 def write_parity(out: Path, **fields) -> None:
-    record = {"format": "mlx", "dtype": "float16", "passed": True, "max_abs_diff": 3.52e-2, "max_rel_diff": 7.1e-4,
-              "greedy_agreement": 1.0, "tolerance": 5e-3, "num_prompts": 3, "num_tokens": 40, "time": 1000.0}
+    record = {
+        "format": "mlx",
+        "dtype": "float16",
+        "passed": True,
+        "max_abs_diff": 3.52e-2,
+        "max_rel_diff": 7.1e-4,
+        "greedy_agreement": 1.0,
+        "tolerance": 5e-3,
+        "num_prompts": 3,
+        "num_tokens": 40,
+        "time": 1000.0,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "parity.json").write_text(json.dumps(record | fields))
 
@@ -500,9 +530,7 @@ def test_the_cli_registers_tui_without_importing_textual():
         "a = p.parse_args(['tui', 'somewhere']); print(a.path, a.handler.__module__);"
         "print(any(m.split('.')[0] in ('textual', 'textual_plotext') for m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["somewhere", "mlxsft.tui.commands", "False"]
 
 

@@ -157,9 +157,7 @@ async def test_delete_asks_first_and_removes_only_on_yes(project):
             lambda: pilot.app.screen.query_one(DataTable).row_count == 0,
             what="an empty table",
         )
-        assert "No runs in runs/ yet" in str(
-            pilot.app.screen.query_one("#run-detail", Static).render()
-        )
+        assert "No runs in runs/ yet" in str(pilot.app.screen.query_one("#run-detail", Static).render())
 
 
 @run_async
@@ -209,10 +207,7 @@ async def test_live_screen_replays_a_finished_run(project):
     async with app_for(project, "runs/quickstart-lora").run_test(size=(80, 24)) as pilot:
         await wait_for(
             pilot,
-            lambda: (
-                isinstance(pilot.app.screen, LiveRunScreen)
-                and pilot.app.screen.state.status == "finished"
-            ),
+            lambda: isinstance(pilot.app.screen, LiveRunScreen) and pilot.app.screen.state.status == "finished",
             what="the replay",
         )
         screen = pilot.app.screen
@@ -238,9 +233,7 @@ async def test_live_screen_follows_a_running_trainer_and_stops_it_with_a_checkpo
     script.write_text(FAKE_TRAINER)
     app = app_for(project, "runs/live")
     async with app.run_test(size=(80, 24)) as pilot:
-        popen = subprocess.Popen(
-            [sys.executable, str(script), str(run), str(FIXTURE_RUN / "events.jsonl")]
-        )
+        popen = subprocess.Popen([sys.executable, str(script), str(run), str(FIXTURE_RUN / "events.jsonl")])
         app.add_trainer(TrainerProcess(run, popen, []))
         screen = pilot.app.screen
         assert isinstance(screen, LiveRunScreen)
@@ -317,9 +310,7 @@ async def test_a_trainer_that_fails_at_start_shows_its_error(project):
         trainer = start_trainer([str(recipe)], run, cwd=project)
         app.add_trainer(trainer)
         screen = pilot.app.screen
-        await wait_for(
-            pilot, lambda: screen.process_note is not None, timeout=60, what="the failure"
-        )
+        await wait_for(pilot, lambda: screen.process_note is not None, timeout=60, what="the failure")
         status = str(screen.query_one("#run-status", Static).render())
         assert "exited with code 2" in status and "model folder not found" in status
         assert "model folder not found" in (run / LAUNCH_LOG).read_text()
@@ -347,8 +338,15 @@ async def test_checkpoints_screen_is_the_judges_table_and_fits_80_columns(projec
         assert sum(c.get_render_width(table) for c in table.columns.values()) <= 80  # nothing off-screen
         rows = table_text(table)
         assert [r[1] for r in rows] == ["base", "10", "20", "30", "40", "50", "60"]
-        assert [r[2] for r in rows] == ["base", "not evaluated", "still learning", "not evaluated", "plateau",
-                                        "not evaluated", "overshooting"]
+        assert [r[2] for r in rows] == [
+            "base",
+            "not evaluated",
+            "still learning",
+            "not evaluated",
+            "plateau",
+            "not evaluated",
+            "overshooting",
+        ]
         assert "→" in rows[2][0] and "★" in rows[6][0]  # the judge's pick; the lowest training val loss
         panel = str(screen.query_one("#judge-panel", Static).render())
         assert "Judge's pick: step 20" in panel and "left out step(s) 60 judged overshooting" in panel
@@ -362,9 +360,7 @@ async def test_checkpoints_screen_is_the_judges_table_and_fits_80_columns(projec
         assert json.loads((run / "run.json").read_text())["chosen_step"] == 20
         await wait_for(pilot, lambda: "✓" in table_text(table)[2][0], what="the chosen mark")
         await pilot.press("b")
-        assert "compare: step 60, step 20" in str(
-            screen.query_one("#compare-info", Static).render()
-        )
+        assert "compare: step 60, step 20" in str(screen.query_one("#compare-info", Static).render())
         await pilot.press("e")  # export the highlighted checkpoint
         assert isinstance(pilot.app.screen, ExportScreen)
         assert pilot.app.screen.query_one("#export-checkpoint", Select).value == "20"
@@ -382,8 +378,12 @@ async def test_eval_key_runs_eval_and_select_in_a_child_and_reports_a_failure(pr
         screen = pilot.app.screen
         assert "Not judged yet: press v" in str(screen.query_one("#judge-panel", Static).render())
         await pilot.press("v")
-        await wait_for(pilot, lambda: "failed" in str(screen.query_one("#judge-progress", Static).render()),
-                       timeout=90, what="mlxsft eval to fail (the fixture keeps no weights)")
+        await wait_for(
+            pilot,
+            lambda: "failed" in str(screen.query_one("#judge-progress", Static).render()),
+            timeout=90,
+            what="mlxsft eval to fail (the fixture keeps no weights)",
+        )
         assert "mlxsft eval failed:" in str(screen.query_one("#judge-progress", Static).render())
         assert screen.child is None
 
@@ -406,9 +406,7 @@ async def test_checkpoint_comparison_reports_missing_weights(project):
             timeout=60,
             what="the generation error",
         )
-        message = next(
-            n.message for n in pilot.app._notifications if "Generation failed" in n.message
-        )
+        message = next(n.message for n in pilot.app._notifications if "Generation failed" in n.message)
         assert "no adapter weights" in message  # the fixture keeps no weights
 
 
@@ -423,8 +421,7 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         assert isinstance(screen, ExportScreen)
         command = lambda: str(screen.query_one("#export-command", Static).render())  # noqa: E731
         assert command() == (
-            "$ mlxsft export runs/quickstart-lora --format peft --out "
-            "runs/quickstart-lora/exports/peft"
+            "$ mlxsft export runs/quickstart-lora --format peft --out runs/quickstart-lora/exports/peft"
         )
         assert not screen.query_one("#row-dtype").display
         screen.query_one("#export-format", Select).value = "gguf"
@@ -458,24 +455,29 @@ async def test_export_form_builds_the_command_and_shows_a_failure(project):
         # An earlier export left a passing parity.json where this one writes.
         earlier = project / "runs" / "quickstart-lora" / "exports" / "mlx"
         earlier.mkdir(parents=True)
-        (earlier / "parity.json").write_text(json.dumps({"format": "mlx", "dtype": "float32", "passed": True,
-                                                         "max_abs_diff": 1e-6, "max_rel_diff": 1e-7,
-                                                         "greedy_agreement": 1.0, "tolerance": 1e-4}))
+        (earlier / "parity.json").write_text(
+            json.dumps(
+                {
+                    "format": "mlx",
+                    "dtype": "float32",
+                    "passed": True,
+                    "max_abs_diff": 1e-6,
+                    "max_rel_diff": 1e-7,
+                    "greedy_agreement": 1.0,
+                    "tolerance": 1e-4,
+                }
+            )
+        )
         await pilot.press("ctrl+e")
         await wait_for(
             pilot,
-            lambda: (
-                screen.child is None
-                and "failed" in str(screen.query_one("#export-state", Static).render())
-            ),
+            lambda: screen.child is None and "failed" in str(screen.query_one("#export-state", Static).render()),
             timeout=60,
             what="the export",
         )
         lines = [line.text for line in screen.query_one("#export-log", RichLog).lines]
         assert lines[0].startswith("$ mlxsft export")
-        assert any(
-            "error" in line for line in lines[1:]
-        )  # the exporter's own message, no weights here
+        assert any("error" in line for line in lines[1:])  # the exporter's own message, no weights here
         parity = str(screen.query_one("#parity-result", Static).render())
         assert "PASSED" not in parity and "failed before its parity check" in parity
 
@@ -526,12 +528,8 @@ async def test_new_run_form_loads_a_recipe_estimates_and_refuses_bad_values(proj
         screen = pilot.app.screen
         assert isinstance(screen, NewRunScreen)
         models = screen.query_one("#model-select", Select)
-        assert [str(label) for label, _ in models._options if _ is not Select.NULL] == [
-            "models/tiny-chat"
-        ]
-        screen.query_one("#recipe-select", Select).value = str(
-            project / "recipes" / "quickstart.yaml"
-        )
+        assert [str(label) for label, _ in models._options if _ is not Select.NULL] == ["models/tiny-chat"]
+        screen.query_one("#recipe-select", Select).value = str(project / "recipes" / "quickstart.yaml")
         await wait_for(
             pilot,
             lambda: screen.query_one("#model-path", Input).value == "models/tiny-chat",
@@ -540,6 +538,7 @@ async def test_new_run_form_loads_a_recipe_estimates_and_refuses_bad_values(proj
         values = screen.values()
         assert values["train.iters"] == "120" and values["lora.rank"] == "8"
         assert values["data.train"] == "recipes/data/quickstart"
+
         def estimate() -> str:
             return str(screen.query_one("#estimate", Static).render())
 
@@ -562,9 +561,7 @@ async def test_new_run_preview_reads_the_dataset(project, tiny_llama):
         screen.query_one("#model-path", Input).value = str(tiny_llama)
         screen.query_one("#data-path", Input).value = "recipes/data/quickstart"
         screen.query_one("#field-train--max-seq-length", Input).value = "64"
-        await wait_for(
-            pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview"
-        )
+        await wait_for(pilot, lambda: screen.preview is not None, timeout=30, what="the dataset preview")
         summary = str(screen.query_one("#data-summary", Static).render())
         assert "280 chat rows, 40 valid rows" in summary
         assert f"{screen.preview.num_over(64)} rows longer than max_seq_length=64" in summary
@@ -587,8 +584,11 @@ async def test_a_second_model_load_while_training_is_announced(project):
             await pilot.press("n")
             screen = pilot.app.screen
             screen.query_one("#recipe-select", Select).value = str(project / "recipes" / "quickstart.yaml")
-            await wait_for(pilot, lambda: screen.query_one("#model-path", Input).value == "models/tiny-chat",
-                           what="the recipe's values")
+            await wait_for(
+                pilot,
+                lambda: screen.query_one("#model-path", Input).value == "models/tiny-chat",
+                what="the recipe's values",
+            )
             await pilot.press("ctrl+s")
             assert isinstance(pilot.app.screen, ConfirmScreen)
             question = str(pilot.app.screen.query_one("#confirm-question", Static).render())
@@ -599,8 +599,11 @@ async def test_a_second_model_load_while_training_is_announced(project):
             await pilot.press("y")
             await runs_loaded(pilot)
             await pilot.press("c")  # generating on Checkpoints warns too
-            await wait_for(pilot, lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
-                           what="the checkpoints")
+            await wait_for(
+                pilot,
+                lambda: isinstance(pilot.app.screen, CheckpointsScreen) and pilot.app.screen.rows,
+                what="the checkpoints",
+            )
             pilot.app.screen.query_one("#compare-prompt", Input).value = "hello"
             await pilot.press("g")
             assert any("another copy of the model" in str(n.message) for n in pilot.app._notifications)
@@ -620,9 +623,14 @@ async def test_keys_enter_in_the_footer_f1_in_a_text_field_palette_commands_and_
         footer_keys = {key.key: key.description for key in app.screen.query(FooterKey)}
         assert footer_keys.get("enter") == "Open"
         titles = [command.title for command in app.get_system_commands(app.screen)]
-        for title in ("New run", "Open run runs/quickstart-lora", "Checkpoints of runs/quickstart-lora",
-                      "Evaluate and select runs/quickstart-lora", "Export runs/quickstart-lora",
-                      "Chat with runs/quickstart-lora"):
+        for title in (
+            "New run",
+            "Open run runs/quickstart-lora",
+            "Checkpoints of runs/quickstart-lora",
+            "Evaluate and select runs/quickstart-lora",
+            "Export runs/quickstart-lora",
+            "Chat with runs/quickstart-lora",
+        ):
             assert title in titles
         await pilot.press("enter")  # opens the highlighted run
         assert isinstance(app.screen, LiveRunScreen)

@@ -54,9 +54,7 @@ def replayed(app):
 
 
 def test_runs_screen(project, snap_compare):
-    assert snap_compare(
-        make_app(project), terminal_size=(80, 24), run_before=settled(runs_ready, "runs")
-    )
+    assert snap_compare(make_app(project), terminal_size=(80, 24), run_before=settled(runs_ready, "runs"))
 
 
 def test_live_run_screen_small(project, snap_compare):
@@ -84,8 +82,7 @@ def mid_run(app):
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_live_run_mid_way_through_a_long_run(project, long_run, snap_compare, size):
-    assert snap_compare(make_app(project, "runs/long"), terminal_size=size,
-                        run_before=settled(mid_run, "the replay"))
+    assert snap_compare(make_app(project, "runs/long"), terminal_size=size, run_before=settled(mid_run, "the replay"))
 
 
 def test_checkpoints_screen(project, snap_compare):
@@ -100,9 +97,7 @@ def test_checkpoints_screen(project, snap_compare):
         freeze_cursors(pilot.app)
         await pilot.pause()
 
-    assert snap_compare(
-        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
-    )
+    assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
@@ -168,9 +163,7 @@ def test_new_run_screen_large_with_recipe(project, snap_compare):
             lambda: screen.query_one("#model-path").value == "models/tiny-chat",
             what="values",
         )
-        await wait_for(
-            pilot, lambda: screen.preview_error is not None, what="the preview (no tokenizer here)"
-        )
+        await wait_for(pilot, lambda: screen.preview_error is not None, what="the preview (no tokenizer here)")
         await wait_for(pilot, lambda: screen.estimate is not None and screen.estimate.seconds, what="the estimate")
         pilot.app.clear_notifications()
         freeze_cursors(pilot.app)
@@ -187,9 +180,7 @@ def test_export_screen(project, snap_compare):
         freeze_cursors(pilot.app)
         await pilot.pause()
 
-    assert snap_compare(
-        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
-    )
+    assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_help_screen(project, snap_compare):
@@ -198,9 +189,7 @@ def test_help_screen(project, snap_compare):
         await pilot.press("question_mark")
         await pilot.pause()
 
-    assert snap_compare(
-        make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before
-    )
+    assert snap_compare(make_app(project, "runs/quickstart-lora"), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_the_readme_screenshot_is_a_snapshot_of_this_suite():

@@ -90,8 +90,10 @@ class MlxsftApp(App):
         if not running:
             return None
         pids = ", ".join(str(t.pid) for t in running)
-        return (f"{len(running)} trainer(s) running (pid {pids}): this loads another copy of the model "
-                "beside it, sharing memory and CPU.")
+        return (
+            f"{len(running)} trainer(s) running (pid {pids}): this loads another copy of the model "
+            "beside it, sharing memory and CPU."
+        )
 
     def display_path(self, path: Path) -> str:
         """A path as people typed it: relative to the project folder when inside it."""
@@ -110,14 +112,16 @@ class MlxsftApp(App):
         yield SystemCommand("Runs", "Back to the list of runs", self.command_runs)
         for run in self.run_paths():
             name = self.display_path(run)
-            yield SystemCommand(f"Open run {name}", "Watch or replay it (Live run)",
-                                lambda run=run: self.command_open(run, "live"))
+            yield SystemCommand(
+                f"Open run {name}", "Watch or replay it (Live run)", lambda run=run: self.command_open(run, "live")
+            )
         run = self.current_run()
         if run is not None:
             name = self.display_path(run)
             for verb, (what, help_text) in RUN_COMMANDS.items():
-                yield SystemCommand(f"{what} {name}", help_text,
-                                    lambda verb=verb, run=run: self.command_open(run, verb))
+                yield SystemCommand(
+                    f"{what} {name}", help_text, lambda verb=verb, run=run: self.command_open(run, verb)
+                )
         yield from super().get_system_commands(screen)
 
     def run_paths(self) -> list[Path]:
@@ -150,8 +154,13 @@ class MlxsftApp(App):
         from .screens.export import ExportScreen
         from .screens.live_run import LiveRunScreen
 
-        screen = {"live": LiveRunScreen, "checkpoints": CheckpointsScreen, "export": ExportScreen,
-                  "chat": ChatScreen, "eval": CheckpointsScreen}[verb](run)
+        screen = {
+            "live": LiveRunScreen,
+            "checkpoints": CheckpointsScreen,
+            "export": ExportScreen,
+            "chat": ChatScreen,
+            "eval": CheckpointsScreen,
+        }[verb](run)
         self.push_screen(screen)
         if verb == "eval":
             self.call_after_refresh(screen.action_evaluate)

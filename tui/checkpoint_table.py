@@ -48,16 +48,40 @@ class CheckpointTable:
 
 # (key, header, width) in display order. Judge metrics use results.json's names.
 COLUMNS = (
-    ("mark", "", 5), ("step", "step", 6), ("verdict", "verdict", 14), ("valid_loss", "valid", 7),
-    ("ood_loss", "ood", 7), ("probe_kl", "KL", 7), ("probe_loss_delta", "probe Δ", 8),
-    ("entropy", "entropy", 8), ("distinct_2", "dist-2", 7), ("exact_match", "exact", 6),
-    ("json_valid", "json", 6), ("schema_valid", "schema", 7), ("regex_pass", "regex", 6),
-    ("verifier_pass", "verify", 7), ("pass_at_1", "pass@1", 7), ("pass_at_k", "pass@k", 7),
+    ("mark", "", 5),
+    ("step", "step", 6),
+    ("verdict", "verdict", 14),
+    ("valid_loss", "valid", 7),
+    ("ood_loss", "ood", 7),
+    ("probe_kl", "KL", 7),
+    ("probe_loss_delta", "probe Δ", 8),
+    ("entropy", "entropy", 8),
+    ("distinct_2", "dist-2", 7),
+    ("exact_match", "exact", 6),
+    ("json_valid", "json", 6),
+    ("schema_valid", "schema", 7),
+    ("regex_pass", "regex", 6),
+    ("verifier_pass", "verify", 7),
+    ("pass_at_1", "pass@1", 7),
+    ("pass_at_k", "pass@k", 7),
     ("train_loss", "train", 7),
 )
 # Dropped first to last when the table is too wide; the rest always stay.
-DROP_ORDER = ("train_loss", "distinct_2", "entropy", "probe_loss_delta", "regex_pass", "schema_valid",
-              "verifier_pass", "pass_at_k", "json_valid", "exact_match", "pass_at_1", "probe_kl", "ood_loss")
+DROP_ORDER = (
+    "train_loss",
+    "distinct_2",
+    "entropy",
+    "probe_loss_delta",
+    "regex_pass",
+    "schema_valid",
+    "verifier_pass",
+    "pass_at_k",
+    "json_valid",
+    "exact_match",
+    "pass_at_1",
+    "probe_kl",
+    "ood_loss",
+)
 
 
 def _judge(run: RunDir, steps_on_disk: set[int]):
@@ -94,10 +118,14 @@ def checkpoint_table(run_dir: Path, state: RunState) -> CheckpointTable:
         evaluation = next((e for e in state.evaluations if e.step == step), None)
         saved = state.checkpoints.get(step)
         row = CheckpointRow(
-            step=step, exists=step == 0 or step in on_disk, label=entry.get("label", f"step {step}"),
+            step=step,
+            exists=step == 0 or step in on_disk,
+            label=entry.get("label", f"step {step}"),
             val_loss=evaluation.loss if evaluation else (saved.val_loss if saved else None),
-            train_loss=state.train_loss_near(step) if step else None, is_best=step == best and step != 0,
-            is_chosen=step == chosen, metrics=dict(entry.get("metrics", {})),
+            train_loss=state.train_loss_near(step) if step else None,
+            is_best=step == best and step != 0,
+            is_chosen=step == chosen,
+            metrics=dict(entry.get("metrics", {})),
         )
         if step in verdicts:
             row.verdict, row.explanation = verdicts[step].verdict, explain(verdicts[step])

@@ -16,8 +16,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "tui",
         help="Terminal UI: start, watch, compare and export fine-tunes.",
-        description="PATH is a folder of runs (listed on the Runs screen) "
-        "or one run folder (opened directly).",
+        description="PATH is a folder of runs (listed on the Runs screen) or one run folder (opened directly).",
     )
     p.add_argument(
         "path",
@@ -31,13 +30,9 @@ def add_commands(sub) -> None:
 def cmd_tui(args) -> int:
     path = Path(args.path)
     if path.exists() and not path.is_dir():
-        raise MlxsftError(
-            "expected a folder of runs or a run folder, found a file.", path=str(path)
-        )
+        raise MlxsftError("expected a folder of runs or a run folder, found a file.", path=str(path))
     if not path.exists() and path != Path("runs"):
-        raise MlxsftError(
-            "no such folder; give a folder of runs (default runs/) or a run folder.", path=str(path)
-        )
+        raise MlxsftError("no such folder; give a folder of runs (default runs/) or a run folder.", path=str(path))
     from .app import MlxsftApp  # textual loads here, never at import of the CLI
 
     app = MlxsftApp(path)

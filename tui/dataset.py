@@ -46,16 +46,8 @@ class DatasetPreview:
 
     def summary(self, max_seq_length: int) -> str:
         over = self.num_over(max_seq_length)
-        sampled = (
-            f" (lengths from {len(self.lengths)} sampled rows)"
-            if len(self.lengths) < self.num_rows
-            else ""
-        )
-        valid = (
-            f", {self.num_valid_rows} valid rows"
-            if self.num_valid_rows is not None
-            else ", no validation file"
-        )
+        sampled = f" (lengths from {len(self.lengths)} sampled rows)" if len(self.lengths) < self.num_rows else ""
+        valid = f", {self.num_valid_rows} valid rows" if self.num_valid_rows is not None else ", no validation file"
         share = sum(self.trained_tokens) / max(sum(self.lengths), 1)
         text = (
             f"{self.num_rows} {self.kind} rows{valid}{sampled}\n"
@@ -132,9 +124,7 @@ def _first_view(examples, tokenizer, mask: str, multi_turn: str) -> tuple[tuple[
     raise DataError("the chat template cannot train any row of this file; run `mlxsft data check` for why.")
 
 
-def length_histogram(
-    lengths: tuple[int, ...], max_seq_length: int, bins: int = 8
-) -> list[tuple[int, int, int]]:
+def length_histogram(lengths: tuple[int, ...], max_seq_length: int, bins: int = 8) -> list[tuple[int, int, int]]:
     """(low, high, count) bins over 0..max(longest row, max_seq_length); an edge at the limit."""
     if not lengths:
         return []
@@ -143,10 +133,7 @@ def length_histogram(
     edges = [round(max_seq_length * i / inside) for i in range(inside + 1)]
     outside = bins - inside
     if top > max_seq_length and outside > 0:
-        edges += [
-            round(max_seq_length + (top - max_seq_length) * i / outside)
-            for i in range(1, outside + 1)
-        ]
+        edges += [round(max_seq_length + (top - max_seq_length) * i / outside) for i in range(1, outside + 1)]
     edges = sorted(set(edges))
     counts = []
     for low, high in zip(edges, edges[1:], strict=False):
@@ -155,11 +142,7 @@ def length_histogram(
             (
                 low,
                 high,
-                sum(
-                    1
-                    for n in lengths
-                    if low < n <= high or (low == 0 and n == 0) or (last and n > high)
-                ),
+                sum(1 for n in lengths if low < n <= high or (low == 0 and n == 0) or (last and n > high)),
             )
         )
     return counts

@@ -33,8 +33,12 @@ BASE = "base"
 
 
 def command(
-    run_dir, variants: list[tuple[str, str]], prompts: list[str], max_tokens: int = 64,
-    system: str | None = None, chat_file: Path | None = None,
+    run_dir,
+    variants: list[tuple[str, str]],
+    prompts: list[str],
+    max_tokens: int = 64,
+    system: str | None = None,
+    chat_file: Path | None = None,
 ) -> list[str]:
     """The command line that runs this module as a child for `variants` and `prompts` (or a chat file)."""
     args = [
@@ -90,8 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--prompt", action="append", help="A user prompt (repeatable).")
     p.add_argument("--system", help="A system message before each --prompt (the data's own, usually).")
-    p.add_argument("--chat", metavar="FILE",
-                   help="JSON: {label: [messages]}, each variant's conversation so far (instead of --prompt).")
+    p.add_argument(
+        "--chat",
+        metavar="FILE",
+        help="JSON: {label: [messages]}, each variant's conversation so far (instead of --prompt).",
+    )
     p.add_argument("--max-tokens", type=int, default=64)
     return p.parse_args(argv)
 
@@ -106,9 +113,7 @@ def adapter_file(run, which: str) -> Path:
     else:
         raise MlxsftError(f"unknown checkpoint {which!r}: give base, latest or a step number.")
     if not path.is_file():
-        raise MlxsftError(
-            "no adapter weights here (the checkpoint was deleted or never written).", path=str(path)
-        )
+        raise MlxsftError("no adapter weights here (the checkpoint was deleted or never written).", path=str(path))
     return path
 
 

@@ -57,10 +57,7 @@ class FieldSpec:
 
 
 def field_specs() -> dict[str, FieldSpec]:
-    return {
-        name: FieldSpec(name, tp, default, help_, choices)
-        for name, tp, default, help_, choices in iter_fields()
-    }
+    return {name: FieldSpec(name, tp, default, help_, choices) for name, tp, default, help_, choices in iter_fields()}
 
 
 def form_fields() -> tuple[list[FieldSpec], list[FieldSpec]]:

@@ -52,8 +52,14 @@ def speed_key(recipe: Recipe, model_dir: Path) -> tuple:
     """What decides tokens/s besides the data: the model folder and how it is trained."""
     lora = recipe.lora
     return (
-        str(Path(model_dir).resolve()), recipe.method, lora.rank, tuple(lora.targets), str(lora.layers),
-        recipe.quantize.bits, recipe.train.grad_checkpoint, recipe.train.dtype,
+        str(Path(model_dir).resolve()),
+        recipe.method,
+        lora.rank,
+        tuple(lora.targets),
+        str(lora.layers),
+        recipe.quantize.bits,
+        recipe.train.grad_checkpoint,
+        recipe.train.dtype,
     )
 
 
@@ -88,11 +94,19 @@ def fit_settings(recipe: Recipe, seq_length: int, trained_fraction: float):
     rows = t.batch_size
     batch_tokens = t.batch_tokens if isinstance(t.batch_tokens, int) else rows * seq
     return FitSettings(
-        method=recipe.method, rank=recipe.lora.rank, alpha=recipe.lora.alpha,
-        targets=tuple(recipe.lora.targets) or None, layers=recipe.lora.layers,
-        batch_tokens=max(batch_tokens, seq), seq_length=seq, quantize_bits=recipe.quantize.bits,
-        group_size=recipe.quantize.group_size, grad_checkpoint=t.grad_checkpoint, dtype=t.dtype,
-        trained_fraction=min(max(trained_fraction, 1e-3), 1.0), optimizer=t.optimizer,
+        method=recipe.method,
+        rank=recipe.lora.rank,
+        alpha=recipe.lora.alpha,
+        targets=tuple(recipe.lora.targets) or None,
+        layers=recipe.lora.layers,
+        batch_tokens=max(batch_tokens, seq),
+        seq_length=seq,
+        quantize_bits=recipe.quantize.bits,
+        group_size=recipe.quantize.group_size,
+        grad_checkpoint=t.grad_checkpoint,
+        dtype=t.dtype,
+        trained_fraction=min(max(trained_fraction, 1e-3), 1.0),
+        optimizer=t.optimizer,
     )
 
 
@@ -136,8 +150,9 @@ def count_steps(recipe: Recipe, train_rows: int) -> int:
     return max(1, int((t.epochs or 1.0) * batches / t.grad_accumulation + 0.999))
 
 
-def estimate_for(recipe: Recipe, model_dir: Path, data: DataShape, speeds: dict[tuple, float],
-                 matmul_flops_per_s: float | None) -> RunEstimate:
+def estimate_for(
+    recipe: Recipe, model_dir: Path, data: DataShape, speeds: dict[tuple, float], matmul_flops_per_s: float | None
+) -> RunEstimate:
     """Memory from `estimate_fit`; time from a measured speed or the core's matmul rate."""
     from mlxsft.models.fit import estimate_fit
     from mlxsft.models.report import UTILIZATION
@@ -157,9 +172,12 @@ def estimate_for(recipe: Recipe, model_dir: Path, data: DataShape, speeds: dict[
         evals = (steps // t.steps_per_eval if t.steps_per_eval else 0) + 1
         eval_tokens = evals * data.valid_rows * seq if t.val_batches < 0 else 0
         seconds = (train_tokens + EVAL_COST * eval_tokens) / rate + STARTUP_S
-        basis = (f"~{rate:,.0f} tok/s from a timed matmul and {fit.flops_per_token / 1e6:,.1f} MFLOP "
-                 f"per token, plus validation and start-up; rough until a run of this model has measured it")
+        basis = (
+            f"~{rate:,.0f} tok/s from a timed matmul and {fit.flops_per_token / 1e6:,.1f} MFLOP "
+            f"per token, plus validation and start-up; rough until a run of this model has measured it"
+        )
     else:
         seconds, basis = 0.0, "no speed yet: the matmul timing is still running"
-    return RunEstimate(fit.total_parameters, fit.trainable_parameters, fit.memory.total / 1e9, steps,
-                       tokens_per_step, seconds, basis)
+    return RunEstimate(
+        fit.total_parameters, fit.trainable_parameters, fit.memory.total / 1e9, steps, tokens_per_step, seconds, basis
+    )

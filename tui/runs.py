@@ -214,8 +214,10 @@ def can_resume(summary: RunSummary) -> str | None:
     if summary.status not in (STOPPED, INTERRUPTED, FAILED):
         return f"this run is {summary.status}; only a stopped, interrupted or failed run can be resumed."
     if not RunDir(summary.path).checkpoint_steps():
-        return ("this run has no checkpoint to resume from (it stopped before its first save); "
-                "start it again as a new run (n).")
+        return (
+            "this run has no checkpoint to resume from (it stopped before its first save); "
+            "start it again as a new run (n)."
+        )
     return None
 
 
@@ -263,8 +265,9 @@ def deletion_contents(path: Path) -> list[str]:
     lines = []
     steps = run.checkpoint_steps()
     if steps:
-        lines.append(f"{len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}), "
-                     f"{human_bytes(folder_bytes(run.checkpoints_dir))}")
+        lines.append(
+            f"{len(steps)} checkpoints (steps {steps[0]}-{steps[-1]}), {human_bytes(folder_bytes(run.checkpoints_dir))}"
+        )
     exports = sorted(p for p in (path / "exports").glob("*")) if (path / "exports").is_dir() else []
     exports += sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(EXPORT_SUFFIXES))
     for export in exports:
@@ -278,9 +281,7 @@ def deletion_contents(path: Path) -> list[str]:
 def delete_run(summary: RunSummary) -> None:
     """Remove a run folder (never one whose trainer is still running)."""
     if summary.is_live:
-        raise MlxsftError(
-            "this run is still running; stop it first (s), then delete it.", path=str(summary.path)
-        )
+        raise MlxsftError("this run is still running; stop it first (s), then delete it.", path=str(summary.path))
     if not is_run_folder(summary.path):
         raise MlxsftError("not a run folder; refusing to delete it.", path=str(summary.path))
     shutil.rmtree(summary.path)

@@ -25,12 +25,20 @@ def add_commands(sub) -> None:
     p.add_argument("--pack", action="store_true", help="Pack rows (ours only).")
     p.add_argument("--batch-tokens", type=int, default=None, help="Token budget per batch (ours only).")
     p.add_argument("--grad-checkpoint", action="store_true")
-    p.add_argument("--against", action="append", default=[], choices=("mlx-lm", "peft"),
-                   help="Also run this trainer on the same work (repeatable).")
+    p.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        choices=("mlx-lm", "peft"),
+        help="Also run this trainer on the same work (repeatable).",
+    )
     p.add_argument("--repeats", type=int, default=1, help="Runs per side; the fastest counts.")
-    p.add_argument("--cold", action="store_true",
-                   help="First run each side in an empty temp dir (and, for ours, an empty kernel cache: a first "
-                        "run after install), and ours once more after a simulated reboot; report cold and warm.")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="First run each side in an empty temp dir (and, for ours, an empty kernel cache: a first "
+        "run after install), and ours once more after a simulated reboot; report cold and warm.",
+    )
     p.add_argument("--json", dest="json_out", default=None, help="Write the results here as JSON.")
     p.set_defaults(handler=cmd_bench)
 
@@ -39,10 +47,21 @@ def cmd_bench(args) -> int:
     from .runner import format_table, run_benchmark, summary
 
     layers = args.layers if args.layers == "all" else int(args.layers)
-    spec = BenchSpec(model=args.model, data=args.data, method=args.method, batch_size=args.batch_size,
-                     max_seq_length=args.max_seq_length, steps=args.steps, warmup=args.warmup, rank=args.rank,
-                     alpha=2.0 * args.rank, layers=layers, pack=args.pack, batch_tokens=args.batch_tokens,
-                     grad_checkpoint=args.grad_checkpoint)
+    spec = BenchSpec(
+        model=args.model,
+        data=args.data,
+        method=args.method,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        steps=args.steps,
+        warmup=args.warmup,
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        layers=layers,
+        pack=args.pack,
+        batch_tokens=args.batch_tokens,
+        grad_checkpoint=args.grad_checkpoint,
+    )
     results = run_benchmark(spec, args.against, repeats=args.repeats, cold=args.cold)
     print(format_table(results))
     if args.json_out:

@@ -62,8 +62,11 @@ def run_mlx_lm(spec: BenchSpec) -> BenchResult:
     num_layers = len(model.layers) if spec.layers == "all" else int(spec.layers)
     params = lora_parameters(recipe.lora, resolve_targets(model, list(spec.targets)))
     linear_to_lora_layers(model, num_layers, params, use_dora=spec.method == "dora")
-    rows = [json.loads(line) for line in Path(resolve_data_files(recipe.data)["train"]).read_text().splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in Path(resolve_data_files(recipe.data)["train"]).read_text().splitlines()
+        if line.strip()
+    ]
     dataset = CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=True))
     positions = []
 
@@ -75,19 +78,30 @@ def run_mlx_lm(spec: BenchSpec) -> BenchResult:
     reports = _Reports(spec.warmup)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArgs(
-            batch_size=spec.batch_size, iters=spec.warmup + spec.steps, steps_per_report=1,
-            steps_per_eval=10**9, steps_per_save=10**9, max_seq_length=spec.max_seq_length,
-            adapter_file=str(Path(tmp) / "adapters.safetensors"), grad_checkpoint=spec.grad_checkpoint,
+            batch_size=spec.batch_size,
+            iters=spec.warmup + spec.steps,
+            steps_per_report=1,
+            steps_per_eval=10**9,
+            steps_per_save=10**9,
+            max_seq_length=spec.max_seq_length,
+            adapter_file=str(Path(tmp) / "adapters.safetensors"),
+            grad_checkpoint=spec.grad_checkpoint,
         )
         optimizer = optim.AdamW(learning_rate=spec.learning_rate, weight_decay=0.0)
         prepare_s = time.perf_counter() - start
-        train(model, optimizer, dataset, None, args=args, iterate_batches=counting_batches,
-              training_callback=reports)
-    timed = positions[spec.warmup: spec.warmup + spec.steps]
+        train(model, optimizer, dataset, None, args=args, iterate_batches=counting_batches, training_callback=reports)
+    timed = positions[spec.warmup : spec.warmup + spec.steps]
     return BenchResult(
-        "mlx-lm", spec.steps, reports.seconds, tokens=sum(t for _, t in timed), trained_tokens=reports.trained,
-        padded_positions=sum(p for p, _ in timed), peak_memory_gb=reports.peak, prepare_s=prepare_s,
-        first_step_s=reports.warmup_steps[0] if reports.warmup_steps else 0.0, warmup_s=sum(reports.warmup_steps),
+        "mlx-lm",
+        spec.steps,
+        reports.seconds,
+        tokens=sum(t for _, t in timed),
+        trained_tokens=reports.trained,
+        padded_positions=sum(p for p, _ in timed),
+        peak_memory_gb=reports.peak,
+        prepare_s=prepare_s,
+        first_step_s=reports.warmup_steps[0] if reports.warmup_steps else 0.0,
+        warmup_s=sum(reports.warmup_steps),
         info=mlx_side_info(),
         notes=["mlx-lm ChatDataset(mask_prompt=True): trains the last assistant turn only"],
     )

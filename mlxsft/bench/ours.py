@@ -18,16 +18,27 @@ from .spec import BenchResult, BenchSpec
 
 
 def spec_to_recipe(spec: BenchSpec, method: str | None = None):
-    return recipe_from_dict({
-        "model": spec.model, "data": spec.data, "method": method or spec.method,
-        "lora": {"rank": spec.rank, "alpha": spec.alpha, "layers": spec.layers, "targets": list(spec.targets)},
-        "train": {
-            "iters": spec.warmup + spec.steps, "batch_size": spec.batch_size, "max_seq_length": spec.max_seq_length,
-            "learning_rate": spec.learning_rate, "lr_schedule": "constant", "max_grad_norm": None,
-            "pack": spec.pack, "batch_tokens": spec.batch_tokens, "grad_checkpoint": spec.grad_checkpoint,
-            "seed": spec.seed, "steps_per_eval": 0,
-        },
-    })
+    return recipe_from_dict(
+        {
+            "model": spec.model,
+            "data": spec.data,
+            "method": method or spec.method,
+            "lora": {"rank": spec.rank, "alpha": spec.alpha, "layers": spec.layers, "targets": list(spec.targets)},
+            "train": {
+                "iters": spec.warmup + spec.steps,
+                "batch_size": spec.batch_size,
+                "max_seq_length": spec.max_seq_length,
+                "learning_rate": spec.learning_rate,
+                "lr_schedule": "constant",
+                "max_grad_norm": None,
+                "pack": spec.pack,
+                "batch_tokens": spec.batch_tokens,
+                "grad_checkpoint": spec.grad_checkpoint,
+                "seed": spec.seed,
+                "steps_per_eval": 0,
+            },
+        }
+    )
 
 
 def _timed_steps(prepared: Prepared, state: TrainerState, count: int) -> list[float]:
@@ -55,6 +66,16 @@ def run_ours(spec: BenchSpec) -> BenchResult:
             stats = take_step(prepared, state)
             tokens, trained, positions = tokens + stats.tokens, trained + stats.trained, positions + stats.positions
         seconds = time.perf_counter() - start
-    return BenchResult("mlxsft", spec.steps, seconds, tokens, trained, positions, mx.get_peak_memory() / 1e9,
-                       prepare_s=prepare_s, first_step_s=warmup[0] if warmup else 0.0, warmup_s=sum(warmup),
-                       info=mlx_side_info(cache.describe()))
+    return BenchResult(
+        "mlxsft",
+        spec.steps,
+        seconds,
+        tokens,
+        trained,
+        positions,
+        mx.get_peak_memory() / 1e9,
+        prepare_s=prepare_s,
+        first_step_s=warmup[0] if warmup else 0.0,
+        warmup_s=sum(warmup),
+        info=mlx_side_info(cache.describe()),
+    )

@@ -29,8 +29,11 @@ def _batches(spec: BenchSpec):
     with tempfile.TemporaryDirectory() as tmp:
         src = prepare(recipe, RunDir(tmp)).train_src
         count = spec.warmup + spec.steps
-        plan = [(epoch, i) for epoch in range(count // max(src.batches_per_epoch(), 1) + 1)
-                for i in range(src.batches_per_epoch())][:count]
+        plan = [
+            (epoch, i)
+            for epoch in range(count // max(src.batches_per_epoch(), 1) + 1)
+            for i in range(src.batches_per_epoch())
+        ][:count]
         return [src.batch(epoch, i) for epoch, i in plan]
 
 
@@ -50,12 +53,19 @@ def run_peft(spec: BenchSpec) -> BenchResult:
     model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=torch.float32)
     num_layers = model.config.num_hidden_layers
     layers = None if spec.layers == "all" else list(range(num_layers - int(spec.layers), num_layers))
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets), lora_dropout=0.0,
-                        layers_to_transform=layers, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha,
+        target_modules=list(spec.targets),
+        lora_dropout=0.0,
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=0.0
+    )
 
     def step(batch):
         inputs = torch.from_numpy(batch.inputs).long()
@@ -74,16 +84,25 @@ def run_peft(spec: BenchSpec) -> BenchResult:
         step(batch)
         warmup.append(time.perf_counter() - start)
     start = time.perf_counter()
-    for batch in batches[spec.warmup:]:
+    for batch in batches[spec.warmup :]:
         step(batch)
     seconds = time.perf_counter() - start
-    timed = batches[spec.warmup:]
+    timed = batches[spec.warmup :]
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux: KiB
     return BenchResult(
-        "peft", len(timed), seconds, tokens=sum(b.num_tokens for b in timed),
-        trained_tokens=sum(b.num_trained for b in timed), padded_positions=sum(b.inputs.size for b in timed),
-        peak_memory_gb=peak_gb, prepare_s=prepare_s, first_step_s=warmup[0] if warmup else 0.0,
-        warmup_s=sum(warmup), info=torch_side_info(),
-        notes=["PyTorch eager + PEFT on this project's batches; peak is the process's max RSS, "
-               "not comparable with MLX's allocator peak"],
+        "peft",
+        len(timed),
+        seconds,
+        tokens=sum(b.num_tokens for b in timed),
+        trained_tokens=sum(b.num_trained for b in timed),
+        padded_positions=sum(b.inputs.size for b in timed),
+        peak_memory_gb=peak_gb,
+        prepare_s=prepare_s,
+        first_step_s=warmup[0] if warmup else 0.0,
+        warmup_s=sum(warmup),
+        info=torch_side_info(),
+        notes=[
+            "PyTorch eager + PEFT on this project's batches; peak is the process's max RSS, "
+            "not comparable with MLX's allocator peak"
+        ],
     )

@@ -32,8 +32,14 @@ def matmul_plan(config: dict, batch: int, seq: int, rank: int, trained: int) -> 
     for k_in, out in projections:
         plan.append(("frozen projections (fwd + dx)", 2 * layers, n, k_in, out))
         # x A, (x A) B, then dy B^T, dB = (x A)^T dy, dA = x^T d(xA), dx += d(xA) A^T
-        for m, k, c in ((n, k_in, rank), (n, rank, out), (n, out, rank), (rank, n, out), (k_in, n, rank),
-                        (n, rank, k_in)):
+        for m, k, c in (
+            (n, k_in, rank),
+            (n, rank, out),
+            (n, out, rank),
+            (rank, n, out),
+            (k_in, n, rank),
+            (n, rank, k_in),
+        ):
             plan.append(("LoRA products (fwd + grads)", layers, m, k, c))
     plan.append(("attention (QK^T, PV, 4 grads)", 6 * layers * batch * heads, seq, d, seq))
     plan.append(("LM head (fwd + dx, trained rows)", 2, trained, h, config["vocab_size"]))
@@ -57,6 +63,7 @@ def time_matmuls(plan, backend: str, repeats: int = 3) -> dict[str, float]:
             a, b = mx.random.normal((m, k)), mx.random.normal((k, n))
             mx.eval(a, b)
             return lambda: mx.eval(a @ b)
+
     families: dict[str, float] = {}
     for family, count, m, k, n in plan:
         fn = make(m, k, n)
@@ -93,8 +100,15 @@ def step_time(args) -> tuple[float, int]:
     from .spec import BenchSpec
 
     use_persistent_kernel_cache()
-    spec = BenchSpec(model=args.model, data=args.data, batch_size=args.batch_size,
-                     max_seq_length=args.max_seq_length, steps=args.steps, warmup=3, rank=args.rank)
+    spec = BenchSpec(
+        model=args.model,
+        data=args.data,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        steps=args.steps,
+        warmup=3,
+        rank=args.rank,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         prepared = prepare(spec_to_recipe(spec), RunDir(tmp))
         state = TrainerState()
@@ -131,30 +145,47 @@ def main() -> None:
     from .runner import torch_env
 
     if openblas_env(dict(os.environ)) != dict(os.environ) and not os.environ.get("MLXSFT_PROFILE_REEXEC"):
-        os.execve(sys.executable, [sys.executable, "-m", "mlxsft.bench.profile", *sys.argv[1:]],
-                  openblas_env(dict(os.environ)) | {"MLXSFT_PROFILE_REEXEC": "1"})
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "mlxsft.bench.profile", *sys.argv[1:]],
+            openblas_env(dict(os.environ)) | {"MLXSFT_PROFILE_REEXEC": "1"},
+        )
     step_s, trained = step_time(args)
     plan = matmul_plan(config, args.batch_size, args.max_seq_length, args.rank, trained)
     flops = sum(2 * count * m * k * n for _, count, m, k, n in plan)
     sides = {"mlx": {"families": time_matmuls(plan, "mlx"), "roofline": roofline("mlx")}}
     if args.torch:
-        cmd = [sys.executable, "-m", "mlxsft.bench.profile", *sys.argv[1:], "--trained", str(trained),
-               "--matmuls-only", "torch"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlxsft.bench.profile",
+            *sys.argv[1:],
+            "--trained",
+            str(trained),
+            "--matmuls-only",
+            "torch",
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=torch_env(), check=True).stdout
         sides["torch"] = json.loads(out.strip().splitlines()[-1])
     tokens = args.batch_size * args.max_seq_length
-    print(f"step (mlxsft, compiled, median of {args.steps}): {step_s * 1000:.0f} ms for {tokens} positions; "
-          f"matmul work {flops / 1e9:.1f} GFLOP")
+    print(
+        f"step (mlxsft, compiled, median of {args.steps}): {step_s * 1000:.0f} ms for {tokens} positions; "
+        f"matmul work {flops / 1e9:.1f} GFLOP"
+    )
     for name, side in sides.items():
         total = sum(side["families"].values())
-        print(f"\n{name}: fp32 matmul roofline (1024^3) {side['roofline']:.0f} GFLOP/s; "
-              f"the step's matmuls alone {total * 1000:.0f} ms")
+        print(
+            f"\n{name}: fp32 matmul roofline (1024^3) {side['roofline']:.0f} GFLOP/s; "
+            f"the step's matmuls alone {total * 1000:.0f} ms"
+        )
         for family, seconds in sorted(side["families"].items(), key=lambda kv: -kv[1]):
             print(f"  {family:<36}{seconds * 1000:>8.0f} ms")
     mm = sum(sides["mlx"]["families"].values())
-    print(f"\nmlxsft step = {mm * 1000:.0f} ms matmuls + {(step_s - mm) * 1000:.0f} ms element-wise and overhead "
-          f"({100 * (step_s - mm) / step_s:.0f}%); step at {flops / step_s / 1e9:.0f} GFLOP/s = "
-          f"{100 * flops / step_s / 1e9 / sides['mlx']['roofline']:.0f}% of the fp32 matmul roofline")
+    print(
+        f"\nmlxsft step = {mm * 1000:.0f} ms matmuls + {(step_s - mm) * 1000:.0f} ms element-wise and overhead "
+        f"({100 * (step_s - mm) / step_s:.0f}%); step at {flops / step_s / 1e9:.0f} GFLOP/s = "
+        f"{100 * flops / step_s / 1e9 / sides['mlx']['roofline']:.0f}% of the fp32 matmul roofline"
+    )
 
 
 if __name__ == "__main__":

@@ -35,10 +35,16 @@ def mlx_env(base: dict | None = None) -> dict:
 
 def torch_env(base: dict | None = None) -> dict:
     """What a PyTorch user runs with: no preloaded BLAS, none of this project's variables."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith("MLXSFT_") and k != "OPENBLAS_CORETYPE"}
-    kept = [p for p in env.pop("LD_PRELOAD", "").split(":")
-            if p and not any(name in Path(p).name.lower() for name in BLAS_NAMES)]
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.startswith("MLXSFT_") and k != "OPENBLAS_CORETYPE"
+    }
+    kept = [
+        p
+        for p in env.pop("LD_PRELOAD", "").split(":")
+        if p and not any(name in Path(p).name.lower() for name in BLAS_NAMES)
+    ]
     if kept:
         env["LD_PRELOAD"] = ":".join(kept)
     return env
@@ -52,36 +58,37 @@ def check_inputs(spec: BenchSpec) -> None:
     """Say what is wrong with --data/--model before any child starts."""
     data = Path(spec.data)
     if not data.exists():
-        raise MlxsftError("no such file or folder; give --data a JSONL file or a folder holding train.jsonl.",
-                          path=str(data))
+        raise MlxsftError(
+            "no such file or folder; give --data a JSONL file or a folder holding train.jsonl.", path=str(data)
+        )
     if data.is_dir() and not (data / "train.jsonl").is_file():
-        raise MlxsftError("this folder has no train.jsonl; give --data a JSONL file or a folder holding "
-                          "train.jsonl.", path=str(data))
+        raise MlxsftError(
+            "this folder has no train.jsonl; give --data a JSONL file or a folder holding train.jsonl.", path=str(data)
+        )
     model = Path(spec.model)
     if not model.exists() and (spec.model.startswith((".", "/", "~")) or spec.model.count("/") > 1):
-        raise MlxsftError("model folder not found; give --model a local model folder or a hub id.",
-                          path=spec.model)
+        raise MlxsftError("model folder not found; give --model a local model folder or a hub id.", path=spec.model)
 
 
-def run_side_in_child(side: str, spec: BenchSpec, env: dict, run: str = "warm",
-                      timeout_s: float = 3600) -> BenchResult:
+def run_side_in_child(side: str, spec: BenchSpec, env: dict, run: str = "warm", timeout_s: float = 3600) -> BenchResult:
     cmd = [sys.executable, "-m", "mlxsft.bench.worker", side, json.dumps(spec.to_dict())]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
     wall = time.perf_counter() - start
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARKER):
-            result = BenchResult.from_dict(json.loads(line[len(RESULT_MARKER):]))
+            result = BenchResult.from_dict(json.loads(line[len(RESULT_MARKER) :]))
             result.wall_s, result.run = wall, run
             return result
         if line.startswith(ERROR_MARKER):
-            raise MlxsftError(f"the {side} benchmark: {json.loads(line[len(ERROR_MARKER):])['message']}")
+            raise MlxsftError(f"the {side} benchmark: {json.loads(line[len(ERROR_MARKER) :])['message']}")
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
     raise MlxsftError(f"the {side} benchmark failed (exit {proc.returncode}):\n  " + "\n  ".join(tail))
 
 
 def _cold_envs(side: str, root: Path) -> list[tuple[str, dict]]:
     """(run name, env) for the cold runs of one side, under a private temp root."""
+
     def env_with(tmp: str) -> dict:
         (root / tmp).mkdir(parents=True, exist_ok=True)
         env = side_env(side) | {"TMPDIR": str(root / tmp)}
@@ -137,23 +144,32 @@ def describe_side(r: BenchResult) -> str:
 def format_table(results: dict[str, list[BenchResult]]) -> str:
     best = {side: best_of(rs) for side, rs in results.items()}
     ours = best["mlxsft"]
-    lines = ["warm steady state (fastest warm repeat):",
-             f"{'':<8}{'tok/s':>10}{'trained tok/s':>15}{'ms/step':>10}{'peak GB':>9}{'padding':>9}"]
+    lines = [
+        "warm steady state (fastest warm repeat):",
+        f"{'':<8}{'tok/s':>10}{'trained tok/s':>15}{'ms/step':>10}{'peak GB':>9}{'padding':>9}",
+    ]
     for side, r in best.items():
-        lines.append(f"{side:<8}{r.tokens_per_second:>10,.0f}{r.trained_tokens_per_second:>15,.0f}"
-                     f"{r.ms_per_step:>10,.1f}{r.peak_memory_gb:>9.3f}{100 * r.padding_waste:>8.1f}%")
+        lines.append(
+            f"{side:<8}{r.tokens_per_second:>10,.0f}{r.trained_tokens_per_second:>15,.0f}"
+            f"{r.ms_per_step:>10,.1f}{r.peak_memory_gb:>9.3f}{100 * r.padding_waste:>8.1f}%"
+        )
     for side, r in best.items():
         if side != "mlxsft":
             lines.append(
                 f"ours/{side}: tok/s x{ours.tokens_per_second / r.tokens_per_second:.2f}, "
                 f"trained tok/s x{ours.trained_tokens_per_second / r.trained_tokens_per_second:.2f}, "
-                f"peak memory x{ours.peak_memory_gb / max(r.peak_memory_gb, 1e-9):.2f}")
-    lines += ["", "whole runs (process start to exit; first step includes compiling):",
-              f"{'':<8}{'run':<15}{'wall s':>8}{'load s':>8}{'1st step s':>11}{'warm-up s':>10}"]
+                f"peak memory x{ours.peak_memory_gb / max(r.peak_memory_gb, 1e-9):.2f}"
+            )
+    lines += [
+        "",
+        "whole runs (process start to exit; first step includes compiling):",
+        f"{'':<8}{'run':<15}{'wall s':>8}{'load s':>8}{'1st step s':>11}{'warm-up s':>10}",
+    ]
     for side, rs in results.items():
         for r in [x for x in rs if x.run != "warm"] + [best[side]]:
-            lines.append(f"{side:<8}{r.run:<15}{r.wall_s:>8.1f}{r.prepare_s:>8.1f}{r.first_step_s:>11.2f}"
-                         f"{r.warmup_s:>10.2f}")
+            lines.append(
+                f"{side:<8}{r.run:<15}{r.wall_s:>8.1f}{r.prepare_s:>8.1f}{r.first_step_s:>11.2f}{r.warmup_s:>10.2f}"
+            )
     reboot = [r for r in results["mlxsft"] if r.run == "after-reboot"]
     if reboot:
         lines.append(f"ours after a reboot / warm: wall x{reboot[0].wall_s / ours.wall_s:.2f}")
@@ -170,9 +186,17 @@ def summary(spec: BenchSpec, results: dict[str, list[BenchResult]]) -> dict:
             "trained_tokens_per_second": ours.trained_tokens_per_second / r.trained_tokens_per_second,
             "peak_memory": ours.peak_memory_gb / max(r.peak_memory_gb, 1e-9),
         }
-        for side, r in best.items() if side != "mlxsft"
+        for side, r in best.items()
+        if side != "mlxsft"
     }
-    cold = {side: {r.run: r.wall_s for r in rs if r.run != "warm"} | {"warm": best[side].wall_s}
-            for side, rs in results.items()}
-    return {"spec": spec.to_dict(), "results": {s: [r.to_dict() for r in rs] for s, rs in results.items()},
-            "best": {s: r.to_dict() for s, r in best.items()}, "ratios": ratios, "wall_s": cold}
+    cold = {
+        side: {r.run: r.wall_s for r in rs if r.run != "warm"} | {"warm": best[side].wall_s}
+        for side, rs in results.items()
+    }
+    return {
+        "spec": spec.to_dict(),
+        "results": {s: [r.to_dict() for r in rs] for s, rs in results.items()},
+        "best": {s: r.to_dict() for s, r in best.items()},
+        "ratios": ratios,
+        "wall_s": cold,
+    }

@@ -13,9 +13,16 @@ import sys
 from importlib import metadata
 
 BLAS_LIB = re.compile(r"(blas|mkl|lapack|accelerate|gomp|iomp)", re.IGNORECASE)
-STEERING_VARS = ("LD_PRELOAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
-                 "MLXSFT_NO_OPENBLAS",
-                 "MLXSFT_NO_KERNEL_CACHE", "TMPDIR")
+STEERING_VARS = (
+    "LD_PRELOAD",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "MLXSFT_NO_OPENBLAS",
+    "MLXSFT_NO_KERNEL_CACHE",
+    "TMPDIR",
+)
 
 
 def cores() -> int:
@@ -67,7 +74,8 @@ def mlx_side_info(kernel_cache: str | None = None) -> dict:
         "versions": _versions("mlx", "mlx-lm"),
         "device": str(mx.default_device()),
         "threads": {"openblas": _openblas("openblas_get_num_threads"), "cores": cores()},
-        "blas": f"OpenBLAS ({_openblas('openblas_get_corename')} kernels)" if _openblas("openblas_get_corename")
+        "blas": f"OpenBLAS ({_openblas('openblas_get_corename')} kernels)"
+        if _openblas("openblas_get_corename")
         else "MLX's bundled reference BLAS",
         "blas_loaded": loaded_blas_libraries(),
         "env": {k: os.environ[k] for k in STEERING_VARS if k in os.environ},
@@ -83,8 +91,11 @@ def torch_side_info() -> dict:
     return {
         "versions": _versions("torch", "transformers", "peft"),
         "device": "cpu",
-        "threads": {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
-                    "cores": cores()},
+        "threads": {
+            "torch": torch.get_num_threads(),
+            "torch_interop": torch.get_num_interop_threads(),
+            "cores": cores(),
+        },
         "blas": blas.group(1) if blas else "unknown",
         "blas_loaded": loaded_blas_libraries(),
         "env": {k: os.environ[k] for k in STEERING_VARS if k in os.environ},

@@ -176,9 +176,7 @@ def _collate_row(examples, row: list[int]):
     for k, i in enumerate(row, start=1):
         ex = examples[i]
         n = len(ex.ids) - 1
-        parts.append(
-            (ex.ids[:-1], ex.ids[1:], ex.trained[1:].astype(np.float32), np.full(n, k, np.int32))
-        )
+        parts.append((ex.ids[:-1], ex.ids[1:], ex.trained[1:].astype(np.float32), np.full(n, k, np.int32)))
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 
@@ -192,9 +190,7 @@ def padding_waste(batches: Sequence[Batch]) -> float:
     return 1.0 - real / total if total else 0.0
 
 
-def plan_padding_waste(
-    lengths: Sequence[int], batches: list[list[list[int]]], pad_to_multiple: int = 8
-) -> float:
+def plan_padding_waste(lengths: Sequence[int], batches: list[list[list[int]]], pad_to_multiple: int = 8) -> float:
     """`padding_waste` of a plan, computed from lengths alone (no arrays built)."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     total = real = 0

@@ -28,8 +28,7 @@ _SHOWN = 20  # bad rows quoted in one error message
 
 # What each format looks like, quoted in error messages.
 SHAPES = {
-    "chat": '{"messages": [{"role": "user", "content": "..."}, '
-    '{"role": "assistant", "content": "..."}]}',
+    "chat": '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
     "completion": '{"prompt": "...", "completion": "..."}',
     "text": '{"text": "..."}',
 }
@@ -146,8 +145,7 @@ def _parse_row(text: str, where: str, line_no: int) -> dict:
         row = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"malformed JSON ({e.msg} at column {e.colno}); each line must be one complete "
-            "JSON object.",
+            f"malformed JSON ({e.msg} at column {e.colno}); each line must be one complete JSON object.",
             path=where,
             line=line_no,
         ) from None
@@ -199,13 +197,9 @@ def _make_example(kind: str, row: dict, where: str, line_no: int) -> Example:
 
 def _require_string(row: dict, key: str, kind: str, where: str, line_no: int) -> None:
     if key not in row:
-        raise DataError(
-            f"missing key '{key}'; {kind} rows look like {SHAPES[kind]}.", path=where, line=line_no
-        )
+        raise DataError(f"missing key '{key}'; {kind} rows look like {SHAPES[kind]}.", path=where, line=line_no)
     if not isinstance(row[key], str):
-        raise DataError(
-            f"'{key}' must be a string, found a {_json_type(row[key])}.", path=where, line=line_no
-        )
+        raise DataError(f"'{key}' must be a string, found a {_json_type(row[key])}.", path=where, line=line_no)
 
 
 def _read_tags(row: dict, where: str, line_no: int) -> tuple[str, ...]:
@@ -223,8 +217,7 @@ def _read_tags(row: dict, where: str, line_no: int) -> tuple[str, ...]:
 def _read_messages(messages, where: str, line_no: int) -> tuple[dict, ...]:
     if not isinstance(messages, list):
         raise DataError(
-            "'messages' must be a list of objects with 'role' and 'content', found a "
-            f"{_json_type(messages)}.",
+            f"'messages' must be a list of objects with 'role' and 'content', found a {_json_type(messages)}.",
             path=where,
             line=line_no,
         )

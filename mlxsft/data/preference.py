@@ -118,23 +118,27 @@ def read_pair(row: dict, where: str, line: int) -> PreferencePair:
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
     if isinstance(chosen, str) and isinstance(rejected, str):
         if not isinstance(prompt, str):
-            fail("'prompt' must be a string when 'chosen' and 'rejected' are strings (the plain form "
-                 f"{PAIR_SHAPES[1]}).")
+            fail(
+                f"'prompt' must be a string when 'chosen' and 'rejected' are strings (the plain form {PAIR_SHAPES[1]})."
+            )
         _check_responses(chosen, rejected, fail)
         common = dict(kind="completion", prompt=prompt, path=where, line=line)
-        return PreferencePair(Example(completion=chosen, **common), Example(completion=rejected, **common), where,
-                              line)
+        return PreferencePair(Example(completion=chosen, **common), Example(completion=rejected, **common), where, line)
     if not isinstance(chosen, list) or not isinstance(rejected, list):
-        fail("'chosen' and 'rejected' must both be strings (with a string 'prompt') or both be lists of "
-             f"messages (with 'prompt' as messages), e.g. {PAIR_SHAPES[0]}")
+        fail(
+            "'chosen' and 'rejected' must both be strings (with a string 'prompt') or both be lists of "
+            f"messages (with 'prompt' as messages), e.g. {PAIR_SHAPES[0]}"
+        )
     chosen_msgs = _messages(chosen, "chosen", fail)
     rejected_msgs = _messages(rejected, "rejected", fail)
     if prompt is None:  # implicit prompt: the chats share everything before their last reply
         prompt_msgs, chosen_msgs = chosen_msgs[:-1], chosen_msgs[-1:]
         other_prompt, rejected_msgs = rejected_msgs[:-1], rejected_msgs[-1:]
         if prompt_msgs != other_prompt:
-            fail("the prompt differs between the sides: the messages before the last reply of 'chosen' and of "
-                 "'rejected' must be the same (only the final assistant reply differs in a pair).")
+            fail(
+                "the prompt differs between the sides: the messages before the last reply of 'chosen' and of "
+                "'rejected' must be the same (only the final assistant reply differs in a pair)."
+            )
     else:
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
@@ -148,7 +152,9 @@ def read_pair(row: dict, where: str, line: int) -> PreferencePair:
     common = dict(kind="chat", path=where, line=line)
     return PreferencePair(
         Example(messages=tuple(prompt_msgs + chosen_msgs), **common),
-        Example(messages=tuple(prompt_msgs + rejected_msgs), **common), where, line,
+        Example(messages=tuple(prompt_msgs + rejected_msgs), **common),
+        where,
+        line,
     )
 
 
@@ -186,15 +192,16 @@ def tokenize_pair(pair: PreferencePair, tokenizer) -> TokenizedPair:
         raise DataError(
             "the prompt tokenizes differently on the two sides (the response's first characters merge into "
             "the prompt's last token); start both responses so that they do not, e.g. with the same "
-            "separator.", path=pair.path, line=pair.line,
+            "separator.",
+            path=pair.path,
+            line=pair.line,
         )
     return TokenizedPair(chosen, rejected)
 
 
 def _one_sequence(sequences, pair: PreferencePair) -> TokenizedExample:
     if len(sequences) != 1 or sequences[0].num_trained == 0:
-        raise DataError("the chat template leaves no trained token for this response.", path=pair.path,
-                        line=pair.line)
+        raise DataError("the chat template leaves no trained token for this response.", path=pair.path, line=pair.line)
     return sequences[0]
 
 
@@ -205,8 +212,12 @@ def _prompt_ids(ex: TokenizedExample) -> np.ndarray:
 
 
 def tokenize_pairs(
-    pairs: Sequence[PreferencePair], tokenizer, *, max_seq_length: int | None = None,
-    on_bad_row: str = "error", bad: list[SkippedRow] | None = None,
+    pairs: Sequence[PreferencePair],
+    tokenizer,
+    *,
+    max_seq_length: int | None = None,
+    on_bad_row: str = "error",
+    bad: list[SkippedRow] | None = None,
 ) -> PreferenceDataset:
     """Tokenize every pair; bad rows (with `bad`, those found while reading) are listed or skipped."""
     if on_bad_row not in BAD_ROW_POLICIES:
@@ -222,9 +233,15 @@ def tokenize_pairs(
         c, r = (_truncate(ex, max_seq_length) for ex in (tokenized.chosen, tokenized.rejected))
         if c.num_trained == 0 or r.num_trained == 0:
             longest = max(len(tokenized.chosen.ids), len(tokenized.rejected.ids))
-            skipped.append(SkippedRow(pair.path, pair.line, f"a response was truncated away by max_seq_length="
-                                      f"{max_seq_length} (the longer side has {longest} tokens); raise "
-                                      "max_seq_length or shorten the row"))
+            skipped.append(
+                SkippedRow(
+                    pair.path,
+                    pair.line,
+                    f"a response was truncated away by max_seq_length="
+                    f"{max_seq_length} (the longer side has {longest} tokens); raise "
+                    "max_seq_length or shorten the row",
+                )
+            )
             continue
         cut = c.truncated or r.truncated
         kept.append(TokenizedPair(c, r, cut))
@@ -235,8 +252,9 @@ def tokenize_pairs(
     return PreferenceDataset(kept, bad + skipped, bad, truncated, max_seq_length)
 
 
-def load_pairs(path: str | Path, tokenizer, *, max_seq_length: int | None = None,
-               on_bad_row: str = "error") -> PreferenceDataset:
+def load_pairs(
+    path: str | Path, tokenizer, *, max_seq_length: int | None = None, on_bad_row: str = "error"
+) -> PreferenceDataset:
     """Read, check and tokenize a preference JSONL file (one pass lists every bad row)."""
     pairs, bad = scan_pairs(path)
     return tokenize_pairs(pairs, tokenizer, max_seq_length=max_seq_length, on_bad_row=on_bad_row, bad=bad)

@@ -25,8 +25,9 @@ def resolve_data_files(data: DataConfig) -> dict[str, Path | None]:
         folder = train
         files = {name: folder / f"{name}.jsonl" for name in ("train", "valid", "test")}
         if not files["train"].is_file():
-            raise DataError(f"{_not_a_file(files['train'])}; a data folder needs a train.jsonl file.",
-                            path=str(files["train"]))
+            raise DataError(
+                f"{_not_a_file(files['train'])}; a data folder needs a train.jsonl file.", path=str(files["train"])
+            )
         for name in ("valid", "test"):  # absent is fine; present but unusable is not
             path = files[name]
             if path.exists() or path.is_symlink():

@@ -284,8 +284,11 @@ def marked_replies(hf, example: Example) -> list[str]:
     """
     kwargs = {"tools": example.tools} if example.tools is not None else {}
     out = hf.apply_chat_template(
-        template_messages(example.messages), tokenize=True, return_dict=True,
-        return_assistant_tokens_mask=True, **kwargs,
+        template_messages(example.messages),
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        **kwargs,
     )
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     runs, start = [], None

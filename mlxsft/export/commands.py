@@ -61,15 +61,11 @@ def add_commands(sub) -> None:
         action="store_true",
         help="Write full-precision weights instead of re-quantizing a quantized (QLoRA) base.",
     )
-    fuse.add_argument(
-        "--dtype", choices=DTYPE_CHOICES, help="Weight dtype (default: the base model's)."
-    )
+    fuse.add_argument("--dtype", choices=DTYPE_CHOICES, help="Weight dtype (default: the base model's).")
     _common(fuse)
     fuse.set_defaults(handler=cmd_fuse)
 
-    export = sub.add_parser(
-        "export", help="Export a run's adapter: PEFT, merged HF, GGUF or MLX adapter."
-    )
+    export = sub.add_parser("export", help="Export a run's adapter: PEFT, merged HF, GGUF or MLX adapter.")
     export.add_argument("run", help="Run directory.")
     export.add_argument(
         "--format",
@@ -79,9 +75,7 @@ def add_commands(sub) -> None:
         "mlx: mlx-lm adapter folder; gguf-lora: llama.cpp --lora adapter file; ollama: "
         "folder with GGUF + Modelfile; lmstudio: LM Studio's publisher/model/ folder layout.",
     )
-    export.add_argument(
-        "--out", required=True, help="Output folder (a .gguf file for --format gguf)."
-    )
+    export.add_argument("--out", required=True, help="Output folder (a .gguf file for --format gguf).")
     export.add_argument(
         "--dtype",
         choices=DTYPE_CHOICES,
@@ -102,13 +96,9 @@ def add_commands(sub) -> None:
     _common(export)
     export.set_defaults(handler=cmd_export)
 
-    verify = sub.add_parser(
-        "verify", help="Check an export's logits against the run's trained adapter."
-    )
+    verify = sub.add_parser("verify", help="Check an export's logits against the run's trained adapter.")
     verify.add_argument("export", help="An export folder or .gguf file.")
-    verify.add_argument(
-        "--against", required=True, metavar="RUN", help="The run it was exported from."
-    )
+    verify.add_argument("--against", required=True, metavar="RUN", help="The run it was exported from.")
     verify.add_argument(
         "--checkpoint",
         metavar="STEP",
@@ -117,20 +107,14 @@ def add_commands(sub) -> None:
     verify.set_defaults(handler=cmd_verify)
 
     imp = sub.add_parser("import-adapter", help="Bring a PEFT LoRA/DoRA adapter in as a run.")
-    imp.add_argument(
-        "peft_dir", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."
-    )
+    imp.add_argument("peft_dir", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors).")
     imp.add_argument(
         "--base",
         help="Base model folder or hub id (default: the adapter's base_model_name_or_path).",
     )
     imp.add_argument("--out", required=True, help="Run directory to create.")
-    imp.add_argument(
-        "--data", help="Training data for continuing (sets data.train in the run's recipe)."
-    )
-    imp.add_argument(
-        "--force", action="store_true", help="Replace an earlier, untrained import at --out."
-    )
+    imp.add_argument("--data", help="Training data for continuing (sets data.train in the run's recipe).")
+    imp.add_argument("--force", action="store_true", help="Replace an earlier, untrained import at --out.")
     imp.set_defaults(handler=cmd_import_adapter)
 
     push = sub.add_parser("push", help="Upload a run's adapter or an export to the Hugging Face hub.")
@@ -146,8 +130,15 @@ def cmd_fuse(args) -> int:
     from .registry import get_format
 
     options = ExportOptions(dtype=args.dtype, dequantize=args.dequantize)
-    export_run(get_format("fused"), args.run, args.out, checkpoint=args.checkpoint, force=args.force,
-               verify=args.verify, options=options)
+    export_run(
+        get_format("fused"),
+        args.run,
+        args.out,
+        checkpoint=args.checkpoint,
+        force=args.force,
+        verify=args.verify,
+        options=options,
+    )
     return 0
 
 
@@ -157,8 +148,15 @@ def cmd_export(args) -> int:
 
     _check_options(args)
     options = ExportOptions(dtype=args.dtype, quant=args.quant, max_shard_bytes=args.max_shard_size)
-    export_run(get_format(args.format), args.run, args.out, checkpoint=args.checkpoint, force=args.force,
-               verify=args.verify, options=options)
+    export_run(
+        get_format(args.format),
+        args.run,
+        args.out,
+        checkpoint=args.checkpoint,
+        force=args.force,
+        verify=args.verify,
+        options=options,
+    )
     return 0
 
 

@@ -104,9 +104,7 @@ def check_supported(base_config: dict, base_path: Path, quant: str) -> tuple[str
             "Export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py."
         )
     kind = rope_scaling(base_config).get("rope_type")
-    if kind not in (None, "default", "linear", "llama3") or (
-        kind == "llama3" and model_type in ("qwen2", "qwen3")
-    ):
+    if kind not in (None, "default", "linear", "llama3") or (kind == "llama3" and model_type in ("qwen2", "qwen3")):
         raise ExportError(
             f"GGUF export does not handle rope scaling '{kind}'. Export --format hf and "
             "convert it with llama.cpp's convert_hf_to_gguf.py."
@@ -182,20 +180,12 @@ def rope_scaling(config: dict) -> dict:
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half rows -> llama.cpp interleaved rows: per head (2, d/2) -> (d/2, 2)."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """The inverse of `permute_qk`."""
-    return (
-        w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _heads_for(name: str, config: dict) -> int | None:
@@ -257,9 +247,7 @@ def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]
     reverse = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
     added = tokenizer.get_added_tokens_decoder()  # {id: AddedToken}
     if reverse and max(reverse) >= vocab_size:
-        raise ExportError(
-            f"the tokenizer has ids up to {max(reverse)} but the model only {vocab_size} rows."
-        )
+        raise ExportError(f"the tokenizer has ids up to {max(reverse)} but the model only {vocab_size} rows.")
     tokens, types = [], []
     for i in range(vocab_size):
         if i not in reverse:
@@ -270,11 +258,7 @@ def vocab_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], list[int]
         tokens.append(token)
         if i in added:
             looks_special = token.startswith("<|") and token.endswith("|>")
-            types.append(
-                gguf.TokenType.CONTROL
-                if added[i].special or looks_special
-                else gguf.TokenType.USER_DEFINED
-            )
+            types.append(gguf.TokenType.CONTROL if added[i].special or looks_special else gguf.TokenType.USER_DEFINED)
         else:
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
@@ -292,17 +276,26 @@ def sentencepiece_tokens(base_path: Path, vocab_size: int) -> tuple[list[str], l
     sp = SentencePieceProcessor()
     sp.LoadFromFile(str(base_path / "tokenizer.model"))
     if sp.vocab_size() > vocab_size:
-        raise ExportError(
-            f"tokenizer.model has {sp.vocab_size()} pieces but the model only {vocab_size} rows."
-        )
+        raise ExportError(f"tokenizer.model has {sp.vocab_size()} pieces but the model only {vocab_size} rows.")
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     scores, types = [-10000.0] * vocab_size, [T.UNUSED] * vocab_size
     kinds = _piece_types(base_path)
     for i in range(sp.vocab_size()):
         tokens[i], scores[i] = sp.IdToPiece(i), sp.GetScore(i)
-        types[i] = T(kinds[i]) if kinds else (
-            T.UNKNOWN if sp.IsUnknown(i) else T.CONTROL if sp.IsControl(i)
-            else T.UNUSED if sp.IsUnused(i) else T.BYTE if sp.IsByte(i) else T.NORMAL
+        types[i] = (
+            T(kinds[i])
+            if kinds
+            else (
+                T.UNKNOWN
+                if sp.IsUnknown(i)
+                else T.CONTROL
+                if sp.IsControl(i)
+                else T.UNUSED
+                if sp.IsUnused(i)
+                else T.BYTE
+                if sp.IsByte(i)
+                else T.NORMAL
+            )
         )
     for i, (token, special) in _added_tokens(base_path).items():
         if i >= vocab_size:
@@ -467,9 +460,7 @@ def _rope_scaling(writer, config: dict) -> dict[str, np.ndarray]:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(scaling["factor"]))
     if kind == "llama3":
-        return {
-            gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": llama3_rope_factors(config)
-        }
+        return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": llama3_rope_factors(config)}
     return {}
 
 
@@ -504,8 +495,15 @@ class GgufFormat:
         weights = gguf_arrays(take_fused(job, dequantize=True), _quant(job))
         state, source = job.state, job.source
         write_gguf(
-            path, weights, state["config"], source.base_path, _quant(job), state["arch"], state["pre"],
-            name=source.run.path.name, chat_template=source.run.chat_template(),
+            path,
+            weights,
+            state["config"],
+            source.base_path,
+            _quant(job),
+            state["arch"],
+            state["pre"],
+            name=source.run.path.name,
+            chat_template=source.run.chat_template(),
         )
         return f"Wrote {job.out} ({path.stat().st_size / 1e6:.1f} MB)"
 

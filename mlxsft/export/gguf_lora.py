@@ -41,9 +41,7 @@ def check_lora_supported(source, config: dict) -> str:
             "Export the merged model with --format gguf instead."
         )
     if config.get("model_type") not in ARCHITECTURES:
-        raise ExportError(
-            f"GGUF export supports {', '.join(ARCHITECTURES)} models, not {config.get('model_type')}."
-        )
+        raise ExportError(f"GGUF export supports {', '.join(ARCHITECTURES)} models, not {config.get('model_type')}.")
     return ARCHITECTURES[config["model_type"]][0]
 
 
@@ -145,8 +143,10 @@ class GgufLoraFormat:
         arch = job.state["arch"]
         tensors, alpha = lora_tensors(job.source, job.state["config"], arch)
         write_lora_gguf(path, tensors, alpha, arch, name=job.source.run.path.name)
-        return (f"Wrote {job.out} ({len(tensors) // 2} adapted weights, alpha {alpha:g}); use it with "
-                "llama.cpp's --lora on a GGUF of the unmodified base")
+        return (
+            f"Wrote {job.out} ({len(tensors) // 2} adapted weights, alpha {alpha:g}); use it with "
+            "llama.cpp's --lora on a GGUF of the unmodified base"
+        )
 
     def load(self, path: Path, source: AdapterSource) -> Candidate:
         return Candidate(load_lora_gguf_model(path, source), "float32")
@@ -159,5 +159,6 @@ def export_gguf_lora(
     run_dir: str | Path, out: str | Path, *, checkpoint=None, force: bool = False, verify: bool = True
 ) -> Path:
     """A llama.cpp LoRA adapter GGUF of the run's adapter, read back and checked."""
-    return export_run(GGUF_LORA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
-                      options=ExportOptions())
+    return export_run(
+        GGUF_LORA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=ExportOptions()
+    )

@@ -148,7 +148,7 @@ def _q4_k_scales(sub: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.nda
     scales = np.empty(sub.shape[:2], np.float32)
     offsets = np.empty(sub.shape[:2], np.float32)
     for start in range(0, sub.shape[0], chunk):
-        x = sub[start:start + chunk]  # (c, 8, 32)
+        x = sub[start : start + chunk]  # (c, 8, 32)
         w = np.abs(x) + np.sqrt((x**2).mean(-1, keepdims=True))
         lo = np.minimum(x.min(-1), 0.0)[..., None]  # (c, 8, 1)
         span = x.max(-1)[..., None] - lo
@@ -171,7 +171,7 @@ def _q4_k_scales(sub: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.nda
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best_s, best_m = np.where(better, s_fit, best_s), np.where(better, m_fit, best_m)
-        scales[start:start + chunk], offsets[start:start + chunk] = best_s, -best_m
+        scales[start : start + chunk], offsets[start : start + chunk] = best_s, -best_m
     return np.maximum(scales, 0.0), np.maximum(offsets, 0.0)
 
 
@@ -199,9 +199,7 @@ def quantize_q4_k(blocks: np.ndarray) -> np.ndarray:
     packed[:, 8:12] = (sc[:, 4:] & 0x0F) | ((mn[:, 4:] & 0x0F) << 4)
     q = q.reshape(n, 4, 2, 32)
     qs = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(n, 128)
-    return np.concatenate(
-        [d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), packed, qs], axis=1
-    )
+    return np.concatenate([d.reshape(n, 1).view(np.uint8), dmin.reshape(n, 1).view(np.uint8), packed, qs], axis=1)
 
 
 def quantize_q6_k(blocks: np.ndarray) -> np.ndarray:
@@ -225,10 +223,8 @@ def quantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     low = (q & 0x0F).reshape(n, 2, 2, 64)
     ql = (low[:, :, 0] | (low[:, :, 1] << 4)).reshape(n, 128)
     high = (q >> 4).reshape(n, 2, 4, 32)
-    qh = (high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6))
-    return np.concatenate(
-        [ql, qh.reshape(n, 64), sc.view(np.uint8), d.reshape(n, 1).view(np.uint8)], axis=1
-    )
+    qh = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)
+    return np.concatenate([ql, qh.reshape(n, 64), sc.view(np.uint8), d.reshape(n, 1).view(np.uint8)], axis=1)
 
 
 def quant_name(reader) -> str:
@@ -245,8 +241,7 @@ def f16_reference(model, reference: ReferenceLogits) -> ReferenceLogits:
     """Round `model`'s 2-D weights through float16 in place (what an f16 export stores, and
     what llama-quantize starts from) and return its probe logits as the parity reference."""
     rounded = [
-        (k, v.astype(mx.float16).astype(v.dtype) if v.ndim > 1 else v)
-        for k, v in tree_flatten(model.parameters())
+        (k, v.astype(mx.float16).astype(v.dtype) if v.ndim > 1 else v) for k, v in tree_flatten(model.parameters())
     ]
     model.load_weights(rounded)
     mx.eval(model.parameters())

@@ -48,9 +48,7 @@ def import_peft_adapter(
         print(f"Note: the adapter was trained on {named}; importing it onto {base}.")
     base = base or named
     if not base:
-        raise ExportError(
-            "the adapter does not name its base model; give --base MODEL.", path=str(folder)
-        )
+        raise ExportError("the adapter does not name its base model; give --base MODEL.", path=str(folder))
     base_path = resolve_model_path(base)
     num_layers = _num_layers(base_path)
     mlx_config, weights = read_peft_adapter(folder, num_layers)
@@ -85,8 +83,10 @@ def _num_layers(base_path: Path) -> int:
     config = read_json(base_path / "config.json", ExportError, "the base model's config")
     layers = config.get("num_hidden_layers")
     if not isinstance(layers, int):
-        raise ExportError("config.json has no num_hidden_layers, so the adapter cannot be placed on this base.",
-                          path=str(base_path / "config.json"))
+        raise ExportError(
+            "config.json has no num_hidden_layers, so the adapter cannot be placed on this base.",
+            path=str(base_path / "config.json"),
+        )
     return layers
 
 
@@ -95,8 +95,7 @@ def _load_checked(model, weights: dict[str, mx.array]) -> None:
     for name, tensor in weights.items():
         if name not in expected:
             raise ExportError(
-                f"the adapter does not match the base model: it has {name}, which the base "
-                "model does not."
+                f"the adapter does not match the base model: it has {name}, which the base model does not."
             )
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ExportError(
@@ -108,9 +107,7 @@ def _load_checked(model, weights: dict[str, mx.array]) -> None:
     mx.eval(model.parameters())
 
 
-def _write_run(
-    folder: Path, recipe, model, adapter_config: dict, model_path: Path, source: Path
-) -> None:
+def _write_run(folder: Path, recipe, model, adapter_config: dict, model_path: Path, source: Path) -> None:
     run = RunDir(folder)
     run.create(recipe)
     run.update_meta(

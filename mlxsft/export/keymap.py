@@ -41,9 +41,7 @@ def mlx_to_peft(name: str, tensor):
     """
     module, _, leaf = name.rpartition(".")
     if leaf not in _MLX_TO_PEFT or not module:
-        raise KeyError(
-            f"{name} is not a LoRA/DoRA adapter tensor (expected ...lora_a, ...lora_b or ...m)"
-        )
+        raise KeyError(f"{name} is not a LoRA/DoRA adapter tensor (expected ...lora_a, ...lora_b or ...m)")
     suffix, transpose = _MLX_TO_PEFT[leaf]
     return f"{PEFT_PREFIX}{module}.{suffix}", tensor.T if transpose else tensor
 
@@ -61,6 +59,4 @@ def peft_to_mlx(name: str, tensor):
         if body.endswith("." + suffix):
             module = body[: -len(suffix) - 1]
             return f"{module}.{leaf}", tensor.T if transpose else tensor
-    raise KeyError(
-        f"{name} is not a LoRA/DoRA tensor (lora_A.weight, lora_B.weight or lora_magnitude_vector)"
-    )
+    raise KeyError(f"{name} is not a LoRA/DoRA tensor (lora_A.weight, lora_B.weight or lora_magnitude_vector)")

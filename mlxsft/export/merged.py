@@ -39,11 +39,7 @@ DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 def fuse_adapters(model: nn.Module, dequantize: bool) -> None:
     """Replace every LoRA/DoRA layer by its fused linear (mlx-lm's own `fuse`), in place."""
-    fused = [
-        (name, m.fuse(dequantize=dequantize))
-        for name, m in model.named_modules()
-        if hasattr(m, "fuse")
-    ]
+    fused = [(name, m.fuse(dequantize=dequantize)) for name, m in model.named_modules() if hasattr(m, "fuse")]
     if fused:
         model.update_modules(tree_unflatten(fused))
 
@@ -53,9 +49,7 @@ def dequantize_all(model: nn.Module) -> None:
 
 
 def cast_weights(weights: dict[str, mx.array], dtype: mx.Dtype) -> dict[str, mx.array]:
-    return {
-        k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
-    }
+    return {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
 
 
 def base_dtype_name(base_config: dict) -> str:
@@ -125,9 +119,7 @@ def write_safetensors_shards(
     return names
 
 
-def write_config(
-    base_path: Path, folder: Path, dtype: str, quantization: dict | None = None
-) -> None:
+def write_config(base_path: Path, folder: Path, dtype: str, quantization: dict | None = None) -> None:
     """The base's config.json with the new dtype (and MLX quantization, if kept)."""
     config = json.loads((base_path / "config.json").read_text(encoding="utf-8"))
     config.pop("quantization", None)
@@ -221,9 +213,7 @@ class FusedFormat:
 
     def plan(self, job: Job) -> str:
         base_config = _base_config(job.source)
-        job.state.update(
-            dtype=check_dtype(job.options.dtype or base_dtype_name(base_config)), base_config=base_config
-        )
+        job.state.update(dtype=check_dtype(job.options.dtype or base_dtype_name(base_config)), base_config=base_config)
         return ""  # announced by write, once it knows whether the fused model is quantized
 
     def reference(self, job: Job) -> ReferenceLogits:

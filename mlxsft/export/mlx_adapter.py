@@ -46,5 +46,4 @@ def export_mlx_adapter(
     run_dir: str | Path, out: str | Path, *, checkpoint=None, force: bool = False, verify: bool = True
 ) -> Path:
     """Copy the chosen adapter as an mlx-lm adapter folder; check it reloads to the same logits."""
-    return export_run(MLX, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
-                      options=ExportOptions())
+    return export_run(MLX, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=ExportOptions())

@@ -54,12 +54,17 @@ class Layout:
 LAYOUTS = (
     Layout("chatml", "<|im_start|>{role}\n", "<|im_end|>\n", ("<|im_start|>", "<|im_end|>")),
     Layout(
-        "llama3", "<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>",
+        "llama3",
+        "<|start_header_id|>{role}<|end_header_id|>\n\n",
+        "<|eot_id|>",
         ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
     ),
     Layout("phi3", "<|{role}|>\n", "<|end|>\n", ("<|end|>", "<|user|>", "<|assistant|>")),
     Layout(
-        "gemma", "<start_of_turn>{role}\n", "<end_of_turn>\n", ("<start_of_turn>", "<end_of_turn>"),
+        "gemma",
+        "<start_of_turn>{role}\n",
+        "<end_of_turn>\n",
+        ("<start_of_turn>", "<end_of_turn>"),
         roles=(("assistant", "model"),),
     ),
 )
@@ -100,7 +105,10 @@ class ChatFormat:
         if self.default_system is not None:
             out += (
                 '{{- if or (not .Messages) (ne (index .Messages 0).Role "system") }}'
-                + lay.start.format(role=lay.role("system")) + self.default_system + lay.end + "{{ end }}"
+                + lay.start.format(role=lay.role("system"))
+                + self.default_system
+                + lay.end
+                + "{{ end }}"
             )
         body = turn_start
         if self.system_prefix:
@@ -114,11 +122,9 @@ class ChatFormat:
 
 def jinja_render(tokenizer, template: str, messages: list[dict]) -> str:
     """The run's template applied as transformers applies it, without a leading BOS text."""
-    text = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
     bos = getattr(tokenizer, "bos_token", None)
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 def match_chat_format(tokenizer, template: str) -> ChatFormat:
@@ -154,7 +160,7 @@ def _match_layout(layout: Layout, plain: str, with_system: str | None) -> ChatFo
         pre, _, post = ChatFormat(layout).render([{"role": "system", "content": marker}, *_SAMPLE]).partition(marker)
         if not (plain.startswith(pre) and plain.endswith(post) and len(plain) >= len(pre) + len(post)):
             return None
-        default = plain[len(pre):len(plain) - len(post)]
+        default = plain[len(pre) : len(plain) - len(post)]
         fmt = ChatFormat(layout, default_system=default, system_supported=supported)
         if fmt.render(_SAMPLE) != plain:
             return None
@@ -179,8 +185,12 @@ def modelfile(fmt: ChatFormat, generation: dict, gguf_name: str = GGUF_NAME) -> 
         # shown by `ollama show --system`; sent as a system message, it renders as the default does
         lines.append(f'SYSTEM """{fmt.default_system}"""')
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in fmt.layout.stops]
-    for key, name in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                      ("repetition_penalty", "repeat_penalty")):
+    for key, name in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("repetition_penalty", "repeat_penalty"),
+    ):
         if generation.get(key) is not None:
             lines.append(f"PARAMETER {name} {generation[key]}")
     return "\n".join(lines) + "\n"
@@ -238,5 +248,6 @@ def export_ollama(
     verify: bool = True,
 ) -> Path:
     """A folder with model.gguf and a Modelfile: `ollama create NAME -f OUT/Modelfile`."""
-    return export_run(OLLAMA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
-                      options=ExportOptions(quant=quant))
+    return export_run(
+        OLLAMA, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=ExportOptions(quant=quant)
+    )

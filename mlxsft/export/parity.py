@@ -90,9 +90,7 @@ class ParityReport:
         verdict = "OK" if self.passed else "MISMATCH"
         # The tolerance applies to the relative difference (|Δlogit| / the largest |logit|): say so.
         limit = "" if self.requantized else f" vs relative tolerance {self.tolerance:.0e}"
-        against = (
-            "" if self.reference_dtype == "float32" else f" vs {self.reference_dtype} reference"
-        )
+        against = "" if self.reference_dtype == "float32" else f" vs {self.reference_dtype} reference"
         text = (
             f"parity [{self.format}, {self.dtype}{against}]: max |Δlogit| {self.max_abs_diff:.2e} "
             f"(relative {self.max_rel_diff:.2e}{limit}), "
@@ -108,8 +106,10 @@ class ParityReport:
     def failure(self) -> str:
         """What a failed check tells the user, and what to do."""
         if self.reference_dtype == "f16 export":
-            return (f"the {self.dtype} GGUF strays too far from the f16 export: "
-                    f"{self.summary()}. Use a wider type (q8_0 or f16).")
+            return (
+                f"the {self.dtype} GGUF strays too far from the f16 export: "
+                f"{self.summary()}. Use a wider type (q8_0 or f16)."
+            )
         return f"the {self.format} export does not reproduce the trained adapter: {self.summary()}."
 
     def write(self, path: Path) -> None:
@@ -242,9 +242,7 @@ def compare(
                 )
         return report
     # the coarser of the artifact's storage and the reference's compute precision
-    report.tolerance = max(
-        TOLERANCES.get(d, TOLERANCES["bfloat16"]) for d in (dtype, reference.dtype)
-    )
+    report.tolerance = max(TOLERANCES.get(d, TOLERANCES["bfloat16"]) for d in (dtype, reference.dtype))
     report.passed = report.max_rel_diff <= report.tolerance
     if report.adapter_effect_max_abs == 0:
         report.note = "the adapter does not change the logits (an untrained adapter?)"
@@ -254,9 +252,7 @@ def compare(
 def _judge_quantized(report: ParityReport, tol: dict) -> ParityReport:
     report.reference_dtype = "f16 export"
     report.tolerance = tol["max_rel_diff"]
-    report.passed = (
-        report.max_rel_diff <= tol["max_rel_diff"] and report.greedy_agreement >= tol["min_greedy"]
-    )
+    report.passed = report.max_rel_diff <= tol["max_rel_diff"] and report.greedy_agreement >= tol["min_greedy"]
     report.note = f"greedy agreement needs >= {tol['min_greedy']:.0%}"
     return report
 
@@ -272,8 +268,13 @@ def check_artifact(
     """Compare, print and write the parity report (the caller decides what a failure means)."""
     logits = model_logits(candidate.model, reference.prompts)
     report = compare(
-        reference, logits, fmt=fmt, dtype=candidate.dtype, source=source,
-        requantized=candidate.requantized, quantized=candidate.quantized,
+        reference,
+        logits,
+        fmt=fmt,
+        dtype=candidate.dtype,
+        source=source,
+        requantized=candidate.requantized,
+        quantized=candidate.quantized,
     )
     print(report.summary())
     report.write(parity_path)

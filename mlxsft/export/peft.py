@@ -41,9 +41,7 @@ from .staging import PARITY_FILE, write_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_BLOCK_PARAM = re.compile(
-    r"^(?P<prefix>.+?)\.layers\.(?P<index>\d+)\.(?P<key>.+)\.(?P<leaf>lora_a|lora_b|m)$"
-)
+_BLOCK_PARAM = re.compile(r"^(?P<prefix>.+?)\.layers\.(?P<index>\d+)\.(?P<key>.+)\.(?P<leaf>lora_a|lora_b|m)$")
 
 
 # ---------------------------------------------------------------- writing
@@ -126,13 +124,9 @@ def check_modules(weights: dict[str, mx.array], base_path: Path, base_config: di
                 "name (mlx-lm names this architecture differently), so PEFT would ignore it."
             )
         if leaf == "lora_a" and not packed and tensor.shape[0] != shape[-1]:
-            raise ExportError(
-                f"{name} has input size {tensor.shape[0]}, the base's {module} is {shape}."
-            )
+            raise ExportError(f"{name} has input size {tensor.shape[0]}, the base's {module} is {shape}.")
         if leaf in ("lora_b", "m") and tensor.shape[-1] != shape[0]:
-            raise ExportError(
-                f"{name} has output size {tensor.shape[-1]}, the base's {module} is {shape}."
-            )
+            raise ExportError(f"{name} has output size {tensor.shape[-1]}, the base's {module} is {shape}.")
 
 
 class PeftFormat:
@@ -169,9 +163,7 @@ class PeftFormat:
         source = job.source
         write_json(path / ADAPTER_CONFIG, job.state["config"])
         copy_side_files(source.base_path, path, source.run.chat_template())  # tokenizer + trained template
-        mx.save_safetensors(
-            str(path / ADAPTER_WEIGHTS), peft_tensors(job.state["weights"]), metadata={"format": "pt"}
-        )
+        mx.save_safetensors(str(path / ADAPTER_WEIGHTS), peft_tensors(job.state["weights"]), metadata={"format": "pt"})
         return f"Wrote {job.out} (load it with PeftModel.from_pretrained(base_model, '{job.out}'))"
 
     def load(self, path: Path, source: AdapterSource) -> Candidate:
@@ -185,8 +177,7 @@ def export_peft(
     run_dir: str | Path, out: str | Path, *, checkpoint=None, force: bool = False, verify: bool = True
 ) -> Path:
     """Write the run's adapter as a PEFT folder; check it maps back to the same logits."""
-    return export_run(PEFT, run_dir, out, checkpoint=checkpoint, force=force, verify=verify,
-                      options=ExportOptions())
+    return export_run(PEFT, run_dir, out, checkpoint=checkpoint, force=force, verify=verify, options=ExportOptions())
 
 
 def load_peft_model(source: AdapterSource, folder: Path) -> nn.Module:
@@ -225,20 +216,14 @@ def _check_supported(config: dict, folder: Path) -> None:
     if config.get("bias", "none") != "none" or config.get("lora_bias"):
         refuse("it trains biases (bias/lora_bias), which mlx-lm adapters do not have")
     if config.get("modules_to_save"):
-        refuse(
-            f"it also saves full modules ({config['modules_to_save']}), which mlx-lm adapters lack"
-        )
+        refuse(f"it also saves full modules ({config['modules_to_save']}), which mlx-lm adapters lack")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
-        refuse(
-            "it uses per-module ranks or alphas (rank_pattern/alpha_pattern); mlx-lm has one each"
-        )
+        refuse("it uses per-module ranks or alphas (rank_pattern/alpha_pattern); mlx-lm has one each")
     if config.get("layer_replication"):
         refuse("it uses layer_replication")
 
 
-def read_peft_adapter(
-    folder: str | Path, num_model_layers: int
-) -> tuple[dict, dict[str, mx.array]]:
+def read_peft_adapter(folder: str | Path, num_model_layers: int) -> tuple[dict, dict[str, mx.array]]:
     """(mlx-lm adapter_config, mlx-lm adapter tensors) for a PEFT adapter folder."""
     folder = Path(folder)
     config = read_peft_config(folder)
@@ -249,9 +234,7 @@ def read_peft_adapter(
             if (folder / "adapter_model.bin").is_file()
             else ""
         )
-        raise ExportError(
-            f"no adapter_model.safetensors in this PEFT folder{hint}.", path=str(folder)
-        )
+        raise ExportError(f"no adapter_model.safetensors in this PEFT folder{hint}.", path=str(folder))
     weights, unknown = {}, []
     for name, tensor in mx.load(str(weights_file)).items():
         try:
@@ -262,8 +245,7 @@ def read_peft_adapter(
         weights[mlx_name] = mx.contiguous(mlx_tensor)
     if unknown:
         raise ExportError(
-            f"cannot import this adapter: tensors that are not LoRA/DoRA matrices of linear "
-            f"layers, e.g. {unknown[0]}.",
+            f"cannot import this adapter: tensors that are not LoRA/DoRA matrices of linear layers, e.g. {unknown[0]}.",
             path=str(weights_file),
         )
     if not weights:
@@ -271,9 +253,7 @@ def read_peft_adapter(
     return _mlx_config(config, weights, num_model_layers, folder), weights
 
 
-def _mlx_config(
-    config: dict, weights: dict[str, mx.array], num_model_layers: int, folder: Path
-) -> dict:
+def _mlx_config(config: dict, weights: dict[str, mx.array], num_model_layers: int, folder: Path) -> dict:
     indices, keys, ranks, modules, magnitudes = set(), set(), set(), set(), set()
     for name, tensor in weights.items():
         if name.endswith(".rows"):
@@ -300,9 +280,7 @@ def _mlx_config(
             path=str(folder),
         )
     if len(ranks) != 1:
-        raise ExportError(
-            f"the adapter's modules have different ranks {sorted(ranks)}.", path=str(folder)
-        )
+        raise ExportError(f"the adapter's modules have different ranks {sorted(ranks)}.", path=str(folder))
     rank = ranks.pop()
     if int(config.get("r", rank)) != rank:
         raise ExportError(
@@ -312,8 +290,7 @@ def _mlx_config(
     use_dora = bool(config.get("use_dora", False))
     if magnitudes != (modules if use_dora else set()):
         raise ExportError(
-            "the adapter's DoRA magnitude vectors do not match use_dora="
-            f"{use_dora} in adapter_config.json.",
+            f"the adapter's DoRA magnitude vectors do not match use_dora={use_dora} in adapter_config.json.",
             path=str(folder),
         )
     alpha = float(config.get("lora_alpha", rank))

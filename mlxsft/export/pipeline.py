@@ -115,7 +115,8 @@ def _check(fmt: Format, job: Job, reference: ReferenceLogits | None, path: Path,
     if reference is None:
         skipped_report(fmt.name, job.source).write(parity_path)
         return
-    report = check_artifact(reference, fmt.load(path, job.source), fmt=fmt.name, source=job.source,
-                             parity_path=parity_path)
+    report = check_artifact(
+        reference, fmt.load(path, job.source), fmt=fmt.name, source=job.source, parity_path=parity_path
+    )
     if not report.passed:
         raise ExportError(f"{report.failure()} Nothing was written.")

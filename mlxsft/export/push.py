@@ -159,12 +159,14 @@ def model_card(run: RunDir, parity: dict, repo: str, files: list[str]) -> str:
     method = parity.get("source", {}).get("method") or recipe.get("method") or meta.get("method", "lora")
     gguf = [f for f in files if f.endswith(".gguf")]
     library = "gguf" if gguf else "peft" if "adapter_config.json" in files else "transformers"
-    header = ["---", f"library_name: {library}",
-              "tags: [mlxsft, " + ", ".join(t for t in (method, "gguf" if gguf else None) if t) + "]"]
+    header = [
+        "---",
+        f"library_name: {library}",
+        "tags: [mlxsft, " + ", ".join(t for t in (method, "gguf" if gguf else None) if t) + "]",
+    ]
     if "/" in base and not Path(base).exists():
         header.append(f"base_model: {base}")
-    lines = [*header, "---", "", f"# {repo.split('/')[1]}", "",
-             f"Fine-tuned from `{base}` with mlxsft ({method}).", ""]
+    lines = [*header, "---", "", f"# {repo.split('/')[1]}", "", f"Fine-tuned from `{base}` with mlxsft ({method}).", ""]
     lines += _section("Data", _data_summary(recipe))
     lines += _section("Hyperparameters", [f"- `{k}`: {v}" for k, v in _hyperparameters(recipe)])
     lines += _section("Evaluation", _eval_lines(run, meta))
@@ -243,30 +245,73 @@ def _parity_lines(parity: dict) -> list[str]:
         return []
     if parity.get("skipped"):
         return ["Not checked (exported with --no-verify)."]
-    keys = ("format", "dtype", "reference_dtype", "max_abs_diff", "max_rel_diff", "greedy_agreement",
-            "tolerance", "passed", "num_tokens")
+    keys = (
+        "format",
+        "dtype",
+        "reference_dtype",
+        "max_abs_diff",
+        "max_rel_diff",
+        "greedy_agreement",
+        "tolerance",
+        "passed",
+        "num_tokens",
+    )
     return [f"- {k}: {parity[k]}" for k in keys if parity.get(k) is not None]
 
 
 def _usage(repo: str, base: str, files: list[str]) -> list[str]:
     gguf = [f for f in files if f.endswith(".gguf")]
     if gguf:
-        lines = ["llama.cpp:", "", "```sh", f"llama-cli -hf {repo} -p 'Hello'",
-                 f"# or: huggingface-cli download {repo} {gguf[0]} && llama-cli -m {gguf[0]}", "```"]
+        lines = [
+            "llama.cpp:",
+            "",
+            "```sh",
+            f"llama-cli -hf {repo} -p 'Hello'",
+            f"# or: huggingface-cli download {repo} {gguf[0]} && llama-cli -m {gguf[0]}",
+            "```",
+        ]
         if "Modelfile" in files:
-            lines += ["", "Ollama:", "", "```sh", f"huggingface-cli download {repo} --local-dir model",
-                      "ollama create my-model -f model/Modelfile && ollama run my-model", "```"]
+            lines += [
+                "",
+                "Ollama:",
+                "",
+                "```sh",
+                f"huggingface-cli download {repo} --local-dir model",
+                "ollama create my-model -f model/Modelfile && ollama run my-model",
+                "```",
+            ]
         return lines
     if "adapter_config.json" in files:
-        return ["transformers + PEFT:", "", "```python",
-                "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                f"base = AutoModelForCausalLM.from_pretrained({base!r})",
-                f"model = PeftModel.from_pretrained(base, {repo!r})",
-                f"tokenizer = AutoTokenizer.from_pretrained({repo!r})", "```", "",
-                "mlx-lm (via a local PEFT import):", "", "```sh",
-                f"mlxsft import-adapter $(huggingface-cli download {repo}) --base {base} --out run",
-                "mlx_lm.generate --model BASE --adapter-path run --prompt 'Hello'", "```"]
-    return ["transformers:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            f"model = AutoModelForCausalLM.from_pretrained({repo!r})",
-            f"tokenizer = AutoTokenizer.from_pretrained({repo!r})", "```", "", "mlx-lm:", "", "```sh",
-            f"mlx_lm.generate --model {repo} --prompt 'Hello'", "```"]
+        return [
+            "transformers + PEFT:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"base = AutoModelForCausalLM.from_pretrained({base!r})",
+            f"model = PeftModel.from_pretrained(base, {repo!r})",
+            f"tokenizer = AutoTokenizer.from_pretrained({repo!r})",
+            "```",
+            "",
+            "mlx-lm (via a local PEFT import):",
+            "",
+            "```sh",
+            f"mlxsft import-adapter $(huggingface-cli download {repo}) --base {base} --out run",
+            "mlx_lm.generate --model BASE --adapter-path run --prompt 'Hello'",
+            "```",
+        ]
+    return [
+        "transformers:",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"model = AutoModelForCausalLM.from_pretrained({repo!r})",
+        f"tokenizer = AutoTokenizer.from_pretrained({repo!r})",
+        "```",
+        "",
+        "mlx-lm:",
+        "",
+        "```sh",
+        f"mlx_lm.generate --model {repo} --prompt 'Hello'",
+        "```",
+    ]

@@ -74,15 +74,11 @@ def resolve_source(run_dir: str | Path, checkpoint: int | str | None = None) -> 
     """The adapter folder of `run_dir` at `checkpoint` (None: latest), with clear errors."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
-        raise ExportError(
-            "run directory not found; give the folder a training run wrote.", path=str(run.path)
-        )
+        raise ExportError("run directory not found; give the folder a training run wrote.", path=str(run.path))
     recipe = run.load_recipe()
     folder, step = _checkpoint_folder(run, parse_checkpoint(checkpoint))
     if not all((folder / name).is_file() for name in ADAPTER_FILES):
-        raise ExportError(
-            "this checkpoint lacks adapter_config.json or adapters.safetensors.", path=str(folder)
-        )
+        raise ExportError("this checkpoint lacks adapter_config.json or adapters.safetensors.", path=str(folder))
     adapter_config = read_json(folder / "adapter_config.json", ExportError, "the adapter config")
     return AdapterSource(run, folder, step, recipe, _base_path(run, recipe), adapter_config)
 
@@ -97,8 +93,10 @@ def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path,
     if checkpoint is None:
         chosen = run.read_meta().get("chosen_step")
         if chosen in steps and chosen != (steps[-1] if steps else None):
-            print(f"Using the chosen checkpoint, step {chosen} (`mlxsft select`); "
-                  "pass --checkpoint latest for the last one.")
+            print(
+                f"Using the chosen checkpoint, step {chosen} (`mlxsft select`); "
+                "pass --checkpoint latest for the last one."
+            )
             return run.checkpoint_dir(chosen), chosen
     if checkpoint == "latest":
         checkpoint = None
@@ -106,8 +104,7 @@ def _checkpoint_folder(run: RunDir, checkpoint: int | str | None) -> tuple[Path,
         checkpoint = run.read_meta().get("best_step")
         if checkpoint is None:
             raise ExportError(
-                "this run recorded no best checkpoint (it had no validation data); "
-                "give --checkpoint STEP instead.",
+                "this run recorded no best checkpoint (it had no validation data); give --checkpoint STEP instead.",
                 path=str(run.path),
             )
     if checkpoint is None and not run.adapters_file.is_file() and steps:
@@ -151,11 +148,10 @@ def read_adapter(folder: Path) -> tuple[dict, dict[str, mx.array]]:
 def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) -> None:
     """Attach LoRA/DoRA layers as `config` says and load `weights`, checking names and shapes."""
     from mlx_lm.tuner.utils import linear_to_lora_layers  # imports rich: kept out of the wing's import
+
     kind = config.get("fine_tune_type", "lora")
     if kind != "full":
-        linear_to_lora_layers(
-            model, config["num_layers"], config["lora_parameters"], use_dora=kind == "dora"
-        )
+        linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"], use_dora=kind == "dora")
         attach_token_rows(model, config.get(TRAINABLE_TOKENS) or [])
     expected = dict(tree_flatten(model.parameters()))
     problems = []
@@ -163,15 +159,11 @@ def apply_adapter(model: nn.Module, config: dict, weights: dict[str, mx.array]) 
         if name not in expected:
             problems.append(f"{name}: no such parameter in the base model")
         elif tuple(w.shape) != tuple(expected[name].shape):
-            problems.append(
-                f"{name}: shape {tuple(w.shape)}, the model needs {tuple(expected[name].shape)}"
-            )
+            problems.append(f"{name}: shape {tuple(w.shape)}, the model needs {tuple(expected[name].shape)}")
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ExportError(
-            "the adapter does not fit this base model (a different model?): "
-            + "; ".join(problems[:5])
-            + more
+            "the adapter does not fit this base model (a different model?): " + "; ".join(problems[:5]) + more
         )
     model.load_weights(list(weights.items()), strict=False)
 
@@ -204,6 +196,4 @@ def load_trained(source: AdapterSource, adapter_folder: Path | None = None) -> L
 
 
 def label(source: AdapterSource) -> str:
-    return (
-        f"checkpoint step {source.step}" if source.folder != source.run.path else "latest adapters"
-    )
+    return f"checkpoint step {source.step}" if source.folder != source.run.path else "latest adapters"

@@ -43,9 +43,7 @@ def detect_format(path: Path) -> str:
     if (path / PARITY_FILE).is_file() and len(list(path.glob("*/*/*.gguf"))) == 1:
         return "lmstudio"
     if (path / "adapter_model.bin").is_file():
-        raise ExportError(
-            "a PEFT adapter in .bin (pickle) form; save it as safetensors first.", path=str(path)
-        )
+        raise ExportError("a PEFT adapter in .bin (pickle) form; save it as safetensors first.", path=str(path))
     raise ExportError(
         "not an mlxsft export: no adapter_model.safetensors, adapters.safetensors "
         "or config.json + model*.safetensors here.",
@@ -62,9 +60,7 @@ def _recorded_checkpoint(path: Path):
     recorded = parity_path_for(path)
     if not recorded.is_file():
         return None
-    checkpoint = (
-        json.loads(recorded.read_text(encoding="utf-8")).get("source", {}).get("checkpoint")
-    )
+    checkpoint = json.loads(recorded.read_text(encoding="utf-8")).get("source", {}).get("checkpoint")
     return None if checkpoint in (None, "latest") else checkpoint
 
 
@@ -73,9 +69,7 @@ def verify_export(export: str | Path, against: str | Path, checkpoint=None) -> P
     path = Path(export)
     name = detect_format(path)
     fmt = get_format(name)
-    source = resolve_source(
-        against, checkpoint if checkpoint is not None else _recorded_checkpoint(path)
-    )
+    source = resolve_source(against, checkpoint if checkpoint is not None else _recorded_checkpoint(path))
     print(f"Verifying {path} ({name}) against {source.run.path}")
     candidate = fmt.load(path, source)
     # a quantized artifact's stored type is the --quant it was written with (its reference differs)

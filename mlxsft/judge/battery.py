@@ -97,9 +97,7 @@ def open_bench(run_dir: str | Path, suite: Suite) -> Bench:
     return bench
 
 
-def _tokenize(
-    bench: Bench, examples: list[Example], name: str, mask: str
-) -> list[TokenizedExample]:
+def _tokenize(bench: Bench, examples: list[Example], name: str, mask: str) -> list[TokenizedExample]:
     limit = bench.recipe.train.max_seq_length
     data = bench.recipe.data  # the run's own data settings: eval sees rows as training did
     ds: TokenizedDataset = tokenize_dataset(
@@ -116,8 +114,7 @@ def _tokenize(
     for ex in ds.examples:
         if ex.truncated:
             bench.notes.append(
-                f"{name}: {ex.path} line {ex.line} truncated to max_seq_length={limit} tokens; "
-                "its tail is not scored"
+                f"{name}: {ex.path} line {ex.line} truncated to max_seq_length={limit} tokens; its tail is not scored"
             )
     return ds.examples
 
@@ -150,9 +147,7 @@ def _load_splits(bench: Bench) -> None:
         if valid_rows:
             bench.valid = _tokenize(bench, valid_rows, "valid", recipe.data.mask)
             if recipe.data.mask != "assistant":
-                bench.assistant = _tokenize(
-                    bench, valid_rows, "valid (assistant tokens)", "assistant"
-                )
+                bench.assistant = _tokenize(bench, valid_rows, "valid (assistant tokens)", "assistant")
         else:
             bench.notes.append("fit: no validation split (data.valid), so no validation loss")
     ood_rows = load_jsonl(ood_file) if ood_file else []
@@ -160,9 +155,7 @@ def _load_splits(bench: Bench) -> None:
         if ood_rows:
             bench.ood = _tokenize(bench, ood_rows, "ood", recipe.data.mask)
         else:
-            bench.notes.append(
-                "ood: no out-of-distribution split (data.ood in the recipe, or ood: in a suite)"
-            )
+            bench.notes.append("ood: no out-of-distribution split (data.ood in the recipe, or ood: in a suite)")
     if suite.wants("regression"):
         probes = load_jsonl(suite.probes_file())
         if suite.probe_rows is not None:
@@ -171,9 +164,7 @@ def _load_splits(bench: Bench) -> None:
     if (suite.wants("output") or suite.wants("task")) and suite.prompts != 0:
         bench.prompts = _prompts(bench, valid_rows, ood_rows, files["train"])
         if not bench.prompts:
-            bench.notes.append(
-                "output: no prompts (no chat or prompt/completion rows), so no sampling"
-            )
+            bench.notes.append("output: no prompts (no chat or prompt/completion rows), so no sampling")
     if suite.wants("task") and bench.prompts:
         bench.checks = build_checks(suite, bench.prompts)
 
@@ -187,8 +178,7 @@ def _prompts(bench: Bench, valid_rows, ood_rows, train_file: Path) -> list[Promp
     source = valid_rows or ood_rows
     if not source:
         bench.notes.append(
-            "prompts come from training rows (no validation split): they measure recall, "
-            "not generalization"
+            "prompts come from training rows (no validation split): they measure recall, not generalization"
         )
         source = load_jsonl(train_file)
     return prompts_from_examples(source, bench.tokenizer, limit=prompts)
@@ -225,17 +215,12 @@ def _subset(scores, examples, tag) -> list[RowScore] | None:
 
 
 def _buckets(bench: Bench, scores: dict, samples: list[list[Sample]], judged) -> dict[str, dict]:
-    tags = sorted(
-        {t for ex in bench.valid + bench.ood for t in ex.tags}
-        | {t for p in bench.prompts for t in p.tags}
-    )
+    tags = sorted({t for ex in bench.valid + bench.ood for t in ex.tags} | {t for p in bench.prompts for t in p.tags})
     buckets = {}
     for tag in tags:
         metrics = _fit_metrics(
             _subset(scores["valid"], bench.valid, tag),
-            _subset(scores["assistant"], bench.assistant or [], tag)
-            if scores["assistant"]
-            else None,
+            _subset(scores["assistant"], bench.assistant or [], tag) if scores["assistant"] else None,
             _subset(scores["ood"], bench.ood, tag),
             None,
         )
@@ -270,9 +255,7 @@ def _sample_all(bench: Bench) -> list[list[Sample]]:
 
 def _clean(metrics: dict) -> dict:
     """Plain floats; NaN/inf become None (JSON has no NaN)."""
-    return {
-        k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()
-    }
+    return {k: (float(v) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()}
 
 
 def _round(value: float | None) -> float | None:
@@ -305,9 +288,7 @@ def evaluate_checkpoint(bench: Bench, step: int) -> dict:
     model, bs, pad = bench.model, bench.batch_size, bench.pad_id
     scores = {
         "valid": score_rows(model, bench.plan, bench.valid, bs, pad) if bench.valid else None,
-        "assistant": score_rows(model, bench.plan, bench.assistant, bs, pad)
-        if bench.assistant
-        else None,
+        "assistant": score_rows(model, bench.plan, bench.assistant, bs, pad) if bench.assistant else None,
         "ood": score_rows(model, bench.plan, bench.ood, bs, pad) if bench.ood else None,
     }
     probes = None
@@ -378,8 +359,7 @@ def parse_checkpoints(spec: str | None, run: RunDir) -> list[int]:
                 step = int(item)
             except ValueError:
                 raise MlxsftError(
-                    f"--checkpoints: '{item}' is not a step; give steps like 100,200, "
-                    "or all, best, latest."
+                    f"--checkpoints: '{item}' is not a step; give steps like 100,200, or all, best, latest."
                 ) from None
         if step not in have:
             raise MlxsftError(

@@ -29,21 +29,15 @@ def add_commands(sub) -> None:
         "check",
         help="Pre-flight a data set: schema, lengths, masks, template, duplicates, leakage, roles.",
     )
-    check.add_argument(
-        "data", help="A JSONL file, or a folder holding train/valid/test(/ood).jsonl."
-    )
-    check.add_argument(
-        "--model", help="Model folder or hub id whose tokenizer to check with (token checks)."
-    )
+    check.add_argument("data", help="A JSONL file, or a folder holding train/valid/test(/ood).jsonl.")
+    check.add_argument("--model", help="Model folder or hub id whose tokenizer to check with (token checks).")
     check.add_argument(
         "--max-seq-length",
         type=int,
         default=2048,
         help="Longest sequence in tokens (default 2048).",
     )
-    check.add_argument(
-        "--mask", choices=MASK_MODES, default="assistant", help="Which tokens are trained."
-    )
+    check.add_argument("--mask", choices=MASK_MODES, default="assistant", help="Which tokens are trained.")
     check.add_argument(
         "--near-threshold",
         type=float,
@@ -69,16 +63,16 @@ def add_commands(sub) -> None:
     show.add_argument("--multi-turn", choices=MULTI_TURN_MODES, default="auto", help="data.multi_turn.")
     show.add_argument("--no-reasoning", action="store_true", help="Leave reasoning untrained (data.train_reasoning).")
     show.add_argument(
-        "--color", choices=("auto", "always", "never"), default="auto",
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
         help="Colour trained text (auto: when printing to a terminal); else it is put in [[ ]].",
     )
     show.set_defaults(handler=cmd_data_show)
 
     ev = sub.add_parser("eval", help="Evaluate a run's checkpoints (and the base as step 0).")
     ev.add_argument("run", help="Run directory.")
-    ev.add_argument(
-        "--checkpoints", default="all", help="all, or steps like 100,200 (also: best, latest)."
-    )
+    ev.add_argument("--checkpoints", default="all", help="all, or steps like 100,200 (also: best, latest).")
     ev.add_argument(
         "--suite",
         metavar="FILE",
@@ -87,14 +81,10 @@ def add_commands(sub) -> None:
     ev.add_argument("--json", action="store_true", help="Print results.json instead of the table.")
     ev.set_defaults(handler=cmd_eval)
 
-    sel = sub.add_parser(
-        "select", help="Judge evaluated checkpoints and record the recommended one."
-    )
+    sel = sub.add_parser("select", help="Judge evaluated checkpoints and record the recommended one.")
     sel.add_argument("run", help="Run directory (evaluated with `mlxsft eval`).")
     sel.add_argument("--rule", metavar="FILE", help="YAML file of rule keys (see the flags below).")
-    sel.add_argument(
-        "--dry-run", action="store_true", help="Print the verdicts without writing run.json."
-    )
+    sel.add_argument("--dry-run", action="store_true", help="Print the verdicts without writing run.json.")
     sel.add_argument("--json", action="store_true", help="Print verdicts and choice as JSON.")
     _add_rule_flags(sel)
     sel.set_defaults(handler=cmd_select)
@@ -210,7 +200,8 @@ def cmd_eval(args) -> int:
         raise MlxsftError(
             f"`mlxsft eval` runs the SFT battery, which does not read preference pairs; this {objective} run's "
             f"validation passes are in its events already: run `mlxsft select {args.run}` to choose a checkpoint.",
-            path=str(args.run))
+            path=str(args.run),
+        )
     doc = evaluate_run(args.run, suite, args.checkpoints, on_entry=progress)
     print(json.dumps(doc, indent=2) if args.json else "\n" + format_eval(doc))
     return 0
@@ -244,9 +235,7 @@ def _flag_values(args) -> dict:
     for name, tp, _ in _rule_fields():
         text = getattr(args, f"rule:{name}")
         if text is not None:
-            values[name] = (
-                text if tp is str or typing.get_origin(tp) is tuple else parse_yaml_value(text)
-            )
+            values[name] = text if tp is str or typing.get_origin(tp) is tuple else parse_yaml_value(text)
     return values
 
 
@@ -262,8 +251,12 @@ def load_rule(path: str | None, flags: dict):
 
 
 def _read_rule_file(path: str) -> dict:
-    raw, _lines = read_yaml_mapping(path, MlxsftError, "rule file not found; check the path given to --rule.",
-                                    "a rule file must be a mapping of rule keys, e.g. `within: 0.05`.")
+    raw, _lines = read_yaml_mapping(
+        path,
+        MlxsftError,
+        "rule file not found; check the path given to --rule.",
+        "a rule file must be a mapping of rule keys, e.g. `within: 0.05`.",
+    )
     return raw
 
 

@@ -91,9 +91,7 @@ def data_files(data: str | Path) -> dict[str, Path]:
                 path=str(path),
             )
         return files
-    raise MlxsftError(
-        "data not found; give a JSONL file or a folder holding train.jsonl.", path=str(path)
-    )
+    raise MlxsftError("data not found; give a JSONL file or a folder holding train.jsonl.", path=str(path))
 
 
 def _load(path: Path, report: DataReport) -> list[Example] | None:
@@ -137,9 +135,7 @@ def _norm(text: str) -> str:
 def row_key(example: Example) -> str:
     """The whole row's content, whitespace-normalized: equal keys are exact duplicates."""
     if example.kind == "chat":
-        return "\x1e".join(
-            f"{m['role']}\x1f{_norm(m.get('content') or '')}" for m in example.messages
-        )
+        return "\x1e".join(f"{m['role']}\x1f{_norm(m.get('content') or '')}" for m in example.messages)
     if example.kind == "completion":
         return f"{_norm(example.prompt)}\x1e{_norm(example.completion)}"
     return _norm(example.text)
@@ -266,9 +262,7 @@ def _best_match(query: _Indexed, i: int, lsh, indexed: _Indexed, threshold: floa
     return best
 
 
-def find_leaks(
-    source: _Indexed, target: _Indexed, source_name: str, threshold: float
-) -> list[Finding]:
+def find_leaks(source: _Indexed, target: _Indexed, source_name: str, threshold: float) -> list[Finding]:
     """Rows of `target` that appear in `source`: exactly, nearly, or with the same prompt."""
     exact = {}
     prompts = {}
@@ -320,16 +314,7 @@ def role_statistics(rows: list[Example]) -> dict:
         roles = Counter(m["role"] for r in chats for m in r.messages)
         chars = {
             role: round(
-                float(
-                    np.mean(
-                        [
-                            len(m.get("content") or "")
-                            for r in chats
-                            for m in r.messages
-                            if m["role"] == role
-                        ]
-                    )
-                ),
+                float(np.mean([len(m.get("content") or "") for r in chats for m in r.messages if m["role"] == role])),
                 1,
             )
             for role in roles
@@ -375,8 +360,13 @@ def token_checks(
     for row in rows:
         if row.kind == "chat" and (problem := check_turn_order(row.messages)):
             findings.append(
-                Finding("warning", "turn_order", row.path, row.line,
-                        problem + " Training stops on this row unless data.on_bad_row: skip.")
+                Finding(
+                    "warning",
+                    "turn_order",
+                    row.path,
+                    row.line,
+                    problem + " Training stops on this row unless data.on_bad_row: skip.",
+                )
             )
             continue
         try:
@@ -424,6 +414,7 @@ def token_checks(
 
 def _trained_findings(row: Example, mask: str, limit: int, n: int, total: int, kept: int) -> list[Finding]:
     """Warnings for a row with nothing to train, or trained tokens lost to truncation."""
+
     def warn(check, message):
         return [Finding("warning", check, row.path, row.line, message)]
 
@@ -452,11 +443,16 @@ def _marker_check(row: Example, hf, tokenized, mask: str) -> list[Finding]:
     marked = marked_replies(hf, row)
     if marked == trained:
         return []
-    return [Finding(
-        "warning", "generation_markers", row.path, row.line,
-        f"the template's {{% generation %}} blocks mark {marked!r} but the model generates {trained!r} "
-        "here; mlxsft trains what is generated",
-    )]
+    return [
+        Finding(
+            "warning",
+            "generation_markers",
+            row.path,
+            row.line,
+            f"the template's {{% generation %}} blocks mark {marked!r} but the model generates {trained!r} "
+            "here; mlxsft trains what is generated",
+        )
+    ]
 
 
 def template_note(stats: dict, split: str) -> str | None:
@@ -494,9 +490,7 @@ def _round_trip(row: Example, tokenizer) -> list[Finding]:
     if row.kind == "chat":
         kwargs = {"tools": row.tools} if row.tools is not None else {}
         text = hf.apply_chat_template(list(row.messages), tokenize=False, **kwargs)
-        ids = list(
-            hf.apply_chat_template(list(row.messages), tokenize=True, return_dict=False, **kwargs)
-        )
+        ids = list(hf.apply_chat_template(list(row.messages), tokenize=True, return_dict=False, **kwargs))
         encoded = list(hf.encode(text, add_special_tokens=False))
     else:
         text = row.prompt + row.completion if row.kind == "completion" else row.text
@@ -542,9 +536,7 @@ def check_data(
     report = DataReport({s: str(p) for s, p in files.items()})
     loaded = {s: rows for s, p in files.items() if (rows := _load(p, report)) is not None}
     if tokenizer is None:
-        report.notes.append(
-            "no --model given: token lengths, masks and the template round-trip were not checked"
-        )
+        report.notes.append("no --model given: token lengths, masks and the template round-trip were not checked")
     indexed = {}
     for split, rows in loaded.items():
         report.splits[split] = role_statistics(rows)

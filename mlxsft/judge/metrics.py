@@ -72,9 +72,7 @@ def self_similarity(samples: Sequence[Sequence], n: int = 2) -> float | None:
     return float(np.mean([jaccard(a, b) for a, b in combinations(sets, 2)]))
 
 
-def template_share(
-    texts: Sequence[str], words: int = 3, at_end: bool = False
-) -> tuple[float | None, str]:
+def template_share(texts: Sequence[str], words: int = 3, at_end: bool = False) -> tuple[float | None, str]:
     """(share, run): the most common run of the first (or last) `words` words, and its share.
 
     A fine-tune that collapses onto a template ("Sure! Here is ...") shows it here

@@ -42,9 +42,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], indent: str = "") ->
     right = [bool(cells) and all(_numeric(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(values):
-        parts = [
-            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
-        ]
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)]
         return (indent + "  ".join(parts)).rstrip()
 
     return "\n".join([line(headers)] + [line(r) for r in cells])
@@ -158,10 +156,7 @@ def format_data_report(report: dict) -> str:
             out.append(
                 table(
                     ["tokens", "rows", ""],
-                    [
-                        [b["range"], b["rows"], "#" * round(30 * b["rows"] / peak)]
-                        for b in t["histogram"]
-                    ],
+                    [[b["range"], b["rows"], "#" * round(30 * b["rows"] / peak)] for b in t["histogram"]],
                     "    ",
                 )
             )
@@ -178,9 +173,7 @@ def format_data_report(report: dict) -> str:
             out.append(f"  {where}: {f['severity']} [{f['check']}] {f['message']}")
         for check, count in shown.items():
             if count > FINDINGS_SHOWN:
-                out.append(
-                    f"  ... and {count - FINDINGS_SHOWN} more [{check}] findings (all in --json)"
-                )
+                out.append(f"  ... and {count - FINDINGS_SHOWN} more [{check}] findings (all in --json)")
     s = report["summary"]
     out.append(f"{s['errors']} errors, {s['warnings']} warnings.")
     return "\n".join(out)
@@ -229,10 +222,7 @@ def format_eval(doc: dict) -> str:
             for key, label in columns
             if any(e.get("buckets", {}).get(bucket, {}).get(key) is not None for e in entries)
         ]
-        rows = [
-            [e["label"]] + [e.get("buckets", {}).get(bucket, {}).get(key) for key, _ in cols]
-            for e in entries
-        ]
+        rows = [[e["label"]] + [e.get("buckets", {}).get(bucket, {}).get(key) for key, _ in cols] for e in entries]
         out += [
             "",
             f"bucket {bucket}",
@@ -280,10 +270,7 @@ def format_verdicts(verdicts, choice, rule, chosen_written: bool) -> str:
     else:
         out.append(f"Chosen: step {choice.step} (" + "; ".join(choice.reasons) + ")")
         if chosen_written:
-            out.append(
-                f"Recorded as chosen_step={choice.step} in run.json: export uses it unless told "
-                "otherwise."
-            )
+            out.append(f"Recorded as chosen_step={choice.step} in run.json: export uses it unless told otherwise.")
     return "\n".join(out)
 
 

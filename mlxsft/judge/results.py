@@ -36,11 +36,7 @@ def read_results(run: RunDir) -> dict | None:
             path=str(path),
             line=exc.lineno,
         ) from None
-    if (
-        not isinstance(doc, dict)
-        or doc.get("format") != FORMAT
-        or not isinstance(doc.get("checkpoints"), list)
-    ):
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("checkpoints"), list):
         raise MlxsftError(
             "results.json is not in the format this version writes; run `mlxsft eval` again.",
             path=str(path),

@@ -53,7 +53,13 @@ def checkpoint_samples(num_prompts: int = NUM_PROMPTS, max_tokens: int = MAX_TOK
             completions = [greedy(prepared.model, prepared.tokenizer, ids, max_tokens) for _, ids in chosen]
         finally:
             prepared.model.train()
-        emit(SamplesGenerated(step=state.step, prompts=tuple(s for s, _ in chosen),
-                                      completions=tuple(completions), elapsed_s=time.time() - start))
+        emit(
+            SamplesGenerated(
+                step=state.step,
+                prompts=tuple(s for s, _ in chosen),
+                completions=tuple(completions),
+                elapsed_s=time.time() - start,
+            )
+        )
 
     return hook

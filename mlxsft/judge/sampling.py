@@ -53,9 +53,7 @@ def prompt_from_example(example: Example, tokenizer) -> Prompt | None:
     where = f"{example.path}:{example.line}"
     if example.kind == "completion":
         ids = hf.encode(example.prompt, add_special_tokens=True)
-        return Prompt(
-            tuple(ids), example.prompt, example.completion, raw_row(example), example.tags, where
-        )
+        return Prompt(tuple(ids), example.prompt, example.completion, raw_row(example), example.tags, where)
     if example.kind != "chat":
         return None
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
@@ -67,17 +65,13 @@ def prompt_from_example(example: Example, tokenizer) -> Prompt | None:
             list(example.messages[:last]), tokenize=False, add_generation_prompt=True, **kwargs
         )
     except Exception as exc:  # jinja raises anything
-        raise DataError(
-            f"the chat template failed on this row: {exc}", path=example.path, line=example.line
-        ) from None
+        raise DataError(f"the chat template failed on this row: {exc}", path=example.path, line=example.line) from None
     ids = hf.encode(text, add_special_tokens=False)
     reference = example.messages[last].get("content") or ""
     return Prompt(tuple(ids), text, reference, raw_row(example), example.tags, where)
 
 
-def prompts_from_examples(
-    examples: list[Example], tokenizer, limit: int | None = None
-) -> list[Prompt]:
+def prompts_from_examples(examples: list[Example], tokenizer, limit: int | None = None) -> list[Prompt]:
     prompts = []
     for example in examples:
         if limit is not None and len(prompts) >= limit:
@@ -93,7 +87,5 @@ def prompts_from_strings(messages: list[str], tokenizer) -> list[Prompt]:
     prompts = []
     for i, message in enumerate(messages):
         text, ids = user_prompt(tokenizer, message)
-        prompts.append(
-            Prompt(tuple(ids), text, None, {"prompt": message}, (), f"suite prompt {i + 1}")
-        )
+        prompts.append(Prompt(tuple(ids), text, None, {"prompt": message}, (), f"suite prompt {i + 1}"))
     return prompts

@@ -32,9 +32,7 @@ class RowScore:
 
 
 def loss_plan(model: nn.Module) -> LossPlan:
-    return LossPlan(
-        packed=False, split=split_head(model), chunk_tokens=chunk_tokens_for(vocab_size(model))
-    )
+    return LossPlan(packed=False, split=split_head(model), chunk_tokens=chunk_tokens_for(vocab_size(model)))
 
 
 def _batches(examples: Sequence[TokenizedExample], batch_size: int, pad_id: int):
@@ -89,9 +87,7 @@ def score_rows(
         np.add.at(nll, rows, np.asarray(ce, dtype=np.float64).reshape(-1) * w_np)
         np.add.at(tokens, rows, (w_np > 0).astype(np.int64))
         np.add.at(correct, rows, (np.asarray(hit).reshape(-1) & (w_np > 0)).astype(np.int64))
-    return [
-        RowScore(float(a), int(b), int(c)) for a, b, c in zip(nll, tokens, correct, strict=True)
-    ]
+    return [RowScore(float(a), int(b), int(c)) for a, b, c in zip(nll, tokens, correct, strict=True)]
 
 
 def _log_probs(model: nn.Module, inputs: mx.array) -> mx.array:
@@ -130,7 +126,5 @@ def score_rows_with_kl(
         mx.eval(*sums)
         ntok = batch.weights.sum(axis=-1)
         for b, i in enumerate(indices):
-            out[i] = RowScore(
-                float(sums[0][b]), int(ntok[b]), int(round(float(sums[2][b]))), float(sums[1][b])
-            )
+            out[i] = RowScore(float(sums[0][b]), int(ntok[b]), int(round(float(sums[2][b]))), float(sums[1][b]))
     return out

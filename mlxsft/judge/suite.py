@@ -26,9 +26,7 @@ class SuiteError(MlxsftError):
 
 @dataclass(frozen=True)
 class Suite:
-    prompts: int | str | list = (
-        8  # N validation rows, a JSONL file of rows, or a list of user messages
-    )
+    prompts: int | str | list = 8  # N validation rows, a JSONL file of rows, or a list of user messages
     k: int = 4  # samples per prompt
     max_tokens: int = 64
     temperature: float = 0.8
@@ -41,9 +39,7 @@ class Suite:
     probes: str | None = None  # general-text probe JSONL (default: the packaged one)
     probe_rows: int | None = None
     verifier: str | None = None  # Python file defining verify(prompt, completion, row) -> bool
-    schema: str | dict | None = (
-        None  # JSON schema (file or inline mapping) completions must satisfy
-    )
+    schema: str | dict | None = None  # JSON schema (file or inline mapping) completions must satisfy
     regex: str | None = None  # a completion passes when re.search(regex, completion) matches
     json: bool | str = "auto"  # JSON-valid rate: true, false, or auto (when references are JSON)
     batch_size: int | None = None  # rows per loss batch (default: the recipe's train.batch_size)
@@ -70,8 +66,12 @@ def load_suite(path: str | Path | None) -> Suite:
     if path is None:
         return Suite()
     path = Path(path)
-    raw, lines = read_yaml_mapping(path, SuiteError, "suite file not found; check the path given to --suite.",
-                                   "a suite must be a mapping of keys (prompts:, k:, max_tokens:, ...).")
+    raw, lines = read_yaml_mapping(
+        path,
+        SuiteError,
+        "suite file not found; check the path given to --suite.",
+        "a suite must be a mapping of keys (prompts:, k:, max_tokens:, ...).",
+    )
     values = dataclasses.asdict(build_dataclass(Suite, raw, Where(str(path), lines), SuiteError, skip=("source",)))
     values = {key: values[key] for key in raw}
     base = path.parent
@@ -92,9 +92,7 @@ def check_suite(suite: Suite) -> None:
     where = suite.source
     unknown = [g for g in suite.metrics if g not in GROUPS]
     if unknown:
-        raise SuiteError(
-            f"'metrics' has unknown groups {unknown}; choose from {', '.join(GROUPS)}.", path=where
-        )
+        raise SuiteError(f"'metrics' has unknown groups {unknown}; choose from {', '.join(GROUPS)}.", path=where)
     if suite.k < 1 or suite.max_tokens < 1:
         raise SuiteError("'k' and 'max_tokens' must be at least 1.", path=where)
     if suite.temperature < 0 or not 0 < suite.top_p <= 1:
@@ -102,9 +100,7 @@ def check_suite(suite: Suite) -> None:
     if isinstance(suite.json, str) and suite.json != "auto":
         raise SuiteError(f"'json' must be true, false or auto, got {suite.json!r}.", path=where)
     if isinstance(suite.prompts, int) and suite.prompts < 0:
-        raise SuiteError(
-            "'prompts' must be a number of rows >= 0, a JSONL file or a list.", path=where
-        )
+        raise SuiteError("'prompts' must be a number of rows >= 0, a JSONL file or a list.", path=where)
     if isinstance(suite.prompts, list) and not all(isinstance(p, str) for p in suite.prompts):
         raise SuiteError("'prompts' as a list must hold strings (user messages).", path=where)
     for key in ("verifier", "probes", "valid", "ood"):

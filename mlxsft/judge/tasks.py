@@ -85,13 +85,9 @@ def load_schema(schema: str | dict | None) -> dict | None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MlxsftError(
-            "JSON schema file not found; check 'schema' in the suite.", path=str(path)
-        ) from None
+        raise MlxsftError("JSON schema file not found; check 'schema' in the suite.", path=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise MlxsftError(
-            f"the JSON schema is not valid JSON ({exc.msg}).", path=str(path), line=exc.lineno
-        ) from None
+        raise MlxsftError(f"the JSON schema is not valid JSON ({exc.msg}).", path=str(path), line=exc.lineno) from None
     _check_schema(value, str(path))
     return value
 
@@ -118,14 +114,10 @@ def load_verifier(path: str | None) -> Callable | None:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # their code failed on import: say where
-        raise MlxsftError(
-            f"importing the verifier failed: {type(exc).__name__}: {exc}", path=path
-        ) from None
+        raise MlxsftError(f"importing the verifier failed: {type(exc).__name__}: {exc}", path=path) from None
     verify = getattr(module, "verify", None)
     if not callable(verify):
-        raise MlxsftError(
-            "the verifier file must define verify(prompt, completion, row) -> bool.", path=path
-        )
+        raise MlxsftError("the verifier file must define verify(prompt, completion, row) -> bool.", path=path)
     return verify
 
 
@@ -147,9 +139,7 @@ def _compile(pattern: str | None, where: str | None) -> re.Pattern | None:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise MlxsftError(
-            f"'regex' is not a valid regular expression: {exc}.", path=where
-        ) from None
+        raise MlxsftError(f"'regex' is not a valid regular expression: {exc}.", path=where) from None
 
 
 CHECK_METRICS = {
@@ -194,11 +184,7 @@ def output_metrics(
         values = [r[check] for group in judged for r in group if check in r]
         out[metric] = sum(values) / len(values) if values else None
     if judge is not None:
-        counts = [
-            (len(group), sum(r[judge] for r in group))
-            for group in judged
-            if group and judge in group[0]
-        ]
+        counts = [(len(group), sum(r[judge] for r in group)) for group in judged if group and judge in group[0]]
         out["pass_at_1"] = M.mean_pass_at_k(counts, 1)
         out["pass_at_k"] = M.mean_pass_at_k(counts, k)
     return out

@@ -106,9 +106,7 @@ def rule_from_dict(raw: dict, base: Rule | None = None) -> Rule:
             raise RuleError(f"exclude: '{verdict}' is not a verdict; use {', '.join(VERDICTS)}.")
     for pref in rule.prefer:
         if pref.rpartition(":")[2] not in ("max", "min"):
-            raise RuleError(
-                f"prefer: '{pref}' must look like METRIC:max or METRIC:min, e.g. pass_at_1:max."
-            )
+            raise RuleError(f"prefer: '{pref}' must look like METRIC:max or METRIC:min, e.g. pass_at_1:max.")
     if rule.min_signals < 1 or rule.patience < 1 or rule.bootstrap_samples < 10:
         raise RuleError("min_signals and patience must be at least 1, bootstrap_samples at least 10.")
     if rule.noise_z < 0 or rule.forgetting_threshold < 0:

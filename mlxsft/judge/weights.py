@@ -31,9 +31,7 @@ def read_adapter_config(folder: Path) -> dict:
     except FileNotFoundError:
         raise MlxsftError("this checkpoint has no adapter_config.json.", path=str(folder)) from None
     except json.JSONDecodeError as exc:
-        raise MlxsftError(
-            f"adapter_config.json is not valid JSON ({exc.msg}).", path=str(path)
-        ) from None
+        raise MlxsftError(f"adapter_config.json is not valid JSON ({exc.msg}).", path=str(path)) from None
 
 
 def _layout(config: dict) -> tuple:
@@ -97,9 +95,7 @@ class CheckpointWeights:
         try:
             weights = mx.load(str(folder / "adapters.safetensors"))
         except (OSError, ValueError, RuntimeError) as exc:
-            raise MlxsftError(
-                f"cannot read adapters.safetensors ({exc}).", path=str(folder)
-            ) from None
+            raise MlxsftError(f"cannot read adapters.safetensors ({exc}).", path=str(folder)) from None
         bad = [k for k, v in weights.items() if k not in self.base or v.shape != self.base[k].shape]
         if bad:
             raise MlxsftError(

@@ -82,9 +82,7 @@ def _entry_lines(text: str) -> list[int]:
 
 def _check_entry(raw, path: str, line: int | None) -> CatalogEntry:
     if not isinstance(raw, dict):
-        raise ModelError(
-            "each catalog entry must be a mapping (id:, family:, ...).", path=path, line=line
-        )
+        raise ModelError("each catalog entry must be a mapping (id:, family:, ...).", path=path, line=line)
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise ModelError(
@@ -100,13 +98,9 @@ def _check_entry(raw, path: str, line: int | None) -> CatalogEntry:
         value = raw[key]
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             names = " or ".join(t.__name__ for t in types)
-            raise ModelError(
-                f"catalog field '{key}' must be {names}, got {value!r}.", path=path, line=line
-            )
+            raise ModelError(f"catalog field '{key}' must be {names}, got {value!r}.", path=path, line=line)
     if not HUB_ID.match(raw["id"]):
-        raise ModelError(
-            f"catalog id {raw['id']!r} is not a hub id like owner/name.", path=path, line=line
-        )
+        raise ModelError(f"catalog id {raw['id']!r} is not a hub id like owner/name.", path=path, line=line)
     targets = raw["lora_targets"]
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ModelError(
@@ -126,9 +120,7 @@ def _check_entry(raw, path: str, line: int | None) -> CatalogEntry:
     )
 
 
-def load_catalog(
-    path: str | Path | None = None, *, store: str | Path | None = None
-) -> list[CatalogEntry]:
+def load_catalog(path: str | Path | None = None, *, store: str | Path | None = None) -> list[CatalogEntry]:
     """The catalog's entries, checked; `path` overrides where the file is read from."""
     file = Path(path) if path is not None else catalog_path(store)
     try:

@@ -97,23 +97,32 @@ class FitSettings:
         if self.batch_tokens < 1 or self.seq < 1:
             raise ModelError("--batch-tokens and --seq-length must be at least 1.")
         if self.seq > self.batch_tokens:
-            raise ModelError(
-                f"--seq-length ({self.seq}) cannot exceed --batch-tokens ({self.batch_tokens}).")
+            raise ModelError(f"--seq-length ({self.seq}) cannot exceed --batch-tokens ({self.batch_tokens}).")
         if not 0 < self.trained_fraction <= 1:
             raise ModelError(f"--trained-fraction must be in (0, 1], got {self.trained_fraction}.")
 
     def recipe(self, model_path: Path, targets: tuple[str, ...]):
         """A Recipe carrying these settings (its data section is never read)."""
-        lora = {"rank": self.rank, "alpha": self.alpha, "layers": self.layers,
-                "targets": list(targets)}
-        train = {"batch_size": self.rows, "max_seq_length": self.seq, "iters": 5,
-                 "grad_checkpoint": self.grad_checkpoint, "dtype": self.dtype,
-                 "optimizer": self.optimizer}
-        return recipe_from_dict({
-            "model": str(model_path), "data": {"train": "<fit: synthetic batches>"},
-            "method": self.method, "lora": lora, "train": train,
-            "quantize": {"bits": self.quantize_bits, "group_size": self.group_size},
-        }, source="mlxsft models fit")
+        lora = {"rank": self.rank, "alpha": self.alpha, "layers": self.layers, "targets": list(targets)}
+        train = {
+            "batch_size": self.rows,
+            "max_seq_length": self.seq,
+            "iters": 5,
+            "grad_checkpoint": self.grad_checkpoint,
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+        }
+        return recipe_from_dict(
+            {
+                "model": str(model_path),
+                "data": {"train": "<fit: synthetic batches>"},
+                "method": self.method,
+                "lora": lora,
+                "train": train,
+                "quantize": {"bits": self.quantize_bits, "group_size": self.group_size},
+            },
+            source="mlxsft models fit",
+        )
 
 
 @dataclass(frozen=True)
@@ -215,8 +224,12 @@ def estimate_memory(model, recipe, shape: ArchShape, settings: FitSettings) -> M
     weights = _nbytes(model.parameters()) - trainable_bytes
     moments = 1 if recipe.train.optimizer == "sgd" else 2
     rank_sum, out_sum = _adapter_widths(model)
-    per_block = (COEF_HIDDEN * shape.hidden_size + COEF_MLP * shape.intermediate_size
-                 + COEF_QKV * (shape.q_dim + 2 * shape.kv_dim) + rank_sum)
+    per_block = (
+        COEF_HIDDEN * shape.hidden_size
+        + COEF_MLP * shape.intermediate_size
+        + COEF_QKV * (shape.q_dim + 2 * shape.kv_dim)
+        + rank_sum
+    )
     if recipe.train.grad_checkpoint:
         blocks_full, kept = 2.0, L * CHECKPOINT_HIDDEN * shape.hidden_size
     else:
@@ -238,8 +251,7 @@ def estimate_memory(model, recipe, shape: ArchShape, settings: FitSettings) -> M
     )
 
 
-def estimate_flops(shape: ArchShape, total: int, trainable: int,
-                   settings: FitSettings) -> tuple[float, str]:
+def estimate_flops(shape: ArchShape, total: int, trainable: int, settings: FitSettings) -> tuple[float, str]:
     """FLOPs per token of one training step, and the formula used (for the output)."""
     V, d, L, T = shape.vocab_size, shape.hidden_size, shape.num_layers, settings.seq
     head = V * d
@@ -288,20 +300,30 @@ def estimate_fit(path: Path, settings: FitSettings) -> FitEstimate:
     counts = count_parameters(model)
     flops, formula = estimate_flops(shape, counts.total, counts.trainable, settings)
     dtype = compute_dtype(settings.dtype)
-    dtype_name = _dtype_name(dtype) if dtype is not None else (
-        f"{_dtype_name(activation_dtype(model))} (the model's)")
+    dtype_name = _dtype_name(dtype) if dtype is not None else (f"{_dtype_name(activation_dtype(model))} (the model's)")
     notes = []
     if shape.logit_softcapping:
         notes.append("soft-capped logits: the loss needs full-vocabulary logits at every position")
     if _quantized_on_cpu(model):
-        notes.append("quantized matmuls on the CPU backend run several times below the timed "
-                     "float matmul rate; --measure gives the real speed")
+        notes.append(
+            "quantized matmuls on the CPU backend run several times below the timed "
+            "float matmul rate; --measure gives the real speed"
+        )
     if settings.trained_fraction == 1.0:
-        notes.append("assumes every position is trained; with prompt masking pass "
-                     "--trained-fraction (e.g. 0.4) for a closer figure")
+        notes.append(
+            "assumes every position is trained; with prompt masking pass "
+            "--trained-fraction (e.g. 0.4) for a closer figure"
+        )
     return FitEstimate(
-        path=path, settings=settings, shape=shape, targets=tuple(targets),
-        total_parameters=counts.total, trainable_parameters=counts.trainable,
-        compute_dtype=dtype_name, memory=estimate_memory(model, recipe, shape, settings),
-        flops_per_token=flops, flops_formula=formula, notes=tuple(notes),
+        path=path,
+        settings=settings,
+        shape=shape,
+        targets=tuple(targets),
+        total_parameters=counts.total,
+        trainable_parameters=counts.trainable,
+        compute_dtype=dtype_name,
+        memory=estimate_memory(model, recipe, shape, settings),
+        flops_per_token=flops,
+        flops_formula=formula,
+        notes=tuple(notes),
     )

@@ -66,9 +66,7 @@ class ArchShape:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     return int(value)
             if default is None:
-                raise ModelError(
-                    f"config.json has none of {', '.join(keys)}; cannot size this model.", path=path
-                )
+                raise ModelError(f"config.json has none of {', '.join(keys)}; cannot size this model.", path=path)
             return default
 
         hidden = get("hidden_size", "n_embd", "d_model")
@@ -116,9 +114,7 @@ def safetensors_dtypes(path: Path) -> Counter:
         with open(file, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
             if length > 100 * 2**20:
-                raise ModelError(
-                    "safetensors header is implausibly large; the file is damaged.", path=str(file)
-                )
+                raise ModelError("safetensors header is implausibly large; the file is damaged.", path=str(file))
             header = json.loads(f.read(length))
         for key, meta in header.items():
             if key == "__metadata__":
@@ -130,8 +126,7 @@ def safetensors_dtypes(path: Path) -> Counter:
     return counts
 
 
-_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
-                "F8_E4M3": "float8"}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "F8_E4M3": "float8"}
 
 
 def stored_dtype(path: Path, config: dict) -> str:
@@ -212,18 +207,28 @@ def describe_model(path: Path) -> ModelFacts:
     embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
     notes = []
     if where is None:
-        notes.append("no chat template: a base model; train on completions or text "
-                     "(data.mask: none), or add a template")
+        notes.append(
+            "no chat template: a base model; train on completions or text (data.mask: none), or add a template"
+        )
     if shape.logit_softcapping:
         notes.append("logits are soft-capped: the loss needs full-vocabulary logits everywhere")
     return ModelFacts(
-        path=path, hub_id=hub_id, model_type=str(config.get("model_type")),
-        architectures=tuple(config.get("architectures") or ()), shape=shape,
-        total_parameters=counts.total, embedding_parameters=min(embed, counts.total),
-        dtype=stored_dtype(path, config), bits=quantization_bits(config),
-        group_size=q.get("group_size"), chat_template=where, template_style=style,
-        linear_layers=linear, recommended_targets=recommended_targets(linear, hub_id),
-        size_bytes=folder_size(path), notes=tuple(notes),
+        path=path,
+        hub_id=hub_id,
+        model_type=str(config.get("model_type")),
+        architectures=tuple(config.get("architectures") or ()),
+        shape=shape,
+        total_parameters=counts.total,
+        embedding_parameters=min(embed, counts.total),
+        dtype=stored_dtype(path, config),
+        bits=quantization_bits(config),
+        group_size=q.get("group_size"),
+        chat_template=where,
+        template_style=style,
+        linear_layers=linear,
+        recommended_targets=recommended_targets(linear, hub_id),
+        size_bytes=folder_size(path),
+        notes=tuple(notes),
     )
 
 
@@ -242,16 +247,21 @@ def format_facts(f: ModelFacts) -> str:
     rows = [
         ("Model", str(f.path) + (f"  (from {f.hub_id})" if f.hub_id else "")),
         ("Architecture", f"{f.model_type}{archs}"),
-        ("Parameters", f"{human_count(f.total_parameters)} ({f.total_parameters:,}; "
-                       f"embeddings {human_count(f.embedding_parameters)})"),
-        ("Shape", f"{s.num_layers} layers, hidden {s.hidden_size}, {s.num_heads} heads "
-                  f"({s.num_kv_heads} KV) x {s.head_dim}, MLP {s.intermediate_size}, "
-                  f"vocab {s.vocab_size:,}"),
+        (
+            "Parameters",
+            f"{human_count(f.total_parameters)} ({f.total_parameters:,}; "
+            f"embeddings {human_count(f.embedding_parameters)})",
+        ),
+        (
+            "Shape",
+            f"{s.num_layers} layers, hidden {s.hidden_size}, {s.num_heads} heads "
+            f"({s.num_kv_heads} KV) x {s.head_dim}, MLP {s.intermediate_size}, "
+            f"vocab {s.vocab_size:,}",
+        ),
         ("Context", context),
         ("Dtype", f.dtype),
         ("Quantization", f"{f.bits}-bit (group size {f.group_size})" if f.bits else "none"),
-        ("Chat template", f"{f.template_style} (from {f.chat_template})" if f.chat_template
-                          else "none"),
+        ("Chat template", f"{f.template_style} (from {f.chat_template})" if f.chat_template else "none"),
         ("Linear layers", ", ".join(leaves) or "none found"),
         ("LoRA targets", ", ".join(f.recommended_targets) + "  (recommended lora.targets)"),
         ("Size on disk", human_bytes(f.size_bytes)),

@@ -84,8 +84,13 @@ def measure_fit(path: Path, settings: FitSettings, steps: int = 4) -> Measured:
         times.append(time.perf_counter() - start)
         loss = loss_sum.item() / max(ntok.item(), 1)
     step_s = statistics.median(times[1:])
-    return Measured(steps=steps, peak_bytes=int(mx.get_peak_memory()), step_seconds=step_s,
-                    tokens_per_second=batch.num_tokens / step_s, loss=loss)
+    return Measured(
+        steps=steps,
+        peak_bytes=int(mx.get_peak_memory()),
+        step_seconds=step_s,
+        tokens_per_second=batch.num_tokens / step_s,
+        loss=loss,
+    )
 
 
 def _meminfo() -> dict[str, int]:
@@ -120,15 +125,15 @@ def machine_memory() -> MachineMemory:
     recommended = info.get("max_recommended_working_set_size")
     if recommended:  # Apple silicon: unified memory, of which Metal recommends this much
         total = info.get("memory_size")
-        return MachineMemory(int(recommended), int(total) if total else None,
-                             "unified memory, Metal's recommended working set")
+        return MachineMemory(
+            int(recommended), int(total) if total else None, "unified memory, Metal's recommended working set"
+        )
     gpu_memory = info.get("total_memory") or info.get("memory_size")
     if gpu_memory and mx.default_device() == mx.gpu:
         return MachineMemory(int(gpu_memory), int(gpu_memory), "GPU memory")
     meminfo = _meminfo()
     if "MemAvailable" in meminfo:
-        return MachineMemory(meminfo["MemAvailable"], meminfo.get("MemTotal"),
-                             "system memory available now")
+        return MachineMemory(meminfo["MemAvailable"], meminfo.get("MemTotal"), "system memory available now")
     try:
         import psutil
     except ImportError:

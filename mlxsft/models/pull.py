@@ -73,16 +73,19 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 def check_hub_id(hub_id: str) -> None:
     if not HUB_ID.match(hub_id):
-        raise ModelError(f"'{hub_id}' is not a hub id; give one like Qwen/Qwen2.5-0.5B-Instruct "
-                         "(see `mlxsft models list`).")
+        raise ModelError(
+            f"'{hub_id}' is not a hub id; give one like Qwen/Qwen2.5-0.5B-Instruct (see `mlxsft models list`)."
+        )
 
 
 def select_files(files: list[RemoteFile], hub_id: str, allow_bin: bool) -> list[RemoteFile]:
     """The files to fetch, or a ModelError saying why this repo is not a usable base model."""
     names = [f.name for f in files]
     if "config.json" not in names:
-        raise ModelError(f"'{hub_id}' has no config.json, so it is not a Transformers model "
-                         "repo (GGUF-only, adapter-only or a dataset?).")
+        raise ModelError(
+            f"'{hub_id}' has no config.json, so it is not a Transformers model "
+            "repo (GGUF-only, adapter-only or a dataset?)."
+        )
     has_bin = any(_matches(n, BIN_PATTERNS) for n in names)
     if not any(_matches(n, WEIGHT_PATTERNS) for n in names):
         if not has_bin:
@@ -91,13 +94,15 @@ def select_files(files: list[RemoteFile], hub_id: str, allow_bin: bool) -> list[
             raise ModelError(
                 f"'{hub_id}' has only PyTorch .bin weights (pickle files, which mlxsft does not "
                 "load). Pick a repo with safetensors weights, or pass --allow-bin to download "
-                "them anyway (then convert them to safetensors yourself).")
+                "them anyway (then convert them to safetensors yourself)."
+            )
     patterns = WEIGHT_PATTERNS + SUPPORT_PATTERNS + (BIN_PATTERNS if allow_bin else [])
     return [f for f in files if _matches(f.name, patterns)]
 
 
 def _remaining_bytes(files: list[RemoteFile], partial: Path) -> int:
     """Bytes still to download (files already complete in the partial folder excluded)."""
+
     def done(f: RemoteFile) -> bool:
         local = partial / f.name
         return local.is_file() and local.stat().st_size == f.size
@@ -111,7 +116,8 @@ def check_disk(needed: int, root: Path) -> None:
         raise ModelError(
             f"not enough disk space: this needs {human_bytes(needed)} and {root} has "
             f"{human_bytes(free)} free. Free some space, or pull into a store on another disk "
-            "with --store DIR.")
+            "with --store DIR."
+        )
 
 
 def _fetch(hub_id: str, commit: str, partial: Path, names: list[str], hub: HubSettings) -> None:
@@ -128,8 +134,10 @@ def _check_architecture(partial: Path, hub_id: str) -> None:
 
     needs_code = bool(config.get("auto_map"))
     remote = " (it needs its own Python code, which mlxsft never runs)" if needs_code else ""
-    raise ModelError(f"'{hub_id}' has model_type {model_type!r}, which mlx-lm "
-                     f"{mlx_lm.__version__} cannot build{remote}; pick another model.")
+    raise ModelError(
+        f"'{hub_id}' has model_type {model_type!r}, which mlx-lm "
+        f"{mlx_lm.__version__} cannot build{remote}; pick another model."
+    )
 
 
 def _drop_if_empty(partial: Path) -> None:
@@ -145,13 +153,13 @@ def _present(dest: Path, hub_id: str, root: Path) -> PullResult | None:
         return PullResult(hub_id, other.path, True, other.size_bytes) if other else None
     source = read_source(dest).get("hub_id")
     if source is not None and source.lower() != hub_id.lower():
-        raise ModelError(f"{dest} already holds '{source}'; pull '{hub_id}' under another "
-                         "name with --name.")
+        raise ModelError(f"{dest} already holds '{source}'; pull '{hub_id}' under another name with --name.")
     try:
         check_model_dir(dest)
     except ModelError as exc:
-        raise ModelError(f"{dest} exists but is not a complete model folder ({exc}). Move it "
-                         "away (or use --name) and pull again.") from None
+        raise ModelError(
+            f"{dest} exists but is not a complete model folder ({exc}). Move it away (or use --name) and pull again."
+        ) from None
     return PullResult(hub_id, dest, True, folder_size(dest))
 
 
@@ -167,18 +175,26 @@ def _plan(hub_id, revision, allow_bin, hub, root, partial, quantize_bits):
     return repo.commit, wanted, total
 
 
-def _download(hub_id: str, root: Path, name: str, revision: str | None, allow_bin: bool,
-              hub: HubSettings, quantize_bits: int | None) -> PullResult:
+def _download(
+    hub_id: str,
+    root: Path,
+    name: str,
+    revision: str | None,
+    allow_bin: bool,
+    hub: HubSettings,
+    quantize_bits: int | None,
+) -> PullResult:
     if hub.offline:
-        raise ModelError(f"'{hub_id}' is not in the store ({root}) and HF_HUB_OFFLINE is set, so "
-                         "it cannot be downloaded. Pick a local model (`mlxsft models list`).")
+        raise ModelError(
+            f"'{hub_id}' is not in the store ({root}) and HF_HUB_OFFLINE is set, so "
+            "it cannot be downloaded. Pick a local model (`mlxsft models list`)."
+        )
     partial = partial_dir(root, name)
     created, start = not partial.exists(), time.monotonic()
     if not created:
         _say(f"Resuming the unfinished download in {partial} (files that finished are kept).")
     try:
-        commit, wanted, total = _plan(hub_id, revision, allow_bin, hub, root, partial,
-                                      quantize_bits)
+        commit, wanted, total = _plan(hub_id, revision, allow_bin, hub, root, partial, quantize_bits)
         partial.mkdir(parents=True, exist_ok=True)
         write_source(partial, {"hub_id": hub_id, "status": "downloading"})  # for `models list`
         _say(f"Pulling {hub_id} ({len(wanted)} files, {human_bytes(total)}) into {partial} ...")
@@ -198,10 +214,18 @@ def _download(hub_id: str, root: Path, name: str, revision: str | None, allow_bi
             _drop_if_empty(partial)
         raise hub_error(exc, hub_id, hub, partial) from None
     dest = root / name
-    _finish(partial, dest, allow_bin, {
-        "hub_id": hub_id, "revision": revision or "main", "commit": commit,
-        "files": sorted(f.name for f in wanted), "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    _finish(
+        partial,
+        dest,
+        allow_bin,
+        {
+            "hub_id": hub_id,
+            "revision": revision or "main",
+            "commit": commit,
+            "files": sorted(f.name for f in wanted),
+            "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
     size = folder_size(dest)
     _say(f"Pulled {hub_id} into {dest} ({human_bytes(size)} in {time.monotonic() - start:.0f} s).")
     return PullResult(hub_id, dest, False, size)
@@ -218,9 +242,17 @@ def _finish(partial: Path, dest: Path, allow_bin: bool, record: dict) -> None:
     os.replace(partial, dest)
 
 
-def pull_model(hub_id: str, root: Path, *, name: str | None = None, revision: str | None = None,
-               quantize_bits: int | None = None, group_size: int = 64, allow_bin: bool = False,
-               hub: HubSettings | None = None) -> PullResult:
+def pull_model(
+    hub_id: str,
+    root: Path,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    quantize_bits: int | None = None,
+    group_size: int = 64,
+    allow_bin: bool = False,
+    hub: HubSettings | None = None,
+) -> PullResult:
     """Fetch `hub_id` into `root/NAME` (and a `bits`-bit copy `root/NAME-<bits>bit` if asked)."""
     check_hub_id(hub_id)
     hub = hub or HubSettings.from_env()
@@ -232,6 +264,7 @@ def pull_model(hub_id: str, root: Path, *, name: str | None = None, revision: st
     if quantize_bits is None:
         return result
 
-    quantized = quantize_into_store(result.path, root, f"{name}-{quantize_bits}bit", quantize_bits,
-                                    group_size, hub_id=hub_id)
+    quantized = quantize_into_store(
+        result.path, root, f"{name}-{quantize_bits}bit", quantize_bits, group_size, hub_id=hub_id
+    )
     return PullResult(hub_id, result.path, result.already_present, result.size_bytes, quantized)

@@ -29,13 +29,16 @@ def check_quantize_args(bits: int, group_size: int, bits_flag: str = "--quantize
     if bits not in BITS:
         raise ModelError(f"{bits_flag} must be one of {', '.join(map(str, BITS))} bits, got {bits}.")
     if group_size not in GROUP_SIZES:
-        raise ModelError(
-            f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}."
-        )
+        raise ModelError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {group_size}.")
 
 
 def quantize_into_store(
-    src: Path, root: Path, name: str, bits: int, group_size: int = 64, hub_id: str | None = None,
+    src: Path,
+    root: Path,
+    name: str,
+    bits: int,
+    group_size: int = 64,
+    hub_id: str | None = None,
     bits_flag: str = "--quantize",
 ) -> Path:
     """Write `root/name` as a `bits`-bit copy of the model folder `src`; return its path.
@@ -49,7 +52,9 @@ def quantize_into_store(
         if not _same_copy(dest, src, bits, group_size):
             raise ModelError(
                 f"the store already holds '{name}' ({dest}), which is not a {bits}-bit copy of {src.name}; "
-                "choose another name with --name (or move that folder away).", path=str(dest))
+                "choose another name with --name (or move that folder away).",
+                path=str(dest),
+            )
         check_model_dir(dest)
         print(f"{dest} is already present.", file=sys.stderr)
         return dest
@@ -64,24 +69,24 @@ def quantize_into_store(
         file=sys.stderr,
     )
     try:
-        with write_guard(root, f"the quantized copy {dest}", kept="Nothing was left in the store.",
-                         error=ModelError):
+        with write_guard(root, f"the quantized copy {dest}", kept="Nothing was left in the store.", error=ModelError):
             _convert(src, partial, bits, group_size)
             check_model_dir(partial)
-            write_source(partial, {
-                "hub_id": hub_id or read_source(src).get("hub_id"),
-                "quantized_from": src.name,
-                "bits": bits,
-                "group_size": group_size,
-                "quantized_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
+            write_source(
+                partial,
+                {
+                    "hub_id": hub_id or read_source(src).get("hub_id"),
+                    "quantized_from": src.name,
+                    "bits": bits,
+                    "group_size": group_size,
+                    "quantized_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, ModelError) or not isinstance(exc, Exception):
             raise
-        raise ModelError(
-            f"quantizing failed ({type(exc).__name__}: {exc}).", path=str(src)
-        ) from None
+        raise ModelError(f"quantizing failed ({type(exc).__name__}: {exc}).", path=str(src)) from None
     os.replace(partial, dest)
     print(
         f"Wrote {dest} ({human_bytes(folder_size(dest))} in {time.monotonic() - start:.0f} s).",
@@ -93,8 +98,11 @@ def quantize_into_store(
 def _same_copy(dest: Path, src: Path, bits: int, group_size: int) -> bool:
     """Is `dest` the copy this command would write (so asking again is a no-op)?"""
     record = read_source(dest)
-    return (record.get("quantized_from") == src.name and record.get("bits") == bits
-            and record.get("group_size", group_size) == group_size)
+    return (
+        record.get("quantized_from") == src.name
+        and record.get("bits") == bits
+        and record.get("group_size", group_size) == group_size
+    )
 
 
 def _convert(src: Path, out: Path, bits: int, group_size: int) -> None:

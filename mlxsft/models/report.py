@@ -54,8 +54,7 @@ def verdict(peak: int, budget: int | None) -> str:
     return "tight" if share <= 1.0 else "does not fit"
 
 
-def build_report(path: Path, settings: FitSettings, measure: bool = False,
-                 steps: int = 4) -> FitReport:
+def build_report(path: Path, settings: FitSettings, measure: bool = False, steps: int = 4) -> FitReport:
     """Estimate, optionally measure, and read this machine's memory and matmul speed."""
     estimate = estimate_fit(path, settings)
     measured = measure_fit(path, settings, steps) if measure else None
@@ -75,8 +74,11 @@ def _flops(n: float) -> str:
 
 def _run_lines(est: FitEstimate) -> list[str]:
     s = est.settings
-    method = s.method if s.method == "full" else (
-        f"{s.method} rank {s.rank} on {', '.join(est.targets)} ({s.layers} layers)")
+    method = (
+        s.method
+        if s.method == "full"
+        else (f"{s.method} rank {s.rank} on {', '.join(est.targets)} ({s.layers} layers)")
+    )
     quant = f", base quantized to {s.quantize_bits} bits" if s.quantize_bits else ""
     share = 100 * est.trainable_parameters / max(est.base_parameters, 1)
     tokens = f"{s.rows} x {s.seq} = {s.rows * s.seq:,} tokens per step"
@@ -117,8 +119,10 @@ def _verdict_lines(report: FitReport) -> list[str]:
         share = ""
     lines.append(f"Verdict      {report.verdict}{share}")
     if report.verdict in ("tight", "does not fit"):
-        lines.append("             to use less: --grad-checkpoint, --quantize 4, fewer "
-                     "--batch-tokens, a shorter --seq-length, or --layers N")
+        lines.append(
+            "             to use less: --grad-checkpoint, --quantize 4, fewer "
+            "--batch-tokens, a shorter --seq-length, or --layers N"
+        )
     return lines
 
 
@@ -130,13 +134,16 @@ def format_report(report: FitReport) -> str:
         lines.append(
             f"Measured     peak {hb(measured.peak_bytes)} over {measured.steps} compiled steps "
             f"(estimate {error:+.0%}); {measured.tokens_per_second:,.0f} tokens/s "
-            f"({measured.step_seconds:.2f} s/step)")
+            f"({measured.step_seconds:.2f} s/step)"
+        )
     lines += _verdict_lines(report)
     tps = report.estimated_tokens_per_second
     if tps is not None:
-        lines.append(f"Speed        ~{tps:,.0f} tokens/s estimated = {UTILIZATION} x "
-                     f"{_flops(report.matmul_flops_per_s)}/s (timed matmul) / "
-                     f"{_flops(est.flops_per_token)} per token")
+        lines.append(
+            f"Speed        ~{tps:,.0f} tokens/s estimated = {UTILIZATION} x "
+            f"{_flops(report.matmul_flops_per_s)}/s (timed matmul) / "
+            f"{_flops(est.flops_per_token)} per token"
+        )
         lines.append(f"             FLOPs per token = {est.flops_formula}")
     lines += [f"Note         {n}" for n in est.notes]
     return "\n".join(lines)

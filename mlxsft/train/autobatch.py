@@ -45,8 +45,15 @@ def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> Batch:
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, vocab, size=(rows, length + 1), dtype=np.int32)
     ones = np.ones((rows, length), np.float32)
-    return Batch(inputs=ids[:, :-1], targets=ids[:, 1:], weights=ones, segments=ones.astype(np.int32),
-                 num_sequences=rows, num_tokens=rows * length, num_trained=rows * length)
+    return Batch(
+        inputs=ids[:, :-1],
+        targets=ids[:, 1:],
+        weights=ones,
+        segments=ones.astype(np.int32),
+        num_sequences=rows,
+        num_tokens=rows * length,
+        num_trained=rows * length,
+    )
 
 
 def optimizer_state_bytes(model) -> int:
@@ -63,8 +70,9 @@ def measure_peak(steps: StepFunctions, batch: Batch) -> int:
     return mx.get_peak_memory()
 
 
-def choose_batch_tokens(model, steps: StepFunctions, max_seq_length: int, vocab: int,
-                        limit_bytes: int, max_tokens: int | None = None) -> tuple[int, list[BudgetProbe]]:
+def choose_batch_tokens(
+    model, steps: StepFunctions, max_seq_length: int, vocab: int, limit_bytes: int, max_tokens: int | None = None
+) -> tuple[int, list[BudgetProbe]]:
     """The largest rows x max_seq_length budget whose measured peak fits `limit_bytes`.
 
     Doubles the rows from 1 until a probe does not fit (or `max_tokens`/MAX_ROWS is

@@ -58,8 +58,12 @@ def save_checkpoint(
     weights = dict(tree_flatten(model.trainable_parameters()))
     opt_arrays = dict(tree_flatten(optimizer.state))
     previous = run.latest_checkpoint()
-    kept = (f"The previous checkpoint ({previous.name}) is untouched; resume from it with "
-            f"`mlxsft train --resume {run.path}`." if previous else "No checkpoint was written.")
+    kept = (
+        f"The previous checkpoint ({previous.name}) is untouched; resume from it with "
+        f"`mlxsft train --resume {run.path}`."
+        if previous
+        else "No checkpoint was written."
+    )
     staging = None
     try:
         with write_guard(run.checkpoints_dir, f"checkpoint step {state.step}", kept=kept, error=TrainingError):
@@ -73,8 +77,9 @@ def save_checkpoint(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    with write_guard(run.path, "the run's latest adapters", error=TrainingError,
-                     kept=f"The checkpoint itself was saved in {target}."):
+    with write_guard(
+        run.path, "the run's latest adapters", error=TrainingError, kept=f"The checkpoint itself was saved in {target}."
+    ):
         _publish_latest(run, target, adapter_config)
     return target
 
@@ -95,8 +100,9 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimiz
         opt_arrays = mx.load(str(checkpoint / "optimizer.safetensors"))
         state = TrainerState.from_file(checkpoint / "trainer_state.json")
     except (OSError, ValueError, RuntimeError) as exc:
-        raise TrainingError(f"cannot read this checkpoint ({exc}); remove it to resume from an earlier one.",
-                            path=str(checkpoint)) from None
+        raise TrainingError(
+            f"cannot read this checkpoint ({exc}); remove it to resume from an earlier one.", path=str(checkpoint)
+        ) from None
     expected = dict(tree_flatten(model.trainable_parameters()))
     if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
         raise TrainingError(
@@ -107,8 +113,9 @@ def load_checkpoint(checkpoint: Path, model: nn.Module, optimizer: optim.Optimiz
     optimizer.init(model.trainable_parameters())
     expected_opt = dict(tree_flatten(optimizer.state))
     if set(opt_arrays) != set(expected_opt):
-        raise TrainingError("the checkpoint's optimizer state does not match the recipe's optimizer.",
-                            path=str(checkpoint))
+        raise TrainingError(
+            "the checkpoint's optimizer state does not match the recipe's optimizer.", path=str(checkpoint)
+        )
     for key, value in opt_arrays.items():
         assign_tree(optimizer.state, key, value)
     mx.eval(model.parameters(), optimizer.state)

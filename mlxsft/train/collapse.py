@@ -29,7 +29,7 @@ def collapse_warning(history: Sequence[PrefPoint], window: int = 3, logp_toleran
     """The flag above for the last point of `history`, in words, or None."""
     if len(history) < window + 1:
         return None
-    recent = list(history)[-(window + 1):]
+    recent = list(history)[-(window + 1) :]
     pairs = list(zip(recent, recent[1:], strict=False))
     rising = all(b.margin > a.margin for a, b in pairs)
     falling = all(b.logps_chosen < a.logps_chosen for a, b in pairs)
@@ -37,13 +37,18 @@ def collapse_warning(history: Sequence[PrefPoint], window: int = 3, logp_toleran
     if not (rising and falling and fell > logp_tolerance):
         return None
     first, last = recent[0], recent[-1]
-    return (f"the reward margin grew from {first.margin:.3f} to {last.margin:.3f} (steps {first.step}-{last.step}) "
-            f"while the chosen replies' log-prob fell from {first.logps_chosen:.2f} to {last.logps_chosen:.2f}: "
-            "both replies are losing likelihood (DPO's likelihood collapse). Prefer an earlier checkpoint, "
-            "raise preference.beta or lower train.learning_rate.")
+    return (
+        f"the reward margin grew from {first.margin:.3f} to {last.margin:.3f} (steps {first.step}-{last.step}) "
+        f"while the chosen replies' log-prob fell from {first.logps_chosen:.2f} to {last.logps_chosen:.2f}: "
+        "both replies are losing likelihood (DPO's likelihood collapse). Prefer an earlier checkpoint, "
+        "raise preference.beta or lower train.learning_rate."
+    )
 
 
 def flagged_steps(history: Sequence[PrefPoint], window: int = 3, logp_tolerance: float = 0.5) -> set[int]:
     history = list(history)
-    return {history[i].step for i in range(len(history))
-            if collapse_warning(history[: i + 1], window, logp_tolerance) is not None}
+    return {
+        history[i].step
+        for i in range(len(history))
+        if collapse_warning(history[: i + 1], window, logp_tolerance) is not None
+    }

@@ -124,8 +124,11 @@ def sync_from_main(world: World, model, optimizer, state):
     opt_flat = world.broadcast_from_main(dict(tree_flatten(optimizer.state)))
     for key, value in opt_flat.items():
         assign_tree(optimizer.state, key, value)
-    ints = [f.name for f in fields(TrainerState) if f.name in ("step", "epoch", "cursor", "tokens_seen",
-                                                              "trained_tokens_seen")]
+    ints = [
+        f.name
+        for f in fields(TrainerState)
+        if f.name in ("step", "epoch", "cursor", "tokens_seen", "trained_tokens_seen")
+    ]
     values = world.broadcast_from_main(mx.array([float(getattr(state, n)) for n in ints], dtype=mx.float32))
     mx.eval(model.parameters(), optimizer.state, values)
     if world.is_main:
@@ -147,8 +150,15 @@ def empty_batch(pad_id: int, length: int = 8) -> Batch:
     the collectives, contributing zero loss, zero tokens and zero gradient."""
     zeros = np.zeros((1, length), np.float32)
     ids = np.full((1, length), pad_id, np.int32)
-    return Batch(inputs=ids, targets=ids, weights=zeros, segments=zeros.astype(np.int32),
-                 num_sequences=0, num_tokens=0, num_trained=0)
+    return Batch(
+        inputs=ids,
+        targets=ids,
+        weights=zeros,
+        segments=zeros.astype(np.int32),
+        num_sequences=0,
+        num_tokens=0,
+        num_trained=0,
+    )
 
 
 class Watchdog:
@@ -181,6 +191,7 @@ class Watchdog:
                     f"{self.timeout_s:.0f} s; another rank has died or hangs (check every host's "
                     "output). The last checkpoint in the run directory is intact; resume with "
                     "`mlxsft train --resume RUN_DIR`.",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
                 os._exit(4)

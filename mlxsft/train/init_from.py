@@ -24,19 +24,24 @@ def load_init_adapter(model: nn.Module, init: str | Path, adapter_config: dict, 
     if not run.adapters_file.is_file():
         raise TrainingError(
             "init: this run folder has no adapters.safetensors (it never saved a checkpoint, or it is not a run "
-            "folder); point init at a run that finished, e.g. runs/sft-x.", path=str(run.path))
+            "folder); point init at a run that finished, e.g. runs/sft-x.",
+            path=str(run.path),
+        )
     their_model = run.read_meta().get("model_path")
     if their_model and Path(their_model).resolve() != Path(model_path).resolve():
         raise TrainingError(
-            f"init: that run trained {their_model}, but this recipe's model is {model_path}; use the same base "
-            "model.", path=str(run.path))
+            f"init: that run trained {their_model}, but this recipe's model is {model_path}; use the same base model.",
+            path=str(run.path),
+        )
     _check_same_adapter(run, adapter_config)
     weights = mx.load(str(run.adapters_file))
     ours = dict(tree_flatten(model.trainable_parameters()))
     if set(weights) != set(ours) or any(weights[k].shape != ours[k].shape for k in weights):
         raise TrainingError(
             "init: that run's adapter does not fit the adapter this recipe builds; give this recipe the same "
-            f"method and lora: section as {run.recipe_file}.", path=str(run.path))
+            f"method and lora: section as {run.recipe_file}.",
+            path=str(run.path),
+        )
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())
 
@@ -52,4 +57,6 @@ def _check_same_adapter(run: RunDir, adapter_config: dict) -> None:
     if differ:
         raise TrainingError(
             f"init: that run's adapter differs from this recipe's in {', '.join(differ)}; give this recipe the "
-            f"same method and lora: section as {run.recipe_file}.", path=str(run.path))
+            f"same method and lora: section as {run.recipe_file}.",
+            path=str(run.path),
+        )

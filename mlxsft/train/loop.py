@@ -96,8 +96,9 @@ def _next_batch(batches: Batches, state: TrainerState, seed: int, world: World) 
     return batch
 
 
-def take_step(prepared: Prepared, state: TrainerState, steps: StepFunctions | None = None,
-              batches: Batches | None = None) -> StepStats:
+def take_step(
+    prepared: Prepared, state: TrainerState, steps: StepFunctions | None = None, batches: Batches | None = None
+) -> StepStats:
     """One optimizer step over `grad_accumulation` micro-batches; advances `state`'s data cursor."""
     steps = steps or prepared.steps
     batches = batches or prepared.train_src
@@ -119,9 +120,14 @@ def take_step(prepared: Prepared, state: TrainerState, steps: StepFunctions | No
             mx.eval(grads, loss_sum, ntok, metrics)  # bound memory: one micro-batch graph at a time
         steps.apply_grads(grads, ntok)
     mx.eval(loss_sum, ntok, metrics, prepared.model.state, prepared.optimizer.state)
-    return StepStats(loss_sum, ntok, tokens=sum(b.num_tokens for b in micro),
-                     trained=sum(b.num_trained for b in micro), positions=sum(b.inputs.size for b in micro),
-                     metrics=tuple(metrics))
+    return StepStats(
+        loss_sum,
+        ntok,
+        tokens=sum(b.num_tokens for b in micro),
+        trained=sum(b.num_trained for b in micro),
+        positions=sum(b.inputs.size for b in micro),
+        metrics=tuple(metrics),
+    )
 
 
 def evaluate(prepared: Prepared, step: int, steps: StepFunctions | None = None) -> EvalFinished | None:
@@ -146,8 +152,13 @@ def evaluate(prepared: Prepared, step: int, steps: StepFunctions | None = None) 
         prepared.model.train()
     mean = loss / max(tokens, 1)
     return EvalFinished(
-        step=step, split="valid", loss=mean, perplexity=math.exp(min(mean, 50)),
-        token_accuracy=correct / max(tokens, 1), num_tokens=int(tokens), elapsed_s=time.time() - start,
+        step=step,
+        split="valid",
+        loss=mean,
+        perplexity=math.exp(min(mean, 50)),
+        token_accuracy=correct / max(tokens, 1),
+        num_tokens=int(tokens),
+        elapsed_s=time.time() - start,
     )
 
 
@@ -169,8 +180,9 @@ def save(prepared: Prepared, state: TrainerState, emit: Emitter, val_loss: float
         return None
     run = prepared.run
     path = save_checkpoint(run, prepared.model, prepared.optimizer, state, prepared.adapter_config)
-    run.update_meta(updated=time.time(), last_step=state.step, best_step=state.best_step,
-                    best_val_loss=state.best_val_loss)
+    run.update_meta(
+        updated=time.time(), last_step=state.step, best_step=state.best_step, best_val_loss=state.best_val_loss
+    )
     emit(CheckpointSaved(step=state.step, path=str(path), val_loss=val_loss, is_best=is_best))
     return path
 
@@ -213,8 +225,15 @@ class _Run:
     early_stop_reason: str | None = None
 
 
-def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss | None = None,
-          batches: Batches | None = None, on_checkpoint: CheckpointHook | None = None) -> TrainOutcome:
+def train(
+    prepared: Prepared,
+    emit: Emitter,
+    stop: StopFlag,
+    *,
+    loss: StepLoss | None = None,
+    batches: Batches | None = None,
+    on_checkpoint: CheckpointHook | None = None,
+) -> TrainOutcome:
     """Step `prepared` to its total steps (or a stop, or early stop); emit what happens.
 
     `loss` replaces the per-batch loss (the steps are compiled for it), `batches` the
@@ -222,8 +241,11 @@ def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss |
     emits RunFailed and raises.
     """
     p = prepared
-    steps = p.steps if loss is None else build_steps(p.model, p.optimizer, p.train.max_grad_norm,
-                                                     packed=p.train.pack, world=p.world, loss=loss)
+    steps = (
+        p.steps
+        if loss is None
+        else build_steps(p.model, p.optimizer, p.train.max_grad_norm, packed=p.train.pack, world=p.world, loss=loss)
+    )
     batches = batches or p.train_src
     run = _Run(dataclasses.replace(p.start), p.last_checkpoint, [], time.time())
     watchdog = Watchdog(p.world).start()
@@ -238,13 +260,29 @@ def train(prepared: Prepared, emit: Emitter, stop: StopFlag, *, loss: StepLoss |
     if status == "stopped":
         emit(RunStopped(step=s.step, reason=stop.reason or "stopped", last_checkpoint=str(run.last_checkpoint)))
     else:
-        emit(RunFinished(step=s.step, final_loss=s.last_loss, best_step=s.best_step, best_val_loss=s.best_val_loss,
-                         elapsed_s=s.elapsed_s, early_stop_reason=run.early_stop_reason))
+        emit(
+            RunFinished(
+                step=s.step,
+                final_loss=s.last_loss,
+                best_step=s.best_step,
+                best_val_loss=s.best_val_loss,
+                elapsed_s=s.elapsed_s,
+                early_stop_reason=run.early_stop_reason,
+            )
+        )
     return TrainOutcome(status, s, run.last_checkpoint, run.early_stop_reason)
 
 
-def _steps(p: Prepared, run: _Run, emit: Emitter, stop: StopFlag, steps: StepFunctions, batches: Batches,
-           watchdog: Watchdog, on_checkpoint: CheckpointHook | None) -> str:
+def _steps(
+    p: Prepared,
+    run: _Run,
+    emit: Emitter,
+    stop: StopFlag,
+    steps: StepFunctions,
+    batches: Batches,
+    watchdog: Watchdog,
+    on_checkpoint: CheckpointHook | None,
+) -> str:
     t, s = p.train, run.state
     window = _Window()
     run_start = time.time() - s.elapsed_s
@@ -263,8 +301,9 @@ def _steps(p: Prepared, run: _Run, emit: Emitter, stop: StopFlag, steps: StepFun
             if report is not None:
                 emit(report)
             window = _Window()
-        evaluation = evaluate(p, s.step, steps) if (t.steps_per_eval and s.step % t.steps_per_eval == 0) or last \
-            else None
+        evaluation = (
+            evaluate(p, s.step, steps) if (t.steps_per_eval and s.step % t.steps_per_eval == 0) or last else None
+        )
         is_best = False
         if evaluation is not None:
             emit(evaluation)
@@ -332,14 +371,21 @@ def _report(p: Prepared, run: _Run, emit: Emitter, window: _Window, batches: Bat
     s.trained_tokens_seen += trained
     rate = tokens / max(time.time() - window.start, 1e-9)
     per_step = (time.time() - run.session_start) / max(s.step - p.start.step, 1)
-    emit(StepReported(
-        step=s.step, total_steps=p.total_steps,
-        epoch=s.epoch + s.cursor / max(batches.batches_per_epoch(), 1),
-        loss=s.last_loss, learning_rate=float(p.optimizer.learning_rate.item()),
-        tokens_per_second=rate, trained_tokens_per_second=rate * s.trained_tokens_seen / max(s.tokens_seen, 1),
-        tokens_seen=s.tokens_seen, peak_memory_gb=mx.get_peak_memory() / 1e9,
-        elapsed_s=s.elapsed_s, eta_s=per_step * (p.total_steps - s.step),
-    ))
+    emit(
+        StepReported(
+            step=s.step,
+            total_steps=p.total_steps,
+            epoch=s.epoch + s.cursor / max(batches.batches_per_epoch(), 1),
+            loss=s.last_loss,
+            learning_rate=float(p.optimizer.learning_rate.item()),
+            tokens_per_second=rate,
+            trained_tokens_per_second=rate * s.trained_tokens_seen / max(s.tokens_seen, 1),
+            tokens_seen=s.tokens_seen,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            elapsed_s=s.elapsed_s,
+            eta_s=per_step * (p.total_steps - s.step),
+        )
+    )
 
 
 def _emit_failure(emit: Emitter, run: _Run, reason: str) -> None:

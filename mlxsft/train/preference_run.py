@@ -86,7 +86,8 @@ class PairSource:
     pad_id: int
     shuffle: bool
     ref_logps: Callable[[tuple[int, ...], Batch], np.ndarray] = field(
-        default=lambda idx, b: np.zeros(b.inputs.shape[0], np.float32))
+        default=lambda idx, b: np.zeros(b.inputs.shape[0], np.float32)
+    )
 
     def __post_init__(self):
         self.lengths = [max(len(p.chosen.ids), len(p.rejected.ids)) for p in self.dataset.pairs]
@@ -95,9 +96,12 @@ class PairSource:
     def _make_plan(self, epoch: int):
         budget = self.train.batch_tokens
         return plan_batches(
-            self.lengths, batch_size=self.train.batch_size,
+            self.lengths,
+            batch_size=self.train.batch_size,
             batch_tokens=budget // 2 if isinstance(budget, int) else None,  # two rows per pair
-            max_seq_length=self.train.max_seq_length, pack=False, shuffle=self.shuffle,
+            max_seq_length=self.train.max_seq_length,
+            pack=False,
+            shuffle=self.shuffle,
             seed=self.train.seed + epoch,
         )
 
@@ -114,8 +118,12 @@ class PairSource:
         indices = self.pair_indices(epoch, index, world)
         if not indices:  # an empty shard: one padding pair, no trained token
             pad = empty_batch(self.pad_id)
-            batch = Batch(*(np.concatenate([a, a]) for a in (pad.inputs, pad.targets, pad.weights, pad.segments)),
-                          num_sequences=0, num_tokens=0, num_trained=0)
+            batch = Batch(
+                *(np.concatenate([a, a]) for a in (pad.inputs, pad.targets, pad.weights, pad.segments)),
+                num_sequences=0,
+                num_tokens=0,
+                num_trained=0,
+            )
             return PairBatch(batch, (), np.zeros(2, np.float32))
         batch = collate_pairs(self.dataset.pairs, indices, self.pad_id)
         return PairBatch(batch, indices, np.asarray(self.ref_logps(indices, batch), np.float32))
@@ -166,8 +174,10 @@ class PreferenceHook:
                 continue
             cache = (cached or {}).get(split)
             if cache is None or len(cache) != len(src.dataset.pairs):
-                batches = ((src.pair_indices(0, i), batch_arrays(src.batch(0, i).batch))
-                           for i in range(src.batches_per_epoch()))
+                batches = (
+                    (src.pair_indices(0, i), batch_arrays(src.batch(0, i).batch))
+                    for i in range(src.batches_per_epoch())
+                )
                 cache = compute_cache(self.reference, logps_of, batches)
             self.caches[split] = cache
             src.ref_logps = lambda idx, b, c=cache: np.concatenate([c[list(idx), 0], c[list(idx), 1]])
@@ -191,8 +201,9 @@ class PreferenceHook:
 
     def collapse_warning(self, evaluation: EvalFinished, metrics: PreferenceReported) -> str | None:
         """The judge's likelihood-collapse flag after this pass (said once per run session)."""
-        self.valid_history.append(PrefPoint(metrics.step, metrics.accuracy, metrics.margin, metrics.logps_chosen,
-                                            evaluation.perplexity))
+        self.valid_history.append(
+            PrefPoint(metrics.step, metrics.accuracy, metrics.margin, metrics.logps_chosen, evaluation.perplexity)
+        )
         warning = collapse_warning(self.valid_history)
         if warning is None or self.warned:
             return None
@@ -217,12 +228,18 @@ class PreferenceHook:
         loss, pairs, metrics = t[0] / max(t[1], 1), t[1], t[2:7]
         kl = t[7] / max(t[8], 1)
         chosen_nll, chosen_tokens = t[9], max(t[10], 1)
-        evaluation = EvalFinished(step=step, split="valid", loss=float(loss),
-                                  perplexity=float(np.exp(min(chosen_nll / chosen_tokens, 50))),
-                                  token_accuracy=float(t[11] / chosen_tokens), num_tokens=int(t[10]),
-                                  elapsed_s=time.time() - start)
-        return evaluation, PreferenceReported(step=step, split="valid", loss=float(loss), kl=float(kl),
-                                              **summarize(metrics, pairs))
+        evaluation = EvalFinished(
+            step=step,
+            split="valid",
+            loss=float(loss),
+            perplexity=float(np.exp(min(chosen_nll / chosen_tokens, 50))),
+            token_accuracy=float(t[11] / chosen_tokens),
+            num_tokens=int(t[10]),
+            elapsed_s=time.time() - start,
+        )
+        return evaluation, PreferenceReported(
+            step=step, split="valid", loss=float(loss), kl=float(kl), **summarize(metrics, pairs)
+        )
 
     def _eval_sums(self, model, pb: PairBatch) -> mx.array:
         inputs, targets, weights = batch_arrays(pb.batch)
@@ -237,6 +254,6 @@ class PreferenceHook:
         kl, positions = token_kl(logits, ref_logits, weights)
         n = logps.shape[0] // 2
         correct = ((logits[:n].argmax(axis=-1) == targets[:n]) * weights[:n]).sum()
-        return mx.concatenate([mx.stack([loss, pairs]), metrics,
-                               mx.stack([kl, positions, -logps[:n].sum(), counts[:n].sum(), correct])])
-
+        return mx.concatenate(
+            [mx.stack([loss, pairs]), metrics, mx.stack([kl, positions, -logps[:n].sum(), counts[:n].sum(), correct])]
+        )

@@ -77,8 +77,10 @@ class Prepared:
         trained = self.adapter_config.get(TRAINABLE_TOKENS) or []
         out = (describe(list(self.untrained_tokens)),) if self.untrained_tokens and not trained else ()
         if trained:
-            out += (f"training the embedding and LM-head rows of token ids {trained} beside the adapter "
-                    f"(lora.train_new_tokens: {self.recipe.lora.train_new_tokens}).",)
+            out += (
+                f"training the embedding and LM-head rows of token ids {trained} beside the adapter "
+                f"(lora.train_new_tokens: {self.recipe.lora.train_new_tokens}).",
+            )
         return out
 
 
@@ -125,16 +127,33 @@ def prepare(recipe: Recipe, run: RunDir, world: World | None = None, *, resume: 
         optimizer = build_optimizer(t, steps_total)
         state, last = _restore(run, world, model, optimizer, resume)
         # compiled after the restore: the compiled step captures the optimizer's state dict
-        steps = build_steps(model, optimizer, t.max_grad_norm, packed=t.pack, world=world,
-                            loss=hook.plan() if hook else None)
+        steps = build_steps(
+            model, optimizer, t.max_grad_norm, packed=t.pack, world=world, loss=hook.plan() if hook else None
+        )
     except BaseException:
         restore_ops()
         raise
     return Prepared(
-        recipe=recipe, train=t, run=run, world=world, model=model, tokenizer=tokenizer, model_path=model_path,
-        files=files, train_src=train_src, valid_src=valid_src, adapter_config=adapter_config,
-        untrained_tokens=untrained, optimizer=optimizer, steps=steps, total_steps=steps_total, start=state,
-        last_checkpoint=last, budget=budget, restore_ops=restore_ops, preference=hook,
+        recipe=recipe,
+        train=t,
+        run=run,
+        world=world,
+        model=model,
+        tokenizer=tokenizer,
+        model_path=model_path,
+        files=files,
+        train_src=train_src,
+        valid_src=valid_src,
+        adapter_config=adapter_config,
+        untrained_tokens=untrained,
+        optimizer=optimizer,
+        steps=steps,
+        total_steps=steps_total,
+        start=state,
+        last_checkpoint=last,
+        budget=budget,
+        restore_ops=restore_ops,
+        preference=hook,
     )
 
 
@@ -150,8 +169,9 @@ def _restore(run: RunDir, world: World, model, optimizer, resume: bool) -> tuple
     return state, last
 
 
-def _resolve_auto_budget(model, t: TrainConfig, run: RunDir, world: World,
-                         resume: bool) -> tuple[TrainConfig, BudgetChoice | None]:
+def _resolve_auto_budget(
+    model, t: TrainConfig, run: RunDir, world: World, resume: bool
+) -> tuple[TrainConfig, BudgetChoice | None]:
     """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
     chosen = run.read_meta().get("batch_tokens_chosen") if resume else None
     budget = None

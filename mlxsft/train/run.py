@@ -42,8 +42,13 @@ def default_output(recipe: Recipe) -> Path:
 
 
 def run_training(
-    recipe: Recipe, run_dir: str | Path | None = None, sinks=(), resume: bool = False, stop: StopFlag | None = None,
-    world: World | None = None, on_checkpoint: CheckpointHook | None = None,
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    sinks=(),
+    resume: bool = False,
+    stop: StopFlag | None = None,
+    world: World | None = None,
+    on_checkpoint: CheckpointHook | None = None,
 ) -> RunResult:
     """Train `recipe` into `run_dir` (or resume the run there); every outcome is an event.
 
@@ -77,8 +82,14 @@ def run_training(
             lock.release()  # a refused run leaves the folder as it was
 
 
-def _run_main(prepared: Prepared, emit: Emitter, stop: StopFlag, resume: bool, lock: RunLock | None,
-              on_checkpoint: CheckpointHook | None) -> RunResult:
+def _run_main(
+    prepared: Prepared,
+    emit: Emitter,
+    stop: StopFlag,
+    resume: bool,
+    lock: RunLock | None,
+    on_checkpoint: CheckpointHook | None,
+) -> RunResult:
     run = prepared.run
     if not resume:
         run.create(prepared.recipe)
@@ -110,43 +121,67 @@ def announce(p: Prepared, emit: Emitter, resumed: bool) -> None:
     run, recipe = p.run, p.recipe
     counts = count_parameters(p.model)
     if p.budget is not None:
-        emit(BatchTokensChosen(
-            batch_tokens=p.budget.batch_tokens, memory_limit_gb=p.budget.memory_limit_gb,
-            probed_tokens=tuple(probe.batch_tokens for probe in p.budget.probes),
-            probed_peak_gb=tuple(probe.peak_gb for probe in p.budget.probes),
-        ))
+        emit(
+            BatchTokensChosen(
+                batch_tokens=p.budget.batch_tokens,
+                memory_limit_gb=p.budget.memory_limit_gb,
+                probed_tokens=tuple(probe.batch_tokens for probe in p.budget.probes),
+                probed_peak_gb=tuple(probe.peak_gb for probe in p.budget.probes),
+            )
+        )
         run.update_meta(batch_tokens_chosen=p.train.batch_tokens)
     if p.world.distributed:
         run.update_meta(world_size=p.world.size)
     if p.preference is not None:
         p.preference.write_cache(run.path)
         run.update_meta(objective=recipe.objective)
-    emit(RunStarted(
-        run_dir=str(run.path), model=recipe.model, method=recipe.method,
-        total_steps=p.total_steps, start_step=p.start.step,
-        num_train_rows=len(p.train_src.dataset.examples),
-        num_valid_rows=len(p.valid_src.dataset.examples) if p.valid_src else 0,
-        total_parameters=counts.total, trainable_parameters=counts.trainable,
-        resumed=resumed, time=time.time(), warnings=p.token_warnings(),
-    ))
+    emit(
+        RunStarted(
+            run_dir=str(run.path),
+            model=recipe.model,
+            method=recipe.method,
+            total_steps=p.total_steps,
+            start_step=p.start.step,
+            num_train_rows=len(p.train_src.dataset.examples),
+            num_valid_rows=len(p.valid_src.dataset.examples) if p.valid_src else 0,
+            total_parameters=counts.total,
+            trainable_parameters=counts.trainable,
+            resumed=resumed,
+            time=time.time(),
+            warnings=p.token_warnings(),
+        )
+    )
     for split, src in (("train", p.train_src), ("valid", p.valid_src)):
         if src is None:
             continue
         ds = src.dataset
-        emit(DataPrepared(
-            split=split, num_rows=len(ds.examples), num_skipped=len(ds.skipped),
-            num_truncated=ds.num_truncated, num_batches=src.batches_per_epoch(),
-            padding_waste=src.padding_waste(), trained_tokens=src.trained_tokens(),
-            skipped=tuple(f"{s.path}:{s.line}: {s.reason}" for s in ds.skipped),
-            num_bad_rows=len(ds.bad_rows),
-            layouts=tuple(f"{layout}: {n} rows" for layout, n in sorted(ds.layouts.items())),
-            split_extra_tokens=ds.split_extra_tokens,
-        ))
+        emit(
+            DataPrepared(
+                split=split,
+                num_rows=len(ds.examples),
+                num_skipped=len(ds.skipped),
+                num_truncated=ds.num_truncated,
+                num_batches=src.batches_per_epoch(),
+                padding_waste=src.padding_waste(),
+                trained_tokens=src.trained_tokens(),
+                skipped=tuple(f"{s.path}:{s.line}: {s.reason}" for s in ds.skipped),
+                num_bad_rows=len(ds.bad_rows),
+                layouts=tuple(f"{layout}: {n} rows" for layout, n in sorted(ds.layouts.items())),
+                split_extra_tokens=ds.split_extra_tokens,
+            )
+        )
     run.update_meta(
-        mlxsft_version=__version__, status="running", pid=os.getpid(), model=recipe.model,
-        model_path=str(p.model_path), method=recipe.method, total_steps=p.total_steps,
-        trainable_parameters=counts.trainable, total_parameters=counts.total,
-        created=run.read_meta().get("created", time.time()), updated=time.time(),
+        mlxsft_version=__version__,
+        status="running",
+        pid=os.getpid(),
+        model=recipe.model,
+        model_path=str(p.model_path),
+        method=recipe.method,
+        total_steps=p.total_steps,
+        trainable_parameters=counts.trainable,
+        total_parameters=counts.total,
+        created=run.read_meta().get("created", time.time()),
+        updated=time.time(),
     )
 
 
@@ -154,18 +189,25 @@ def warn(p: Prepared, emit: Emitter, leftovers: list[Path]) -> None:
     """Warnings worth an event: no validation data, leftovers of a killed checkpoint save."""
     if p.valid_src is None:
         valid = p.files.get("valid")
-        why = (f"every row of {valid} was skipped" if valid else
-               "no valid.jsonl beside the training data and no data.valid in the recipe")
-        emit(RunWarning(
-            message=f"no validation data ({why}): validation loss, best-checkpoint tracking and early "
-                    "stopping are off. Add a valid.jsonl (or set data.valid) to get them.",
-            path=str(valid or p.files["train"]),
-        ))
+        why = (
+            f"every row of {valid} was skipped"
+            if valid
+            else "no valid.jsonl beside the training data and no data.valid in the recipe"
+        )
+        emit(
+            RunWarning(
+                message=f"no validation data ({why}): validation loss, best-checkpoint tracking and early "
+                "stopping are off. Add a valid.jsonl (or set data.valid) to get them.",
+                path=str(valid or p.files["train"]),
+            )
+        )
     if leftovers:
-        emit(RunWarning(
-            message=f"removed {len(leftovers)} unfinished checkpoint folder(s) left by an interrupted save.",
-            path=str(p.run.checkpoints_dir),
-        ))
+        emit(
+            RunWarning(
+                message=f"removed {len(leftovers)} unfinished checkpoint folder(s) left by an interrupted save.",
+                path=str(p.run.checkpoints_dir),
+            )
+        )
 
 
 def _check_run_dir(run: RunDir, resume: bool) -> None:

@@ -251,8 +251,15 @@ class StepFunctions:
     eval_step: Callable  # (*plan.arrays(batch)) -> (loss_sum, ntok, correct)
 
 
-def build_steps(model: nn.Module, optimizer: optim.Optimizer, max_grad_norm: float | None, packed: bool,
-                gather_head: bool = True, world=None, loss: StepLoss | None = None) -> StepFunctions:
+def build_steps(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    max_grad_norm: float | None,
+    packed: bool,
+    gather_head: bool = True,
+    world=None,
+    loss: StepLoss | None = None,
+) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state.
 
     With a distributed `world`, gradient sums, loss sums and token counts are summed over

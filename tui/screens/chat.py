@@ -67,18 +67,22 @@ class ChatScreen(Screen):
         yield Header()
         with Horizontal(id="chat-options"):
             yield Label("tuned", classes="field-label")
-            yield Select(options, value=str(chosen) if chosen in steps else "latest", allow_blank=False,
-                         id="chat-checkpoint", compact=True)
+            yield Select(
+                options,
+                value=str(chosen) if chosen in steps else "latest",
+                allow_blank=False,
+                id="chat-checkpoint",
+                compact=True,
+            )
             yield Label("beside", classes="field-label")
             yield Select(beside, value="base", allow_blank=False, id="chat-beside", compact=True)
             yield Label("max tokens", classes="field-label")
-            yield Select([(str(n), n) for n in MAX_TOKENS], value=128, allow_blank=False,
-                         id="chat-max-tokens", compact=True)
-        yield Input(system_prompt(self.run_dir) or "", placeholder="System prompt (none in the data)",
-                    id="chat-system")
+            yield Select(
+                [(str(n), n) for n in MAX_TOKENS], value=128, allow_blank=False, id="chat-max-tokens", compact=True
+            )
+        yield Input(system_prompt(self.run_dir) or "", placeholder="System prompt (none in the data)", id="chat-system")
         yield Input(placeholder="Message both models, then press enter", id="chat-prompt")
-        yield GenerationPanes("The base model answers on the left, the fine-tuned one on the right.",
-                              id="chat-panes")
+        yield GenerationPanes("The base model answers on the left, the fine-tuned one on the right.", id="chat-panes")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -147,8 +151,9 @@ class ChatScreen(Screen):
     def _write_chat(self, chats: dict[str, list[dict]]) -> Path:
         if self.chat_file is not None:
             self.chat_file.unlink(missing_ok=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="mlxsft-chat-", delete=False,
-                                         encoding="utf-8") as f:
+        with tempfile.NamedTemporaryFile(
+            "w", suffix=".json", prefix="mlxsft-chat-", delete=False, encoding="utf-8"
+        ) as f:
             json.dump(chats, f)
         return Path(f.name)
 
@@ -163,9 +168,10 @@ class ChatScreen(Screen):
             return  # the turn is not kept: send it again
         texts = event.panes.texts()
         for label, prefix in prefixes.items():
-            answer = texts.get(label, "")[len(prefix):].strip()
+            answer = texts.get(label, "")[len(prefix) :].strip()
             self.histories.setdefault(label, []).extend(
-                [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+            )
 
     def on_unmount(self) -> None:
         if self.chat_file is not None:

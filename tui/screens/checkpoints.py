@@ -90,9 +90,7 @@ class CheckpointsScreen(Screen):
                 id="compare-prompt",
             )
         yield Static("", id="compare-info")
-        yield GenerationPanes(
-            "Mark checkpoints with space, then type a prompt and press enter.", id="compare"
-        )
+        yield GenerationPanes("Mark checkpoints with space, then type a prompt and press enter.", id="compare")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -254,8 +252,7 @@ class CheckpointsScreen(Screen):
         if note := self.app.training_note():
             self.notify(note, severity="warning")
         panes.generate(
-            generate.command(self.run_dir, variants, [prompt], max_tokens=96,
-                             system=system_prompt(self.run_dir)),
+            generate.command(self.run_dir, variants, [prompt], max_tokens=96, system=system_prompt(self.run_dir)),
             [(label, label) for label, _ in variants],
             key_of=lambda r: r["label"],
             cwd=self.app.project_dir,

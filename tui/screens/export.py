@@ -74,10 +74,7 @@ class ExportScreen(Screen):
         run = RunDir(self.run_dir)
         chosen = read_meta(self.run_dir).get("chosen_step")
         checkpoints = [("latest adapters", "latest"), ("best (lowest val loss)", "best")]
-        checkpoints += [
-            (f"step {s}" + (" (chosen)" if s == chosen else ""), str(s))
-            for s in run.checkpoint_steps()
-        ]
+        checkpoints += [(f"step {s}" + (" (chosen)" if s == chosen else ""), str(s)) for s in run.checkpoint_steps()]
         yield Header()
         with VerticalScroll(id="export-form"):
             with Horizontal(classes="field-row"):
@@ -93,8 +90,9 @@ class ExportScreen(Screen):
                 yield Label("checkpoint", classes="field-label")
                 yield Select(
                     checkpoints,
-                    value=str(self.step if self.step is not None else chosen) if (
-                        self.step is not None or chosen is not None) else "latest",
+                    value=str(self.step if self.step is not None else chosen)
+                    if (self.step is not None or chosen is not None)
+                    else "latest",
                     allow_blank=False,
                     id="export-checkpoint",
                     compact=True,
@@ -202,9 +200,7 @@ class ExportScreen(Screen):
             self.notify("Give an output path.", severity="warning")
             return
         out = opts.out if opts.out.is_absolute() else self.app.project_dir / opts.out
-        command = export_command(
-            self.run_dir.resolve(), ExportOptions(**{**opts.__dict__, "out": out})
-        )
+        command = export_command(self.run_dir.resolve(), ExportOptions(**{**opts.__dict__, "out": out}))
         result = self.query_one("#parity-result", Static)
         result.update("")
         result.set_classes("")  # no colour left from the previous export
@@ -227,8 +223,10 @@ class ExportScreen(Screen):
             args = push_args(out, repo, private=self.query_one("#push-private", Checkbox).value)
         else:
             args = push_args(
-                self.run_dir.resolve(), repo,
-                private=self.query_one("#push-private", Checkbox).value, checkpoint=opts.checkpoint,
+                self.run_dir.resolve(),
+                repo,
+                private=self.query_one("#push-private", Checkbox).value,
+                checkpoint=opts.checkpoint,
             )
         command = python_command(*args)
         self.query_one("#parity-result", Static).update("")
@@ -274,9 +272,7 @@ class ExportScreen(Screen):
             result.set_class(parity.passed and not parity.skipped, "parity-ok")
             result.set_class(not parity.passed, "parity-bad")
         elif code == 0:
-            result.update(
-                "no parity.json was written (verify was off, or the exporter does not write one)"
-            )
+            result.update("no parity.json was written (verify was off, or the exporter does not write one)")
         else:
             result.update("no parity result: this export failed before its parity check (see the log)")
             result.set_class(True, "parity-bad")

@@ -51,8 +51,11 @@ def help_markdown(screen: Screen) -> str:
 
 
 class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape", "dismiss", "Close"), Binding("q", "dismiss", "Close", show=False),
-                Binding("f1", "dismiss", "Close", show=False)]
+    BINDINGS = [
+        Binding("escape", "dismiss", "Close"),
+        Binding("q", "dismiss", "Close", show=False),
+        Binding("f1", "dismiss", "Close", show=False),
+    ]
 
     def __init__(self, about: Screen):
         super().__init__()

@@ -132,8 +132,7 @@ class LiveRunScreen(Screen):
             return None  # a trainer (maybe started elsewhere) holds the run
         if meta.get("status") == "running" and not pid_alive(meta.get("pid")):
             return (
-                "interrupted: run.json says running but the trainer process is gone; "
-                "resume it from the Runs screen (r)"
+                "interrupted: run.json says running but the trainer process is gone; resume it from the Runs screen (r)"
             )
         if not meta and not (self.run_dir / "events.jsonl").exists():
             error = last_log_error(self.run_dir)
@@ -249,8 +248,7 @@ class LiveRunScreen(Screen):
             self.notify("Stopping now, without a final checkpoint (the last saved one is kept).")
         else:
             self.notify(
-                "Stopping after this step; the trainer saves a checkpoint first. Press s again "
-                "to stop at once."
+                "Stopping after this step; the trainer saves a checkpoint first. Press s again to stop at once."
             )
         self.render_state()
 
@@ -282,8 +280,9 @@ class LiveRunScreen(Screen):
         if note := self.app.training_note():
             self.notify(note, severity="warning")
         panes.generate(
-            generate.command(self.run_dir, [(label, str(step))], prompts, max_tokens=48,
-                             system=system_prompt(self.run_dir)),
+            generate.command(
+                self.run_dir, [(label, str(step))], prompts, max_tokens=48, system=system_prompt(self.run_dir)
+            ),
             keys,
             key_of=lambda r: f"{r['label']}#{r['prompt']}",
             cwd=self.app.project_dir,

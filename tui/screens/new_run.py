@@ -43,10 +43,8 @@ from ..widgets.token_view import TokenView
 PICKER_HELP = {
     "recipe-select": "A recipe file from recipes/ fills every field below; change what you like.",
     "model-select": "Local model folders under models/ (ones with a config.json).",
-    "model-path": "model: a local model folder, or a Hugging Face hub id such as "
-    "Qwen/Qwen2.5-0.5B-Instruct.",
-    "data-select": "Bundled datasets under recipes/data/ (folders holding train.jsonl and "
-    "valid.jsonl).",
+    "model-path": "model: a local model folder, or a Hugging Face hub id such as Qwen/Qwen2.5-0.5B-Instruct.",
+    "data-select": "Bundled datasets under recipes/data/ (folders holding train.jsonl and valid.jsonl).",
     "data-path": "data.train: a JSONL file, or a folder holding train.jsonl (and valid.jsonl).",
     "output": "output: the run folder to create (default: runs/<model>-<method>-<time>).",
 }
@@ -89,18 +87,14 @@ class NewRunScreen(Screen):
         main, more = form_fields()
         recipes = [(app.display_path(p), str(p)) for p in list_recipes(app.recipes_dir)]
         models = [(app.display_path(p), app.display_path(p)) for p in list_models(app.models_dir)]
-        datasets = [
-            (app.display_path(p), app.display_path(p)) for p in list_datasets(app.recipes_dir)
-        ]
+        datasets = [(app.display_path(p), app.display_path(p)) for p in list_datasets(app.recipes_dir)]
         yield Header()
         with Horizontal(id="new-run"):
             with VerticalScroll(id="form-col"):
                 yield Static("Start from", classes="section")
                 yield self._row(
                     "recipe",
-                    Select(
-                        recipes, prompt="defaults (no recipe)", id="recipe-select", compact=True
-                    ),
+                    Select(recipes, prompt="defaults (no recipe)", id="recipe-select", compact=True),
                 )
                 yield Static("Model", classes="section")
                 yield self._row(
@@ -137,9 +131,7 @@ class NewRunScreen(Screen):
                 yield Static("", id="form-error")
                 yield Button("Start training (ctrl+s)", variant="success", id="start")
             with VerticalScroll(id="preview-col"):
-                yield Static(
-                    "Tab moves between fields; each field's help shows here.", id="field-help"
-                )
+                yield Static("Tab moves between fields; each field's help shows here.", id="field-help")
                 yield Static("", id="estimate")
                 yield Static("Pick a model and a dataset to preview it.", id="data-summary")
                 yield LengthHistogram(id="histogram")
@@ -249,13 +241,9 @@ class NewRunScreen(Screen):
         try:
             model_dir = resolve_model(model, project)  # a folder, or a hub id pulled into the store
             if not (model_dir / "config.json").is_file():
-                raise MlxsftError(
-                    "the preview needs a local model folder (for its tokenizer).", path=model
-                )
+                raise MlxsftError("the preview needs a local model folder (for its tokenizer).", path=model)
             if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-                raise MlxsftError(
-                    "no tokenizer files in this model folder, so no preview.", path=model
-                )
+                raise MlxsftError("no tokenizer files in this model folder, so no preview.", path=model)
             tokenizer = self.tokenizers.get(str(model_dir))
             if tokenizer is None:
                 tokenizer = self.tokenizers[str(model_dir)] = load_preview_tokenizer(model_dir)
@@ -317,8 +305,13 @@ class NewRunScreen(Screen):
             return
         p = self.preview
         if p is not None:
-            data = DataShape(p.num_rows, p.num_valid_rows or 0, p.mean_length, max(p.lengths, default=1),
-                             sum(p.trained_tokens) / max(sum(p.lengths), 1))
+            data = DataShape(
+                p.num_rows,
+                p.num_valid_rows or 0,
+                p.mean_length,
+                max(p.lengths, default=1),
+                sum(p.trained_tokens) / max(sum(p.lengths), 1),
+            )
         else:
             t = recipe.train.max_seq_length
             data = DataShape(0, 0, t, t)
@@ -342,8 +335,9 @@ class NewRunScreen(Screen):
             app.call_from_thread(self.show_estimate, token, None, f"No estimate: {exc}")
             return
         except (OSError, ValueError, KeyError) as exc:
-            app.call_from_thread(self.show_estimate, token, None,
-                                 f"No estimate: the model folder could not be read ({exc}).")
+            app.call_from_thread(
+                self.show_estimate, token, None, f"No estimate: the model folder could not be read ({exc})."
+            )
             return
         app.call_from_thread(self.show_estimate, token, estimate, None)
 
@@ -364,8 +358,7 @@ class NewRunScreen(Screen):
             box.update(error or "")
             line.update("")
             return
-        box.update(estimate.describe()
-                   + ("" if self.preview else "\n(no dataset yet: rows taken as max length)"))
+        box.update(estimate.describe() + ("" if self.preview else "\n(no dataset yet: rows taken as max length)"))
         time = f"~{format_duration(estimate.seconds)}" if estimate.seconds else "timing…"
         line.update(f"estimate: ~{estimate.memory_gb:.2f} GB, {time} for {estimate.steps} steps (models fit)")
 
@@ -379,11 +372,7 @@ class NewRunScreen(Screen):
             out = Path(values["output"])
             return out if out.is_absolute() else self.app.project_dir / out
         recipe = build_recipe({**values, "output": ""})
-        root = (
-            self.runs_root
-            if self.runs_root.is_absolute()
-            else self.app.project_dir / self.runs_root
-        )
+        root = self.runs_root if self.runs_root.is_absolute() else self.app.project_dir / self.runs_root
         return default_run_dir(root, recipe)
 
     def action_back(self) -> None:
@@ -404,8 +393,9 @@ class NewRunScreen(Screen):
         if note is None:
             self.start()
             return
-        self.app.push_screen(ConfirmScreen(f"Start another run?\n\n{note}", yes="Start"),
-                             lambda yes: self.start() if yes else None)
+        self.app.push_screen(
+            ConfirmScreen(f"Start another run?\n\n{note}", yes="Start"), lambda yes: self.start() if yes else None
+        )
 
     def start(self) -> None:
         from .live_run import LiveRunScreen
@@ -415,9 +405,7 @@ class NewRunScreen(Screen):
         try:
             run_dir = self.run_dir_for(values)
             if RunDir(run_dir).exists() or (run_dir / LAUNCH_RECIPE).exists():
-                raise MlxsftError(
-                    "this folder already holds a run; choose another output.", path=str(run_dir)
-                )
+                raise MlxsftError("this folder already holds a run; choose another output.", path=str(run_dir))
             recipe = build_recipe({**values, "output": self.app.display_path(run_dir)})
         except MlxsftError as exc:
             error.update(str(exc))

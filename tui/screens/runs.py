@@ -129,8 +129,15 @@ class RunsScreen(Screen):
         # Long names would push the numbers off an 80-column screen; the detail line has it in full.
         room = max(16, self.size.width - 50)
         name = s.name if len(s.name) <= room else s.name[: room - 1] + "…"
-        return (name, status, best, format_tokens(s.tokens_seen), format_age(s.created, now), s.method,
-                self.model_name(s.model))
+        return (
+            name,
+            status,
+            best,
+            format_tokens(s.tokens_seen),
+            format_age(s.created, now),
+            s.method,
+            self.model_name(s.model),
+        )
 
     def model_name(self, model: str) -> str:
         """A local model folder by its name; a hub id as it is."""
@@ -244,8 +251,7 @@ class RunsScreen(Screen):
             return
         holder = lock_holder(s.path)
         if holder is not None:
-            self.notify(f"Trainer pid {holder} is training this run; stop it (s) before resuming.",
-                        severity="error")
+            self.notify(f"Trainer pid {holder} is training this run; stop it (s) before resuming.", severity="error")
             return
         self.app.add_trainer(resume_run(s.path, cwd=self.app.project_dir))
         self.notify(f"Resuming {s.name} from its last checkpoint.")

@@ -71,9 +71,7 @@ class GenerationPanes(Horizontal):
             group="generate",
         )
 
-    def _stream(
-        self, generation: int, command: list[str], key_of: Callable[[dict], str], cwd: Path | None
-    ) -> None:
+    def _stream(self, generation: int, command: list[str], key_of: Callable[[dict], str], cwd: Path | None) -> None:
         child = self.child = StreamingChild(command, cwd)
         stray: list[str] = []
         error = None

@@ -35,17 +35,13 @@ class RunStats(Static):
         grid.add_row("lr", f"{r.learning_rate:.2e}" if r else "-")
         grid.add_row(
             "tokens/s",
-            f"{r.tokens_per_second:,.0f} ({r.trained_tokens_per_second:,.0f} trained)"
-            if r
-            else "-",
+            f"{r.tokens_per_second:,.0f} ({r.trained_tokens_per_second:,.0f} trained)" if r else "-",
         )
         grid.add_row("tokens", f"{r.tokens_seen:,}" if r else "-")
         grid.add_row("peak mem", f"{r.peak_memory_gb:.2f} GB" if r else "-")
         grid.add_row("elapsed", format_duration(r.elapsed_s) if r else "-")
         ckpt = state.latest_checkpoint
-        grid.add_row(
-            "checkpoint", f"step {ckpt.step} ({Path(ckpt.path).name})" if ckpt else "none yet"
-        )
+        grid.add_row("checkpoint", f"step {ckpt.step} ({Path(ckpt.path).name})" if ckpt else "none yet")
         if state.total_parameters:
             share = 100 * state.trainable_parameters / state.total_parameters
             grid.add_row("trainable", f"{state.trainable_parameters:,} ({share:.2f}%)")
