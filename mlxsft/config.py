@@ -30,9 +30,12 @@ PREFERENCE_LOSSES = ("sigmoid", "ipo")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _field(default, help: str, choices: tuple | None = None, **kw):
-    """A dataclass field carrying its help text and allowed values (for CLI/TUI)."""
-    meta = {"help": help, "choices": choices}
+def _field(default, help: str, choices: tuple | None = None, hints: dict | None = None, **kw):
+    """A dataclass field carrying its help text and allowed values (for CLI/TUI).
+
+    `hints`: for a value people often give here by mistake, what to do instead.
+    """
+    meta = {"help": help, "choices": choices, "hints": hints or {}}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -145,7 +148,15 @@ class TrainConfig:
 class Recipe:
     model: str = _field("", "Local model folder or Hugging Face hub id.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data files and masking."})
-    method: str = _field("lora", "Fine-tuning method.", METHODS)
+    method: str = _field(
+        "lora",
+        "Fine-tuning method.",
+        METHODS,
+        hints={
+            name: f"method picks the weights that train; for preference tuning set objective: {name}."
+            for name in ("dpo", "orpo")
+        },
+    )
     objective: str = _field(
         "sft",
         "Training objective: sft (replies), dpo or orpo (preference pairs: prompt, chosen, rejected).",

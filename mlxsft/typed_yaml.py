@@ -195,5 +195,7 @@ def build_dataclass(
             raise error(f"'{dotted}' must be {exc}, got {value!r}.", **locate(dotted)) from None
         choices = names[key].metadata.get("choices")
         if choices and values[key] not in choices:
-            raise error(f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}.", **locate(dotted))
+            hint = names[key].metadata.get("hints", {}).get(values[key])
+            message = f"'{dotted}' must be one of {', '.join(choices)}, got {value!r}."
+            raise error(message + (f" ({hint})" if hint else ""), **locate(dotted))
     return cls(**values)

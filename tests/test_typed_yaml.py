@@ -74,3 +74,16 @@ def test_coerce_refuses_bools_as_numbers_and_reads_lists():
     assert coerce(3, float) == 3.0 and isinstance(coerce(3, float), float)
     assert coerce(["a", "b"], tuple[str, ...]) == ("a", "b")
     assert coerce({"type": "object"}, str | dict | None) == {"type": "object"}
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_method_dpo_points_at_objective_with_the_line(tmp_path, objective):
+    """`method: dpo` (the spelling other tools use) fails with the key that does it, and its line."""
+    from mlxsft.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: m\ndata:\n  train: t.jsonl\nmethod: {objective}\n")
+    with pytest.raises(MlxsftError) as info:
+        load_recipe(recipe)
+    assert f"objective: {objective}" in str(info.value)
+    assert ":4" in str(info.value)
