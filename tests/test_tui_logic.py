@@ -542,3 +542,47 @@ def test_tui_on_a_missing_folder_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "no such folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_live_stats_show_preference_accuracy_and_margin_of_a_dpo_run():
+    """A DPO run's PreferenceReported events reach Live's numbers: accuracy, margin, chosen log-prob."""
+    import asyncio
+
+    from textual.app import App
+
+    from mlxsft.events import PreferenceReported
+    from mlxsft.tui.run_state import RunState
+    from mlxsft.tui.widgets.run_stats import RunStats
+
+    state = RunState()
+    for split, acc, margin in (("train", 0.625, 0.12), ("valid", 0.9, 0.4567)):
+        state.apply(
+            PreferenceReported(
+                step=4,
+                split=split,
+                loss=0.6,
+                rewards_chosen=0.3,
+                rewards_rejected=-0.1,
+                margin=margin,
+                accuracy=acc,
+                logps_chosen=-12.5,
+                logps_rejected=-15.0,
+            )
+        )
+
+    class Host(App):
+        def compose(self):
+            yield RunStats()
+
+    async def render() -> str:
+        app = Host()
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.query_one(RunStats).show(state)
+            await pilot.pause()
+            return app.export_screenshot().replace("&#160;", " ")  # the SVG's spaces
+
+    text = asyncio.run(render())
+    assert "pref acc" in text and "62.5%" in text and "90.0%" in text
+    assert "0.457" in text and "-12.50" in text
+    plain = RunState()  # an SFT run shows no preference rows
+    assert not plain.preference

@@ -15,6 +15,7 @@ from mlxsft.events import (
     CheckpointSaved,
     DataPrepared,
     EvalFinished,
+    PreferenceReported,
     RunFailed,
     RunFinished,
     RunStarted,
@@ -100,6 +101,7 @@ class RunState:
     evaluations: list[EvalFinished] = field(default_factory=list)
     checkpoints: dict[int, CheckpointSaved] = field(default_factory=dict)
     samples: dict[int, SamplesGenerated] = field(default_factory=dict)  # by checkpoint step
+    preference: dict[str, PreferenceReported] = field(default_factory=dict)  # DPO/ORPO: latest per split
     latest_checkpoint: CheckpointSaved | None = None
     best_step: int | None = None
     best_val_loss: float | None = None
@@ -137,6 +139,8 @@ class RunState:
                 self.latest_checkpoint = event
             case SamplesGenerated():
                 self.samples[event.step] = event
+            case PreferenceReported():
+                self.preference[event.split] = event
             case RunFinished():
                 self.status, self.step = "finished", event.step
                 self.best_step, self.best_val_loss = event.best_step, event.best_val_loss

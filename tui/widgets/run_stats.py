@@ -32,6 +32,11 @@ class RunStats(Static):
         if state.best_step is not None and state.best_val_loss is not None:
             best = f"  best {state.best_val_loss:.4f} @{state.best_step}"
         grid.add_row("valid loss", _loss(state.last_eval.loss if state.last_eval else None) + best)
+        if state.preference:  # DPO/ORPO: is the preferred reply winning, and by how much
+            splits = [(name, state.preference[name]) for name in ("train", "valid") if name in state.preference]
+            grid.add_row("pref acc", "  ".join(f"{name} {100 * p.accuracy:.1f}%" for name, p in splits))
+            grid.add_row("margin", "  ".join(f"{name} {p.margin:.3f}" for name, p in splits))
+            grid.add_row("chosen logp", "  ".join(f"{name} {p.logps_chosen:.2f}" for name, p in splits))
         grid.add_row("lr", f"{r.learning_rate:.2e}" if r else "-")
         grid.add_row(
             "tokens/s",
