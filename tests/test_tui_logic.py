@@ -548,11 +548,11 @@ def test_live_stats_show_preference_accuracy_and_margin_of_a_dpo_run():
     """A DPO run's PreferenceReported events reach Live's numbers: accuracy, margin, chosen log-prob."""
     import asyncio
 
+    from mlxsft.tui.run_state import RunState
+    from mlxsft.tui.widgets.run_stats import RunStats
     from textual.app import App
 
     from mlxsft.events import PreferenceReported
-    from mlxsft.tui.run_state import RunState
-    from mlxsft.tui.widgets.run_stats import RunStats
 
     state = RunState()
     for split, acc, margin in (("train", 0.625, 0.12), ("valid", 0.9, 0.4567)):
