@@ -29,6 +29,7 @@ from textual.widgets import Checkbox, DataTable, Input, RichLog, Select, Static
 from .fixtures.tui_helpers import (
     FIXED_NOW,
     FIXTURE_RUN,
+    ROOT,
     make_project,
     run_async,
     set_meta,
@@ -550,6 +551,22 @@ async def test_new_run_form_loads_a_recipe_estimates_and_refuses_bad_values(proj
         await pilot.press("ctrl+s")
         assert "train.batch_size" in str(screen.query_one("#form-error", Static).render())
         assert isinstance(pilot.app.screen, NewRunScreen) and not pilot.app.trainers
+
+
+@run_async
+async def test_new_run_offers_the_preference_objective_and_init_among_the_main_fields(project):
+    """DPO from the TUI: loading recipes/dpo.yaml fills objective and init in the main form, not under More."""
+    shutil.copy(ROOT / "recipes" / "dpo.yaml", project / "recipes" / "dpo.yaml")
+    async with app_for(project).run_test(size=(120, 40)) as pilot:
+        await runs_loaded(pilot)
+        await pilot.press("n")
+        screen = pilot.app.screen
+        screen.query_one("#recipe-select", Select).value = str(project / "recipes" / "dpo.yaml")
+        await wait_for(pilot, lambda: screen.values().get("objective") == "dpo", what="the recipe's objective")
+        assert screen.values()["init"] == "runs/quickstart"
+        more = screen.query_one("#more-settings")
+        assert not more.query("#field-objective") and not more.query("#field-init")
+        assert screen.query_one("#field-objective") and screen.query_one("#field-init")
 
 
 @run_async

@@ -28,6 +28,8 @@ from .runs import LAUNCH_RECIPE
 # The knobs that matter, shown first; every other leaf field sits under "More settings".
 MAIN_FIELDS = (
     "method",
+    "objective",  # sft, or dpo/orpo on preference pairs
+    "init",  # a finished run whose adapter DPO continues
     "lora.rank",
     "lora.alpha",
     "lora.layers",
