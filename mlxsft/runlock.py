@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import MlxsftError
+from .safeio import pid_alive
 
 LOCK_NAME = "trainer.lock"
 
@@ -39,14 +40,8 @@ def lock_holder(run_dir: str | Path) -> int | None:
 
 def trainer_alive(pid) -> bool:
     """True when `pid` is a live process whose command line mentions mlxsft (not a recycled pid)."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     proc = Path(f"/proc/{pid}")
     if not proc.is_dir():
         return True  # no /proc (macOS): the pid is alive, trust it

@@ -278,7 +278,8 @@ def staging_prefix(target: Path) -> str:
     return f".{Path(target).name}{STAGING_TAG}{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process `pid` exists (alive or a zombie), also when it is another user's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -297,7 +298,7 @@ def stale_staging(target: Path) -> list[Path]:
     for tag in (STAGING_TAG, ".old-"):
         for path in target.parent.glob(f".{glob.escape(target.name)}{tag}*"):
             pid = path.name[len(target.name) + 1 + len(tag) :].split("-", 1)[0].split(".", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 found.append(path)
     return sorted(found)
 
