@@ -1,7 +1,7 @@
 """File-system edges that must fail safely: unreadable JSON, failed writes, swaps, leftovers.
 
 Owns:
-- `atomic_write_text`, `atomic_copy_file` and `fsync_dir`: the one atomic write (temp file beside
+- `atomic_write_text`/`atomic_write_bytes`, `atomic_copy_file` and `fsync_dir`: the one atomic write (temp file beside
   the target, fsync, rename) every text/JSON file and copied file of a run, store or cache goes through;
 - `read_json`: a JSON file the user or a run gave us, or one `MlxsftError` naming file and line;
 - `write_guard`: turns a failed write (disk full, quota, file-size limit, read-only disk, or
@@ -45,11 +45,16 @@ STAGING_TAG = ".staging-"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temp file beside it, fsync, then rename (all or nothing)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file beside it, fsync, then rename (all or nothing)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -15,7 +15,6 @@ dir; a resumed run reads them back instead of recomputing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +23,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
+from safetensors.numpy import save as save_safetensors
 
 from ..errors import TrainingError
-from ..safeio import write_guard
+from ..safeio import atomic_write_bytes, write_guard
 
 CACHE_FILE = "reference_logps.safetensors"
 
@@ -71,14 +71,10 @@ def compute_cache(reference: Reference, logps_fn: Callable, batches) -> np.ndarr
 
 
 def save_cache(run_path: Path, caches: dict[str, np.ndarray]) -> Path:
-    """Write the per-split caches atomically (temp file, fsync, rename)."""
+    """Write the per-split caches atomically (safeio's temp file, fsync, rename)."""
     path = Path(run_path) / CACHE_FILE
-    tmp = path.with_name(f".tmp-{CACHE_FILE}")  # MLX appends .safetensors to other names
     with write_guard(path, "the cached reference log-probs", error=TrainingError):
-        mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in caches.items()})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save_safetensors({k: np.ascontiguousarray(v, np.float32) for k, v in caches.items()}))
     return path
 
 
