@@ -15,7 +15,6 @@ finished, so running the same command again resumes.
 from __future__ import annotations
 
 import fnmatch
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from ..hub import (
     list_remote,
 )
 from ..model import check_model_dir
+from ..safeio import commit_staging
 from ..store import (
     SOURCE_FILE,
     find_local,
@@ -239,7 +239,7 @@ def _finish(partial: Path, dest: Path, allow_bin: bool, record: dict) -> None:
         _say("Note: only .bin weights were downloaded; convert them to safetensors to train.")
     shutil.rmtree(partial / ".cache", ignore_errors=True)  # huggingface_hub's resume metadata
     write_source(partial, record)
-    os.replace(partial, dest)
+    commit_staging(partial, dest)  # fsync the files, then rename into place
 
 
 def pull_model(

@@ -10,7 +10,6 @@ half-written model that looks usable.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..model import check_model_dir
-from ..safeio import write_guard
+from ..safeio import commit_staging, write_guard
 from ..store import folder_size, human_bytes, partial_dir, read_source, write_source
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -87,7 +86,7 @@ def quantize_into_store(
         if isinstance(exc, ModelError) or not isinstance(exc, Exception):
             raise
         raise ModelError(f"quantizing failed ({type(exc).__name__}: {exc}).", path=str(src)) from None
-    os.replace(partial, dest)
+    commit_staging(partial, dest)  # fsync the files, then rename into place
     print(
         f"Wrote {dest} ({human_bytes(folder_size(dest))} in {time.monotonic() - start:.0f} s).",
         file=sys.stderr,
