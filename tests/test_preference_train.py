@@ -217,6 +217,38 @@ def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
     assert max_abs_diff(want, got) < 1e-4
 
 
+def test_dpo_run_exports_through_every_local_format_with_parity(tiny_llama, task, tmp_path):
+    """A DPO adapter is an SFT-shaped adapter: every local format writes it and passes its own parity check."""
+    from mlxsft import export
+
+    run = tmp_path / "dpo"
+    run_training(
+        recipe_from_dict(
+            {
+                "model": str(tiny_llama),
+                "data": str(task / "pref"),
+                "output": str(run),
+                "lora": LORA,
+                "objective": "dpo",
+                "init": str(task / "sft-run"),
+                "train": TRAIN | {"iters": 2, "learning_rate": 2e-3},
+            }
+        )
+    )
+    writers = {
+        "mlx": lambda out: export.export_mlx_adapter(run, out),
+        "hf": lambda out: export.export_hf(run, out, dtype="float32"),
+        "fused": lambda out: export.fuse_run(run, out),
+        "gguf": lambda out: export.export_gguf(run, out, quant="f32"),
+        "gguf-lora": lambda out: export.export_gguf_lora(run, out),
+    }
+    for name, write in writers.items():
+        out = write(tmp_path / (f"{name}.gguf" if name.startswith("gguf") else name))
+        report = export.verify_export(out, against=run)
+        assert report.passed, f"{name}: {report.summary()}"
+        assert report.adapter_effect_max_abs > 0, f"{name}: the DPO adapter changed nothing"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
