@@ -188,15 +188,8 @@ def test_dpo_sigkill_and_resume_gives_identical_losses(tiny_llama, task, tmp_pat
     assert (killed / "reference_logps.safetensors").is_file() == cache
 
 
-def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
-    from mlxsft.export import export_peft
-
-    from .export_fixtures import max_abs_diff, mlx_reference, torch_logits
-
-    run = tmp_path / "dpo"
+def short_dpo_run(tiny_llama, task, run) -> None:
+    """Two DPO steps continuing the task's SFT run (for the export tests)."""
     run_training(
         recipe_from_dict(
             {
@@ -210,6 +203,18 @@ def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
             }
         )
     )
+
+
+def test_dpo_run_exports_to_peft_with_parity(tiny_llama, task, tmp_path):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from mlxsft.export import export_peft
+
+    from .export_fixtures import max_abs_diff, mlx_reference, torch_logits
+
+    run = tmp_path / "dpo"
+    short_dpo_run(tiny_llama, task, run)
     out = export_peft(run, tmp_path / "peft")
     base = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     got = torch_logits(peft.PeftModel.from_pretrained(base, str(out)).eval())
@@ -222,19 +227,7 @@ def test_dpo_run_exports_through_every_local_format_with_parity(tiny_llama, task
     from mlxsft import export
 
     run = tmp_path / "dpo"
-    run_training(
-        recipe_from_dict(
-            {
-                "model": str(tiny_llama),
-                "data": str(task / "pref"),
-                "output": str(run),
-                "lora": LORA,
-                "objective": "dpo",
-                "init": str(task / "sft-run"),
-                "train": TRAIN | {"iters": 2, "learning_rate": 2e-3},
-            }
-        )
-    )
+    short_dpo_run(tiny_llama, task, run)
     writers = {
         "mlx": lambda out: export.export_mlx_adapter(run, out),
         "hf": lambda out: export.export_hf(run, out, dtype="float32"),
