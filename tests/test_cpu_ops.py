@@ -18,7 +18,21 @@ def test_fast_exp_matches_exp():
     x = mx.linspace(-80, 80, 100_001)
     rel = mx.abs(fast_exp(x) - mx.exp(x)) / mx.exp(x)
     assert rel.max().item() < 2e-5
-    assert fast_exp(mx.array([-1000.0])).item() < 1e-37  # underflows to ~0, no garbage
+    assert fast_exp(mx.array([-1000.0])).item() == 0.0  # underflows to exactly 0, no garbage
+
+
+def test_fast_ops_never_make_denormals():
+    # x86 runs arithmetic on denormal floats ~10x slower: a masked score that became a tiny
+    # probability instead of 0 made every P @ V in attention (and its backward) crawl.
+    tiny = float(np.finfo(np.float32).tiny)  # smallest normal float32
+    x = mx.concatenate([mx.linspace(-1000, -80, 10_001), mx.array([-1e9, -float("inf")])])
+    e = np.array(fast_exp(x))
+    assert not ((e > 0) & (e < tiny)).any()
+    scores = mx.random.normal((2, 3, 16, 16))
+    keep = mx.tril(mx.ones((16, 16), dtype=mx.bool_))
+    p = np.array(fast_softmax(mx.where(keep, scores, -1e9)))
+    assert (p[..., ~np.tril(np.ones((16, 16), bool))] == 0).all()
+    assert not ((p > 0) & (p < tiny)).any()
 
 
 def test_fast_softmax_and_swiglu_values_and_gradients():
