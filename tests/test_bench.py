@@ -61,6 +61,40 @@ def test_bench_missing_data_or_model_is_a_clear_error(tiny_llama, tmp_path):
     result = bench("--model", "no-such-model-here", "--data", QUICKSTART_DATA, "--steps", 1, "--warmup", 1)
     assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
     assert "no-such-model-here: model folder not found" in result.stderr
+    result = bench("--steps", 1)
+    assert result.returncode == 2 and "give --model and --data" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_suite_needs_its_folder(tmp_path):
+    (tmp_path / "s256").mkdir()
+    result = bench("--suite", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    assert "lacks l768, data-multi, data-single" in result.stderr and "scripts/bench_setup.py" in result.stderr
+
+
+def test_bench_suite_table_states_each_ratio_and_the_cold_start(tmp_path):
+    from mlxsft.bench.spec import BenchResult
+    from mlxsft.bench.suite import format_suite, suite_cases
+
+    cases = suite_cases(tmp_path)
+    assert [c.against for c in cases] == ["peft", "peft", "peft", "mlx-lm"] and cases[0].cold
+    assert (cases[0].spec.batch_size, cases[0].spec.max_seq_length) == (8, 128)
+    assert (cases[1].spec.batch_size, cases[1].spec.max_seq_length) == (4, 256)
+    assert cases[2].spec.model.endswith("l768") and cases[3].spec.data.endswith("data-single")
+
+    def result(name, seconds, run="warm", wall=10.0, first=1.0, memory=1.0):
+        return BenchResult(name, 10, seconds, 1000, 400, 1024, memory, run=run, wall_s=wall, first_step_s=first)
+
+    ours = [
+        result("mlxsft", 4.0, "first-install", wall=40.0, first=21.0),
+        result("mlxsft", 4.0, "after-reboot", wall=11.0, first=2.0),
+        result("mlxsft", 5.0),
+        result("mlxsft", 4.0, memory=0.5),  # the fastest warm repeat counts
+    ]
+    done = [(cases[0], {"mlxsft": ours, "peft": [result("peft", 2.0, memory=2.0)]})]
+    table = format_suite(done)
+    assert "| 250 | 500 | 0.50x | 0.50x | 0.25x |" in table
+    assert "after a reboot / warm x1.10" in table and "one-time compile cost about 20 s" in table
 
 
 @pytest.mark.slow

@@ -13,8 +13,15 @@ from .spec import BenchSpec
 
 def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="Time training steps; with --against, side by side with mlx-lm or PEFT.")
-    p.add_argument("--model", required=True, help="Model folder (or hub id).")
-    p.add_argument("--data", required=True, help="JSONL file or folder with train.jsonl.")
+    p.add_argument("--model", help="Model folder (or hub id).")
+    p.add_argument("--data", help="JSONL file or folder with train.jsonl.")
+    p.add_argument(
+        "--suite",
+        metavar="DIR",
+        default=None,
+        help="Run the README's benchmark cases on the models and data under DIR "
+        "(built by scripts/bench_setup.py); --steps, --repeats and --json apply.",
+    )
     p.add_argument("--method", default="lora", choices=("lora", "dora", "full"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-seq-length", type=int, default=512)
@@ -44,7 +51,13 @@ def add_commands(sub) -> None:
 
 
 def cmd_bench(args) -> int:
+    from ..errors import MlxsftError
     from .runner import format_table, run_benchmark, summary
+
+    if args.suite:
+        return _cmd_suite(args)
+    if not (args.model and args.data):
+        raise MlxsftError("give --model and --data (or --suite DIR for the README's benchmark cases).")
 
     layers = args.layers if args.layers == "all" else int(args.layers)
     spec = BenchSpec(
@@ -66,5 +79,16 @@ def cmd_bench(args) -> int:
     print(format_table(results))
     if args.json_out:
         atomic_write_text(Path(args.json_out), json.dumps(summary(spec, results), indent=2))
+        print(f"Results written to {args.json_out}")
+    return 0
+
+
+def _cmd_suite(args) -> int:
+    from .suite import format_suite, run_suite, suite_summary
+
+    done = run_suite(Path(args.suite), steps=args.steps, repeats=args.repeats)
+    print("\nsummary (warm, fastest repeat):\n" + format_suite(done))
+    if args.json_out:
+        atomic_write_text(Path(args.json_out), json.dumps(suite_summary(done), indent=2))
         print(f"Results written to {args.json_out}")
     return 0
