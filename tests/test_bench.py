@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,22 @@ def test_bench_cold_runs_pay_the_compile_once(tiny_llama, tmp_path):
     # the first step of a fresh install compiles the step's kernels with g++; after a reboot they are loaded
     assert runs["after-reboot"]["first_step_s"] < 0.5 * runs["first-install"]["first_step_s"]
     assert "ours after a reboot / warm: wall x" in result.stdout
+
+
+def test_profile_splits_the_step_into_matmuls_and_op_families(tiny_llama):
+    result = subprocess.run(
+        [sys.executable, "-m", "mlxsft.bench.profile", "--model", str(tiny_llama), "--data", str(QUICKSTART_DATA)]
+        + ["--batch-size", "2", "--max-seq-length", "128", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "step (mlxsft, compiled, median of 2)" in out and "fp32 matmul roofline" in out
+    for family in ("frozen projections", "LoRA products", "attention (QK^T, mask, softmax, PV; fwd+bwd)", "SwiGLU"):
+        assert family in out
+    # each family row has a time for this project's ops and for MLX's stock ops
+    row = next(line for line in out.splitlines() if "SwiGLU (fwd+bwd)" in line)
+    assert len(re.findall(r"\d+ ms", row)) == 2
+    assert re.search(r"step at \d+ GFLOP/s = \d+% of the fp32 matmul roofline", out)
