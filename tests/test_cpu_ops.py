@@ -19,6 +19,14 @@ def test_fast_exp_matches_exp():
     rel = mx.abs(fast_exp(x) - mx.exp(x)) / mx.exp(x)
     assert rel.max().item() < 2e-5
     assert fast_exp(mx.array([-1000.0])).item() == 0.0  # underflows to exactly 0, no garbage
+    big = np.array(fast_exp(mx.array([88.0, 89.0, 100.0, 1e9, float("inf")])))
+    assert np.isclose(big[0], np.exp(np.float32(88.0)), rtol=2e-5) and np.isposinf(big[1:]).all()  # overflow: +inf
+    assert np.isnan(np.array(fast_exp(mx.array([float("nan")])))).all()
+    # a very negative gate: silu(gate) * x is ~0, as MLX's own (the overflowing exp once gave garbage)
+    gate, up = mx.array([-100.0, -1000.0, 100.0]), mx.array([1.0, 1.0, 1.0])
+    np.testing.assert_allclose(fast_swiglu(gate, up), nn.silu(gate) * up, atol=1e-6)
+    grads = mx.grad(lambda a: fast_swiglu(a, up).sum())(gate)
+    np.testing.assert_allclose(grads, mx.grad(lambda a: (nn.silu(a) * up).sum())(gate), atol=1e-6)
 
 
 def test_fast_ops_never_make_denormals():

@@ -34,14 +34,17 @@ _C = (
 
 @mx.compile
 def fast_exp(x: mx.array) -> mx.array:
-    # Below 2^-126 the result is exactly 0: n = -127 gives the bit pattern of +0.0. A tiny
-    # normal value instead (2^-126) makes masked softmax entries denormal, and x86 runs
-    # denormal arithmetic (the P @ V products) about 10x slower.
-    t = mx.maximum(x * LOG2E, -127.0)
-    n = mx.floor(t)
-    f = t - n
+    # t is clipped to [-127, 128]: below, n = -127 gives the bit pattern of +0.0, so the result
+    # underflows to exactly 0 (a tiny normal value instead, 2^-126, made masked softmax entries
+    # denormal, and x86 runs denormal arithmetic, the P @ V products, many times slower); above,
+    # n = 128 gives +inf (unclipped, the shifted exponent ran into the sign bit: garbage).
+    t = mx.clip(x * LOG2E, -127.0, 128.0)
+    # floor(t) + 127 by truncation (t + 127 >= 0): astype fuses with the rest into one kernel,
+    # where mx.floor ran as a separate, unfused pass over the data.
+    biased = (t + 127.0).astype(mx.int32)
+    f = t - (biased.astype(mx.float32) - 127.0)  # in [0, 1)
     poly = 1.0 + f * (_C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (_C[4] + f * _C[5])))))
-    return poly * mx.view((n.astype(mx.int32) + 127) << 23, mx.float32)  # poly * 2^n
+    return poly * mx.view(biased << 23, mx.float32)  # poly * 2^n
 
 
 @mx.custom_function
