@@ -5,7 +5,9 @@
 
 Cold: the first step of each side in the process (trace and compile of that shape). Warm: every
 batch shape compiled, then 3 interleaved rounds of 40 steps per side; the median is reported
-with its ratio to the SFT step measured in the same process.
+with its ratio to the SFT step measured in the same process. Every side runs as the trainer
+runs it (the CPU fast ops on the CPU backend, the LM head on trained positions only); one DPO
+side runs the head on full logits, for comparison.
 """
 
 import statistics
@@ -20,8 +22,9 @@ from mlxsft.config import recipe_from_dict
 from mlxsft.data.batching import collate
 from mlxsft.data.preference import collate_pairs, load_pairs
 from mlxsft.model import attach_adapters, load_base
+from mlxsft.train.cpu_ops import enable_fast_cpu_ops, fast_ops_apply
 from mlxsft.train.preference import PreferenceLoss
-from mlxsft.train.preference_run import PairBatch, PreferencePlan, batch_arrays, logps_of
+from mlxsft.train.preference_run import LogpsPass, PairBatch, PreferencePlan
 from mlxsft.train.reference import Reference
 from mlxsft.train.schedule import build_optimizer
 from mlxsft.train.step import build_steps
@@ -37,12 +40,14 @@ def main(base: str) -> None:
     mx.random.seed(0)
     model, tok, _, _ = load_base(recipe)
     attach_adapters(model, recipe)
+    enable_fast_cpu_ops(model)
+    fast_ce = fast_ops_apply()
     ds = load_pairs(DATA, tok)
     batches = [list(range(i, i + PAIRS_PER_STEP)) for i in range(0, 40 * PAIRS_PER_STEP, PAIRS_PER_STEP)]
     reference = Reference(model)
 
     def sft_step():
-        steps = build_steps(model, build_optimizer(recipe.train, 1000), 1.0, packed=False)
+        steps = build_steps(model, build_optimizer(recipe.train, 1000), 1.0, packed=False, fast_ce=fast_ce)
 
         def run(idx):
             rows = [ds.pairs[i].chosen for i in idx] + [ds.pairs[i].rejected for i in idx]
@@ -52,14 +57,15 @@ def main(base: str) -> None:
 
         return run
 
-    def preference_step(objective, ref_per_batch):
-        plan = PreferencePlan(PreferenceLoss(objective, 0.1))
+    def preference_step(objective, ref_per_batch, full_logits=False):
+        passes = LogpsPass() if full_logits else LogpsPass.for_model(model, fast_ce)  # as the trainer runs it
+        plan = PreferencePlan(PreferenceLoss(objective, 0.1), logps=passes)
         steps = build_steps(model, build_optimizer(recipe.train, 1000), 1.0, packed=False, loss=plan)
 
         def run(idx):
             batch = collate_pairs(ds.pairs, idx, tok.pad_token_id)
             zeros = np.zeros(2 * len(idx), np.float32)
-            ref = np.array(reference.logps(logps_of, *batch_arrays(batch))) if ref_per_batch else zeros
+            ref = np.array(reference.logps(passes.logps, *passes.arrays(batch))) if ref_per_batch else zeros
             mx.eval(steps.train_step(*plan.arrays(PairBatch(batch, tuple(idx), ref))), model.state)
             return batch.num_tokens
 
@@ -68,6 +74,7 @@ def main(base: str) -> None:
     sides = {
         "sft": sft_step(),
         "dpo (cached ref)": preference_step("dpo", False),
+        "dpo (full logits)": preference_step("dpo", False, full_logits=True),
         "dpo (ref per batch)": preference_step("dpo", True),
         "orpo": preference_step("orpo", False),
     }

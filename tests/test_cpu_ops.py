@@ -1,5 +1,7 @@
 """Fast CPU ops: same function and gradients as MLX's own softmax, SwiGLU and attention."""
 
+import dataclasses
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -8,10 +10,13 @@ from mlx.utils import tree_flatten
 
 from mlxsft.config import recipe_from_dict
 from mlxsft.model import attach_adapters, load_base
-from mlxsft.train.cpu_ops import enable_fast_cpu_ops, fast_exp, fast_softmax, fast_swiglu
-from mlxsft.train.step import LossPlan, split_head
+from mlxsft.rundir import RunDir
+from mlxsft.train.cpu_ops import enable_fast_cpu_ops, fast_cross_entropy, fast_exp, fast_softmax, fast_swiglu
+from mlxsft.train.prepare import prepare
+from mlxsft.train.step import LossPlan, split_head, stock_cross_entropy
 
 from .test_loss import batch
+from .test_train import make_recipe
 
 
 def test_fast_exp_matches_exp():
@@ -60,6 +65,35 @@ def test_fast_softmax_and_swiglu_values_and_gradients():
         np.testing.assert_allclose(f, r, rtol=1e-3, atol=1e-5)
 
 
+def test_fast_cross_entropy_values_and_gradients():
+    mx.random.seed(3)
+    logits = mx.random.normal((2, 5, 1000)) * 8  # a peaked softmax, as a trained head gives
+    logits = logits.at[0, 0, 7].add(60.0)  # one near-certain token: its loss is ~0
+    targets = mx.random.randint(0, 1000, (2, 5))
+    targets = targets.at[0, 0].add(7 - targets[0, 0])
+    np.testing.assert_allclose(
+        fast_cross_entropy(logits, targets), stock_cross_entropy(logits, targets), rtol=1e-4, atol=1e-5
+    )
+    w = mx.random.uniform(shape=targets.shape)
+    fast = mx.grad(lambda a: (fast_cross_entropy(a, targets) * w).sum())(logits)
+    ref = mx.grad(lambda a: (stock_cross_entropy(a, targets) * w).sum())(logits)
+    np.testing.assert_allclose(fast, ref, rtol=1e-3, atol=1e-6)
+    compiled = mx.compile(mx.grad(lambda a: (fast_cross_entropy(a, targets) * w).sum()))
+    np.testing.assert_allclose(compiled(logits), ref, rtol=1e-3, atol=1e-6)
+
+
+def test_prepare_uses_the_fast_cross_entropy_only_with_fast_ops_on_cpu(tiny_llama, tmp_path):
+    for fast in (True, False):
+        recipe = make_recipe(tiny_llama, tmp_path / "run", iters=2)
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, fast_cpu_ops=fast))
+        prepared = prepare(recipe, RunDir(tmp_path / f"run-{fast}"))
+        try:
+            want = fast_cross_entropy if fast and mx.default_device() == mx.cpu else stock_cross_entropy
+            assert prepared.steps.plan.cross_entropy is want
+        finally:
+            prepared.restore_ops()
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen_llama3"])
 def test_model_loss_and_gradients_match_with_fast_ops(fixture, packed, request):
@@ -81,6 +115,7 @@ def test_model_loss_and_gradients_match_with_fast_ops(fixture, packed, request):
     try:
         module = __import__(type(model).__module__, fromlist=["x"])
         assert module.swiglu is fast_swiglu  # really swapped in (the check passed)
+        plan = dataclasses.replace(plan, cross_entropy=fast_cross_entropy)
         got = run()
     finally:
         restore()

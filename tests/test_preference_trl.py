@@ -26,8 +26,9 @@ from mlxsft.config import recipe_from_dict
 from mlxsft.data.preference import collate_pairs, load_pairs
 from mlxsft.model import attach_adapters, load_base
 from mlxsft.train.preference import PreferenceLoss, summarize
-from mlxsft.train.preference_run import PreferencePlan, batch_arrays, logps_of
+from mlxsft.train.preference_run import LogpsPass, PairBatch, PreferencePlan, batch_arrays, logps_of
 from mlxsft.train.reference import Reference
+from mlxsft.train.step import split_head
 
 from .conftest import write_jsonl
 from .export_fixtures import randomize_trainable
@@ -115,14 +116,33 @@ def trl_inputs(ds):
 
 
 def mlx_side(setup, cfg):
-    """(mean loss, metrics dict, gradient of the mean loss per LoRA parameter) on the MLX side."""
+    """(mean loss, metrics dict, gradient of the mean loss per LoRA parameter) on the MLX side.
+
+    Computed twice: on full logits, and as the trainer runs it (the head on trained positions
+    only, through `PreferencePlan.arrays`); the two must agree before either meets TRL.
+    """
     arrays = batch_arrays(setup.batch)
     ref = setup.reference.logps(logps_of, *arrays) if cfg.needs_reference else mx.zeros(arrays[0].shape[0])
-    plan = PreferencePlan(cfg)
-    (loss_sum, pairs, metrics), grads = nn.value_and_grad(setup.model, plan.loss)(setup.model, *arrays, ref)
-    n = pairs.item()
-    grads = {k: np.array(v) / n for k, v in tree_flatten(grads)}
-    return loss_sum.item() / n, summarize(np.array(metrics), n), grads
+    sides = []
+    for split in (None, split_head(setup.model)):
+        plan = PreferencePlan(cfg, logps=LogpsPass(split))
+        step_arrays = plan.arrays(PairBatch(setup.batch, (), np.array(ref)))
+        (loss_sum, pairs, metrics), grads = nn.value_and_grad(setup.model, plan.loss)(setup.model, *step_arrays)
+        n = pairs.item()
+        sides.append(
+            (loss_sum.item() / n, summarize(np.array(metrics), n), {k: np.array(v) / n for k, v in tree_flatten(grads)})
+        )
+    (loss, metrics, grads), (g_loss, g_metrics, g_grads) = sides
+    gathered = LogpsPass(split_head(setup.model))  # the reference's log-probs the same way
+    if cfg.needs_reference:
+        got = setup.reference.logps(gathered.logps, *gathered.arrays(setup.batch))
+        np.testing.assert_allclose(np.array(got), np.array(ref), rtol=1e-5, atol=1e-4)
+    assert len(step_arrays) == 6  # the gathered plan really ran (this model splits)
+    assert g_loss == pytest.approx(loss, rel=1e-5)
+    assert g_metrics == pytest.approx(metrics, rel=1e-4, abs=1e-6)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g_grads[k], g, rtol=1e-4, atol=1e-7, err_msg=k)
+    return loss, metrics, grads
 
 
 def torch_grads(peft_model):

@@ -24,10 +24,13 @@ from ..config import Recipe, TrainConfig
 from ..data.batching import Batch, padding_waste, plan_batches
 from ..data.preference import PreferenceDataset, collate_pairs, load_pairs
 from ..events import EvalFinished, PreferenceReported
+from ..model import vocab_size
 from .collapse import PrefPoint, collapse_warning
+from .cpu_ops import fast_cross_entropy
 from .distributed import empty_batch, shard_rows
 from .preference import PreferenceLoss, pair_loss, sequence_logps, summarize, token_kl, token_logps
 from .reference import Reference, compute_cache, load_cache, save_cache
+from .step import HeadSplit, chunk_tokens_for, gather_trained, head_cross_entropy, split_head, stock_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -59,19 +62,67 @@ def batch_arrays(batch: Batch) -> list[mx.array]:
     return [mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.weights)]
 
 
+def gathered_sequence_logps(split: HeadSplit, inputs, positions, targets, weights, rows, chunk_tokens: int, ce):
+    """`sequence_logps` with the LM head run only on trained positions.
+
+    inputs (B, T); positions/targets/weights/rows (K,) from `gather_trained` (flat index,
+    target, weight and row of each trained position; padding entries have weight 0).
+    Returns (summed log-prob (B,), trained tokens (B,)). Full logits would be (B, T, V):
+    on chat pairs most positions are the shared prompt, and V is 32k-150k on real models.
+    """
+    hidden = split.body(inputs, None)  # (B, T, D)
+    h = hidden.reshape(-1, hidden.shape[-1])[positions]  # (K, D)
+    logp = -head_cross_entropy(split, h, targets, chunk_tokens, ce) * weights  # (K,)
+    B = inputs.shape[0]
+    return mx.zeros((B,), mx.float32).at[rows].add(logp), mx.zeros((B,), mx.float32).at[rows].add(weights)
+
+
+@dataclass(frozen=True)
+class LogpsPass:
+    """Summed log-prob of each row's trained tokens: on full logits, or (with the model's verified
+    body/head `split`) with the head on trained positions only. Used for the policy and the reference."""
+
+    split: HeadSplit | None = None
+    chunk_tokens: int = 4096
+    cross_entropy: Callable = stock_cross_entropy
+
+    @classmethod
+    def for_model(cls, model: nn.Module, fast_ce: bool = False) -> LogpsPass:
+        ce = fast_cross_entropy if fast_ce else stock_cross_entropy
+        return cls(split_head(model), chunk_tokens_for(vocab_size(model)), ce)
+
+    def arrays(self, batch: Batch) -> list[mx.array]:
+        if self.split is None:
+            return batch_arrays(batch)
+        positions, targets, weights = gather_trained(batch.weights, batch.targets)
+        rows = (positions // batch.inputs.shape[1]).astype(np.int32)
+        return [mx.array(a) for a in (batch.inputs, positions, targets, weights, rows)]
+
+    def __call__(self, model: nn.Module, *arrays) -> tuple[mx.array, mx.array]:
+        """(summed log-prob (B,), trained tokens (B,)) for `arrays(batch)`."""
+        if self.split is None:
+            return sequence_logps(model, *arrays)
+        return gathered_sequence_logps(self.split, *arrays, self.chunk_tokens, self.cross_entropy)
+
+    def logps(self, model: nn.Module, *arrays) -> mx.array:
+        return self(model, *arrays)[0]
+
+
 @dataclass(frozen=True)
 class PreferencePlan:
     """The step's loss for pairs (the `LossPlan` interface `build_steps` compiles)."""
 
     cfg: PreferenceLoss
     packed: bool = False
+    logps: LogpsPass = LogpsPass()  # full logits unless given the model's split
 
     def arrays(self, pb: PairBatch) -> list[mx.array]:
-        return [*batch_arrays(pb.batch), mx.array(pb.ref)]
+        return [*self.logps.arrays(pb.batch), mx.array(pb.ref)]
 
-    def loss(self, model, inputs, targets, weights, ref):
+    def loss(self, model, *arrays):
         """(loss summed over pairs, pairs, metrics vector summed over pairs)."""
-        logps, counts = sequence_logps(model, inputs, targets, weights)
+        *step_arrays, ref = arrays
+        logps, counts = self.logps(model, *step_arrays)
         return pair_loss(self.cfg, logps, counts, ref)
 
     metrics = loss
@@ -147,6 +198,7 @@ class PreferenceHook:
         self.valid_history: list = []  # PrefPoint per validation pass, for the collapse flag
         self.last_valid: PreferenceReported | None = None  # the last validation pass's metrics
         self.warned = False
+        self.logps_pass = LogpsPass()  # full logits until `start` sees the model
 
     def load_split(self, path: Path, tokenizer, data, train: TrainConfig) -> PreferenceDataset:
         return load_pairs(path, tokenizer, max_seq_length=train.max_seq_length, on_bad_row=data.on_bad_row)
@@ -155,18 +207,31 @@ class PreferenceHook:
         return PairSource(dataset, train, pad_id, shuffle)
 
     def plan(self) -> PreferencePlan:
-        return PreferencePlan(self.cfg)
+        """The step's loss, with the log-prob pass `start` chose for the model."""
+        return PreferencePlan(self.cfg, logps=self.logps_pass)
 
     # ------------------------------------------------------------ the reference
-    def start(self, model: nn.Module, sources: dict[str, PairSource | None], run_path: Path, resume: bool) -> None:
-        """Take the reference (call before a checkpoint is loaded) and give each source its log-probs."""
+    def start(
+        self,
+        model: nn.Module,
+        sources: dict[str, PairSource | None],
+        run_path: Path,
+        resume: bool,
+        fast_ce: bool = False,
+    ) -> None:
+        """Take the reference (call before a checkpoint is loaded) and give each source its log-probs.
+
+        The policy's and the reference's log-probs run the LM head on trained positions only
+        when the model splits into body and head (`LogpsPass.for_model`).
+        """
         self.reference = Reference(model)
+        self.logps_pass = passes = LogpsPass.for_model(model, fast_ce)
         if not self.cfg.needs_reference:
             return
         if not self.cache_reference:
             for src in sources.values():
                 if src is not None:
-                    src.ref_logps = lambda idx, b: np.array(self.reference.logps(logps_of, *batch_arrays(b)))
+                    src.ref_logps = lambda idx, b: np.array(self.reference.logps(passes.logps, *passes.arrays(b)))
             return
         cached = load_cache(run_path) if resume else None
         for split, src in sources.items():
@@ -175,10 +240,10 @@ class PreferenceHook:
             cache = (cached or {}).get(split)
             if cache is None or len(cache) != len(src.dataset.pairs):
                 batches = (
-                    (src.pair_indices(0, i), batch_arrays(src.batch(0, i).batch))
+                    (src.pair_indices(0, i), passes.arrays(src.batch(0, i).batch))
                     for i in range(src.batches_per_epoch())
                 )
-                cache = compute_cache(self.reference, logps_of, batches)
+                cache = compute_cache(self.reference, passes.logps, batches)
             self.caches[split] = cache
             src.ref_logps = lambda idx, b, c=cache: np.concatenate([c[list(idx), 0], c[list(idx), 1]])
 

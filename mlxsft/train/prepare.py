@@ -28,7 +28,7 @@ from ..untrained_tokens import UntrainedToken, check_tokens, describe, embedding
 from .autobatch import MAX_ROWS, BudgetProbe, choose_batch_tokens, memory_limit_bytes
 from .batches import BatchSource
 from .checkpoint import TrainerState, load_checkpoint
-from .cpu_ops import enable_fast_cpu_ops
+from .cpu_ops import enable_fast_cpu_ops, fast_ops_apply
 from .distributed import World, sync_from_main
 from .init_from import load_init_adapter
 from .preference_run import PairSource, PreferenceHook
@@ -112,23 +112,30 @@ def prepare(recipe: Recipe, run: RunDir, world: World | None = None, *, resume: 
     if t.grad_checkpoint:
         enable_grad_checkpoint(model)
     restore_ops = enable_fast_cpu_ops(model) if t.fast_cpu_ops else (lambda: None)
+    fast_ce = t.fast_cpu_ops and fast_ops_apply()
     try:
         budget = None
         if t.batch_tokens == "auto":
-            t, budget = _resolve_auto_budget(model, t, run, world, resume)
+            t, budget = _resolve_auto_budget(model, t, run, world, resume, fast_ce)
         source = hook.source if hook else BatchSource
         train_src = source(train_ds, t, pad_id, shuffle=True)
         has_valid = valid_ds is not None and bool(valid_ds.examples)
         valid_src = source(valid_ds, t, pad_id, shuffle=False) if has_valid else None
         _check_data(train_src, t, files["train"])
         if hook:  # the reference is the model as it starts: before any checkpoint is loaded
-            hook.start(model, {"train": train_src, "valid": valid_src}, run.path, resume)
+            hook.start(model, {"train": train_src, "valid": valid_src}, run.path, resume, fast_ce)
         steps_total = total_steps(recipe, train_src.batches_per_epoch())
         optimizer = build_optimizer(t, steps_total)
         state, last = _restore(run, world, model, optimizer, resume)
         # compiled after the restore: the compiled step captures the optimizer's state dict
         steps = build_steps(
-            model, optimizer, t.max_grad_norm, packed=t.pack, world=world, loss=hook.plan() if hook else None
+            model,
+            optimizer,
+            t.max_grad_norm,
+            packed=t.pack,
+            world=world,
+            loss=hook.plan() if hook else None,
+            fast_ce=fast_ce,
         )
     except BaseException:
         restore_ops()
@@ -170,13 +177,13 @@ def _restore(run: RunDir, world: World, model, optimizer, resume: bool) -> tuple
 
 
 def _resolve_auto_budget(
-    model, t: TrainConfig, run: RunDir, world: World, resume: bool
+    model, t: TrainConfig, run: RunDir, world: World, resume: bool, fast_ce: bool
 ) -> tuple[TrainConfig, BudgetChoice | None]:
     """Measure (or, on resume, reuse) the token budget; the batch plan depends on it."""
     chosen = run.read_meta().get("batch_tokens_chosen") if resume else None
     budget = None
     if chosen is None:
-        probe_steps = build_steps(model, build_optimizer(t, 1), t.max_grad_norm, packed=t.pack)
+        probe_steps = build_steps(model, build_optimizer(t, 1), t.max_grad_norm, packed=t.pack, fast_ce=fast_ce)
         limit = memory_limit_bytes(t.memory_limit_gb)
         chosen, probes = choose_batch_tokens(model, probe_steps, t.max_seq_length, vocab_size(model), limit)
         # every rank takes 1/N of each global batch: the global budget is N times the

@@ -22,6 +22,7 @@ import numpy as np
 from mlx.utils import tree_map
 
 from ..model import vocab_size
+from .cpu_ops import fast_cross_entropy
 from .distributed import World
 
 
@@ -118,13 +119,20 @@ def gather_trained(weights: np.ndarray, targets: np.ndarray, bucket_fraction: in
     return positions, sel_targets, sel_weights
 
 
-def _chunk_ce(head_params, h, targets, *, head_module, head):
+def stock_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """Per-token cross-entropy with MLX's own ops: (..., V), (...) -> (...)."""
+    return nn.losses.cross_entropy(logits, targets, reduction="none")
+
+
+def _chunk_ce(head_params, h, targets, *, head_module, head, ce):
     head_module.update(head_params)
     targets = mx.stop_gradient(targets)  # integer ids: no VJP through the checkpoint
-    return nn.losses.cross_entropy(head(h).astype(mx.float32), targets, reduction="none")
+    return ce(head(h).astype(mx.float32), targets)
 
 
-def head_cross_entropy(split: HeadSplit, h: mx.array, targets: mx.array, chunk_tokens: int) -> mx.array:
+def head_cross_entropy(
+    split: HeadSplit, h: mx.array, targets: mx.array, chunk_tokens: int, ce: Callable = stock_cross_entropy
+) -> mx.array:
     """Per-token cross-entropy (K,) of hidden states h (K, D) through the head.
 
     Above `chunk_tokens` rows the head runs chunk by chunk under mx.checkpoint, so the
@@ -132,8 +140,8 @@ def head_cross_entropy(split: HeadSplit, h: mx.array, targets: mx.array, chunk_t
     """
     K = h.shape[0]
     if K <= chunk_tokens:
-        return nn.losses.cross_entropy(split.head(h).astype(mx.float32), targets, reduction="none")
-    fn = mx.checkpoint(partial(_chunk_ce, head_module=split.head_module, head=split.head))
+        return ce(split.head(h).astype(mx.float32), targets)
+    fn = mx.checkpoint(partial(_chunk_ce, head_module=split.head_module, head=split.head, ce=ce))
     params = split.head_module.trainable_parameters()
     pieces = [fn(params, h[i : i + chunk_tokens], targets[i : i + chunk_tokens]) for i in range(0, K, chunk_tokens)]
     return mx.concatenate(pieces)
@@ -151,6 +159,7 @@ class LossPlan:
     packed: bool
     split: HeadSplit | None
     chunk_tokens: int
+    cross_entropy: Callable = stock_cross_entropy  # (logits (..., V), targets (...)) -> (...)
 
     def arrays(self, batch) -> list[mx.array]:
         """Step arguments of a data-layer Batch, in the order `loss` unpacks them."""
@@ -170,12 +179,12 @@ class LossPlan:
         if self.split is None:
             inputs, targets, weights = arrays[:3]
             logits = model(inputs, cache=cache).astype(mx.float32)  # (B, T, V)
-            ce = nn.losses.cross_entropy(logits, targets, reduction="none")
-            return ce, logits, targets, weights
+            return self.cross_entropy(logits, targets), logits, targets, weights
         inputs, positions, targets, weights = arrays[:4]
         hidden = self.split.body(inputs, cache)  # (B, T, D)
         h = hidden.reshape(-1, hidden.shape[-1])[positions]  # (K, D)
-        return head_cross_entropy(self.split, h, targets, self.chunk_tokens), h, targets, weights
+        ce = head_cross_entropy(self.split, h, targets, self.chunk_tokens, self.cross_entropy)
+        return ce, h, targets, weights
 
     def loss(self, model, *arrays):
         """(sum of trained-token cross-entropy, number of trained tokens)."""
@@ -190,10 +199,14 @@ class LossPlan:
         return (ce * weights).sum(), weights.sum(), (correct * weights).sum()
 
 
-def default_loss(model: nn.Module, packed: bool, gather_head: bool = True) -> LossPlan:
-    """The SFT loss: trained-token cross-entropy, through the gathered head when the model splits."""
+def default_loss(model: nn.Module, packed: bool, gather_head: bool = True, fast_ce: bool = False) -> LossPlan:
+    """The SFT loss: trained-token cross-entropy, through the gathered head when the model splits.
+
+    `fast_ce` uses `cpu_ops.fast_cross_entropy` (the CPU backend's fast ops); else MLX's own.
+    """
     split = split_head(model) if gather_head else None
-    return LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)))
+    ce = fast_cross_entropy if fast_ce else stock_cross_entropy
+    return LossPlan(packed=packed, split=split, chunk_tokens=chunk_tokens_for(vocab_size(model)), cross_entropy=ce)
 
 
 def masked_loss(model, inputs, targets, weights, segments=None):
@@ -259,6 +272,7 @@ def build_steps(
     gather_head: bool = True,
     world=None,
     loss: StepLoss | None = None,
+    fast_ce: bool = False,
 ) -> StepFunctions:
     """Compile the step functions over model, optimizer and RNG state.
 
@@ -269,7 +283,7 @@ def build_steps(
     (loss sum, count) and `grad_step` after the gradients (DPO's rewards, for example).
     """
     world = world or World(None)
-    plan = loss if loss is not None else default_loss(model, packed, gather_head)
+    plan = loss if loss is not None else default_loss(model, packed, gather_head, fast_ce)
     loss_and_grad = nn.value_and_grad(model, plan.loss)
 
     def update(grads, ntok):
