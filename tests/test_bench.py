@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlxsft.bench.runner import mlx_env, side_env, torch_env
+from mlxsft.bench.sideinfo import blas_libraries
 from mlxsft.blas import find_openblas
 
 from .conftest import QUICKSTART_DATA
@@ -41,6 +42,18 @@ def test_torch_side_env_drops_our_preload_and_variables():
     assert env["OMP_NUM_THREADS"] == "2" and env["PATH"] == "/usr/bin"
     assert "LD_PRELOAD" not in torch_env({"LD_PRELOAD": OPENBLAS})
     assert side_env("peft", base) == env
+
+
+def test_blas_libraries_are_named_libraries_not_mlx_kernels():
+    kernel = "libFf4IBroadcastBGf4OMinimumKL_VVCCC_f4f4_8167840457564869358_strided_2.so"  # holds "mkl"
+    paths = [
+        "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblasp-r0.3.21.so",
+        "/opt/intel/lib/libmkl_rt.so.2",
+        f"/root/.cache/mlxsft/mlx-kernels/mlx-0.32.4-x86_64-avx2/{kernel}",
+        f"/tmp/mlx/0.32.4/cpu/{kernel}",
+        "/usr/lib/libc.so.6",
+    ]
+    assert blas_libraries(paths) == sorted(paths[:2])
 
 
 @pytest.mark.skipif(find_openblas() is None, reason="needs Debian's OpenBLAS installed")

@@ -33,6 +33,19 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+# MLX's compiled CPU kernels are named after their ops ("...OMinimumKL_..." holds "mkl")
+MLX_KERNEL_DIR = re.compile(r"(/mlx-kernels/|/mlx/[^/]+/cpu/)")
+
+
+def blas_libraries(paths) -> list[str]:
+    """The paths among `paths` whose file names say BLAS/MKL/LAPACK/OpenMP (not MLX's kernels)."""
+    return sorted(
+        p
+        for p in set(paths)
+        if p.startswith("/") and BLAS_LIB.search(os.path.basename(p)) and not MLX_KERNEL_DIR.search(p)
+    )
+
+
 def loaded_blas_libraries() -> list[str]:
     """Shared libraries mapped into this process whose names say BLAS/MKL/OpenMP."""
     try:
@@ -40,7 +53,7 @@ def loaded_blas_libraries() -> list[str]:
             paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
     except OSError:
         return []
-    return sorted(p for p in paths if p.startswith("/") and BLAS_LIB.search(os.path.basename(p)))
+    return blas_libraries(paths)
 
 
 def _versions(*names: str) -> dict[str, str]:
