@@ -111,12 +111,15 @@ def fast_ops_apply() -> bool:
 
 @mx.custom_function
 def _attention_core(q: mx.array, k: mx.array, v: mx.array, keep: mx.array):
-    """(softmax(q k^T masked) v, the probabilities); q (B, KV, rep, T, D), k/v (B, KV, 1, S, D).
+    """(softmax(q k^T masked) v, the probabilities); q (B, KV, rep*T, D), k/v (B, KV, S, D).
 
-    Returning the probabilities lets the backward use them without keeping the raw
-    scores alive too (one (T, S) tensor per head less, about a fifth of a step's memory).
+    The `rep` query heads that share a KV head are stacked as rows of one matrix, so each
+    product is one (rep*T)-row GEMM per KV head instead of `rep` small ones, and the key and
+    value gradients come out summed over those heads. keep: (rep*T, S) or (B, 1, rep*T, S).
+    Returning the probabilities lets the backward use them without keeping the raw scores
+    alive too (one (rep*T, S) tensor per KV head less, about a fifth of a step's memory).
     """
-    scores = mx.where(keep, q @ k.swapaxes(-1, -2), -1e9)  # (B, KV, rep, T, S)
+    scores = mx.where(keep, q @ k.swapaxes(-1, -2), -1e9)  # (B, KV, rep*T, S)
     p = fast_softmax(scores)
     return p @ v, p
 
@@ -124,14 +127,12 @@ def _attention_core(q: mx.array, k: mx.array, v: mx.array, keep: mx.array):
 @_attention_core.vjp
 def _attention_core_vjp(primals, cotangents, outputs):
     q, k, v, keep = primals
-    d_out = cotangents[0]
+    d_out = cotangents[0]  # (B, KV, rep*T, Dv)
     p = outputs[1]
-    d_v = (p.swapaxes(-1, -2) @ d_out).sum(axis=2, keepdims=True)  # (B, KV, 1, S, Dv)
-    d_p = d_out @ v.swapaxes(-1, -2)  # (B, KV, rep, T, S)
+    d_v = p.swapaxes(-1, -2) @ d_out  # (B, KV, S, Dv)
+    d_p = d_out @ v.swapaxes(-1, -2)  # (B, KV, rep*T, S)
     d_s = p * (d_p - (d_p * p).sum(axis=-1, keepdims=True))
-    d_q = d_s @ k
-    d_k = (d_s.swapaxes(-1, -2) @ q).sum(axis=2, keepdims=True)
-    return d_q, d_k, d_v, mx.zeros_like(keep)
+    return d_s @ k, d_s.swapaxes(-1, -2) @ q, d_v, mx.zeros_like(keep)
 
 
 def attention(queries, keys, values, cache, scale, mask, sinks=None, *, original: Callable):
@@ -145,14 +146,18 @@ def attention(queries, keys, values, cache, scale, mask, sinks=None, *, original
         return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)  # additive
     B, H, T, D = queries.shape
     KV, S = keys.shape[1], keys.shape[2]
-    q = (queries * scale).reshape(B, KV, H // KV, T, D)
+    rep = H // KV
+    q = (queries * scale).reshape(B, KV, rep * T, D)  # head h = kv * rep + r: rows r*T .. r*T+T-1
     if isinstance(mask, str):  # "causal"
         keep = mx.tril(mx.ones((T, S), dtype=mx.bool_), k=S - T)
     elif mask is None:
         keep = mx.ones((T, S), dtype=mx.bool_)
     else:
-        keep = mask[:, :, None] if mask.ndim == 4 else mask  # (B, 1, T, S) -> (B, 1, 1, T, S)
-    out, _ = _attention_core(q, keys[:, :, None], values[:, :, None], keep)  # (B, KV, rep, T, Dv)
+        keep = mask  # (T, S), (B, 1, T, S) or broadcastable
+    if rep > 1:
+        reps = (1,) * (keep.ndim - 2) + (rep, 1)
+        keep = mx.tile(keep, reps) if keep.shape[-2] == T else keep
+    out, _ = _attention_core(q, keys, values, keep)  # (B, KV, rep*T, Dv)
     return out.reshape(B, H, T, -1)
 
 
