@@ -46,7 +46,8 @@ def matmul_plan(config: dict, batch: int, seq: int, rank: int, trained: int) -> 
             (n, rank, k_in),
         ):
             plan.append(("LoRA products (fwd + grads)", layers, m, k, c))
-    plan.append(("attention (QK^T, PV, 4 grads)", 6 * layers * batch * heads, seq, d, seq))
+    # the query heads sharing a KV head are stacked as rows of one product (cpu_ops.attention)
+    plan.append(("attention (QK^T, PV, 4 grads)", 6 * layers * batch * kv, (heads // kv) * seq, d, seq))
     plan.append(("LM head (fwd + dx, trained rows)", 2, trained, h, config["vocab_size"]))
     return plan
 
