@@ -133,7 +133,9 @@ class TrainConfig:
     max_seq_length: int = _field(2048, "Longest sequence in tokens; longer rows are truncated.")
     seed: int = _field(0, "Seed for adapter init, data order and dropout.")
     dtype: str = _field("auto", "Compute dtype: auto (float32 on CPU, the model's own elsewhere).", DTYPES)
-    fast_cpu_ops: bool = _field(True, "On the CPU backend, use a polynomial exp in attention softmax and SwiGLU.")
+    fast_cpu_ops: bool = _field(
+        True, "On the CPU backend, use a polynomial exp in attention softmax, SwiGLU and the cross-entropy."
+    )
     steps_per_report: int = _field(10, "Steps between training-metric reports.")
     steps_per_eval: int = _field(100, "Steps between validation passes (0: only at the end).")
     steps_per_save: int = _field(100, "Steps between checkpoints (the final step is always saved).")
