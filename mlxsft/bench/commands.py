@@ -77,9 +77,7 @@ def cmd_bench(args) -> int:
     )
     results = run_benchmark(spec, args.against, repeats=args.repeats, cold=args.cold)
     print(format_table(results))
-    if args.json_out:
-        atomic_write_text(Path(args.json_out), json.dumps(summary(spec, results), indent=2))
-        print(f"Results written to {args.json_out}")
+    _save_json(args.json_out, summary(spec, results))
     return 0
 
 
@@ -88,7 +86,11 @@ def _cmd_suite(args) -> int:
 
     done = run_suite(Path(args.suite), steps=args.steps, repeats=args.repeats)
     print("\nsummary (warm, fastest repeat):\n" + format_suite(done))
-    if args.json_out:
-        atomic_write_text(Path(args.json_out), json.dumps(suite_summary(done), indent=2))
-        print(f"Results written to {args.json_out}")
+    _save_json(args.json_out, suite_summary(done))
     return 0
+
+
+def _save_json(path: str | None, payload: dict) -> None:
+    if path:
+        atomic_write_text(Path(path), json.dumps(payload, indent=2))
+        print(f"Results written to {path}")

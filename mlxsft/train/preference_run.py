@@ -30,7 +30,15 @@ from .cpu_ops import fast_cross_entropy
 from .distributed import empty_batch, shard_rows
 from .preference import PreferenceLoss, pair_loss, sequence_logps, summarize, token_kl, token_logps
 from .reference import Reference, compute_cache, load_cache, save_cache
-from .step import HeadSplit, chunk_tokens_for, gather_trained, head_cross_entropy, split_head, stock_cross_entropy
+from .step import (
+    HeadSplit,
+    chunk_tokens_for,
+    gather_trained,
+    head_cross_entropy,
+    split_head,
+    stock_cross_entropy,
+    trained_hidden,
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,7 @@ def gathered_sequence_logps(split: HeadSplit, inputs, positions, targets, weight
     Returns (summed log-prob (B,), trained tokens (B,)). Full logits would be (B, T, V):
     on chat pairs most positions are the shared prompt, and V is 32k-150k on real models.
     """
-    hidden = split.body(inputs, None)  # (B, T, D)
-    h = hidden.reshape(-1, hidden.shape[-1])[positions]  # (K, D)
+    h = trained_hidden(split, inputs, positions)  # (K, D)
     logp = -head_cross_entropy(split, h, targets, chunk_tokens, ce) * weights  # (K,)
     B = inputs.shape[0]
     return mx.zeros((B,), mx.float32).at[rows].add(logp), mx.zeros((B,), mx.float32).at[rows].add(weights)

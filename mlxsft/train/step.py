@@ -119,6 +119,12 @@ def gather_trained(weights: np.ndarray, targets: np.ndarray, bucket_fraction: in
     return positions, sel_targets, sel_weights
 
 
+def trained_hidden(split: HeadSplit, inputs: mx.array, positions: mx.array, cache=None) -> mx.array:
+    """Hidden states at the flat `positions` (K,) of `inputs` (B, T): the head's input, (K, D)."""
+    hidden = split.body(inputs, cache)  # (B, T, D)
+    return hidden.reshape(-1, hidden.shape[-1])[positions]
+
+
 def stock_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Per-token cross-entropy with MLX's own ops: (..., V), (...) -> (...)."""
     return nn.losses.cross_entropy(logits, targets, reduction="none")
@@ -181,8 +187,7 @@ class LossPlan:
             logits = model(inputs, cache=cache).astype(mx.float32)  # (B, T, V)
             return self.cross_entropy(logits, targets), logits, targets, weights
         inputs, positions, targets, weights = arrays[:4]
-        hidden = self.split.body(inputs, cache)  # (B, T, D)
-        h = hidden.reshape(-1, hidden.shape[-1])[positions]  # (K, D)
+        h = trained_hidden(self.split, inputs, positions, cache)  # (K, D)
         ce = head_cross_entropy(self.split, h, targets, self.chunk_tokens, self.cross_entropy)
         return ce, h, targets, weights
 
